@@ -107,8 +107,6 @@ pub enum ProtocolError {
     CloseFrameTooShort,
     /// A close code that may not appear on the wire (§7.4).
     InvalidCloseCode(u16),
-    /// A data frame after the peer's close frame (§5.5.1).
-    DataAfterClose,
     /// A compressed message that does not inflate (RFC 7692 §7.2.2).
     Inflate(String),
 }
@@ -136,7 +134,6 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::CloseFrameTooShort => f.write_str("close frame payload of 1 byte"),
             ProtocolError::InvalidCloseCode(c) => write!(f, "invalid close code {c}"),
-            ProtocolError::DataAfterClose => f.write_str("data frame after close frame"),
             ProtocolError::Inflate(e) => write!(f, "decompression failed: {e}"),
         }
     }

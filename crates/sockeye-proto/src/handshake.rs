@@ -109,3 +109,8 @@ pub fn parse_extensions(_value: &str) -> Result<Vec<Extension>, HandshakeError> 
 pub fn format_extensions(_exts: &[Extension]) -> String {
     unimplemented!()
 }
+
+/// Subprotocols offered in a request.
+pub fn offered_subprotocols(_req: &Request<()>) -> Vec<String> {
+    unimplemented!()
+}

@@ -1,0 +1,1170 @@
+//! The connection state machine: one per connection, both sides, from the opening handshake to
+//! the end of the TCP connection.
+//!
+//! Modelled on python-websockets' `protocol.py` and on quinn-proto: bytes in
+//! ([`Protocol::receive_data`], [`Protocol::receive_eof`]), time in
+//! ([`Protocol::handle_timeout`]), commands ([`Protocol::send_text`], [`Protocol::close`], ...),
+//! and out come events ([`Protocol::poll_event`]), bytes to write
+//! ([`Protocol::pending_output`]), the next deadline ([`Protocol::poll_timeout`]) and whether
+//! to close the transport ([`Protocol::should_close_transport`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response, StatusCode, Uri};
+
+use crate::close::{CloseCode, CloseFrame};
+use crate::config::Config;
+use crate::error::{Error, HandshakeError, HttpResponse, Limit, LimitExceeded, ProtocolError};
+use crate::extensions::deflate::{Deflate, DeflateParams};
+use crate::frame::{encode_payload, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
+use crate::handshake::{self, ServerAccept};
+use crate::mask::apply_mask;
+use crate::message::{Fragment, Message, MessageKind, Utf8Bytes};
+use crate::rng::Rng;
+use crate::utf8::Utf8Validator;
+use crate::Side;
+
+/// The state of a connection (RFC 6455 §4.1, §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// The opening handshake is in progress.
+    Connecting,
+    /// Messages flow both ways.
+    Open,
+    /// A close frame was sent or received; waiting for the closing handshake to finish.
+    Closing,
+    /// The connection is over.
+    Closed,
+}
+
+/// Something that happened on the connection, for the front end to act on.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Server: a handshake request arrived. Answer it with [`Protocol::accept`] (or
+    /// [`Protocol::reject`]) and [`Protocol::send_response`].
+    Request(Request<()>),
+    /// Client: the server accepted the handshake; the connection is open.
+    Response(Response<()>),
+    /// A whole message.
+    Message(Message),
+    /// A piece of a message, in [`Config::stream_fragments`] mode.
+    Fragment(Fragment),
+    /// A ping arrived; the core already queued the pong.
+    Ping(Bytes),
+    /// A pong arrived. `acked` is the newest ping it acknowledges, with every older one
+    /// (python-websockets' rule: RFC 6455 §5.5.3 lets a peer answer only the latest ping).
+    Pong {
+        /// The pong's payload.
+        payload: Bytes,
+        /// The newest ping acknowledged, if the payload matches one we sent.
+        acked: Option<PingId>,
+    },
+    /// The peer's close frame arrived (code 1005 if it carried none). The core already
+    /// answered it if needed.
+    Close(CloseFrame),
+}
+
+/// Identifies a ping sent with [`Protocol::send_ping`]; ids grow with each ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PingId(pub u64);
+
+#[derive(Debug)]
+enum Handshake {
+    /// Server, waiting for the request head.
+    AwaitRequest,
+    /// Server, the request was delivered; waiting for the application's answer.
+    AwaitAnswer(Option<Result<ServerAccept, HandshakeError>>),
+    /// Client, the request is not sent yet.
+    Unsent,
+    /// Client, waiting for the response head.
+    AwaitResponse { key: String, offered: Vec<String> },
+    /// Client, a non-101 response whose body is being read.
+    ReadBody {
+        head: Box<HttpResponse>,
+        until: Option<usize>,
+    },
+    /// Done (or failed).
+    Done,
+}
+
+/// A message being received.
+#[derive(Debug)]
+struct Incoming {
+    kind: MessageKind,
+    compressed: bool,
+    fragments: usize,
+    size: usize,
+    utf8: Utf8Validator,
+    /// Frames assembled so far (unused when streaming).
+    buf: Vec<u8>,
+}
+
+/// The connection state machine. See the [crate documentation](crate) for a driver loop.
+///
+/// Time: the core never reads a clock. [`Protocol::handle_timeout`] brings the current time;
+/// call it whenever the front end wakes up (before feeding input or issuing commands), so
+/// that timers armed by them start from the right moment.
+#[derive(Debug)]
+pub struct Protocol {
+    side: Side,
+    state: State,
+    config: Arc<Config>,
+    handshake: Handshake,
+    recv: BytesMut,
+    out: Vec<u8>,
+    out_pos: usize,
+    events: VecDeque<Event>,
+    error: Option<Error>,
+    discard: bool,
+    close_transport: bool,
+    eof_received: bool,
+    subprotocol: Option<String>,
+    deflate: Option<Box<Deflate>>,
+    deflate_params: Option<DeflateParams>,
+    incoming: Option<Box<Incoming>>,
+    sending: Option<(MessageKind, bool)>,
+    send_utf8: Utf8Validator,
+    close_received: Option<CloseFrame>,
+    close_sent: Option<CloseFrame>,
+    now: Option<Instant>,
+    open_deadline: Option<Instant>,
+    close_deadline: Option<Instant>,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    keepalive_ping: Option<PingId>,
+    pings: VecDeque<(PingId, Bytes, Option<Instant>)>,
+    next_ping_id: u64,
+    latency: Option<Duration>,
+    rng: Rng,
+}
+
+/// The largest output buffer kept while idle; a larger one is freed once written.
+const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
+
+impl Protocol {
+    /// A server connection, waiting for the handshake request.
+    pub fn server(config: Arc<Config>) -> Protocol {
+        Protocol::new(Side::Server, config, Handshake::AwaitRequest)
+    }
+
+    /// A client connection; build the request with [`Protocol::connect_request`].
+    pub fn client(config: Arc<Config>) -> Protocol {
+        Protocol::new(Side::Client, config, Handshake::Unsent)
+    }
+
+    /// A connection whose opening handshake was done elsewhere (by an HTTP server such as
+    /// hyper, say): it starts open, with the negotiated subprotocol and compression.
+    pub fn open(
+        side: Side,
+        config: Arc<Config>,
+        subprotocol: Option<String>,
+        deflate: Option<DeflateParams>,
+    ) -> Protocol {
+        let mut p = Protocol::new(side, config, Handshake::Done);
+        p.set_open(subprotocol, deflate);
+        p
+    }
+
+    fn new(side: Side, config: Arc<Config>, handshake: Handshake) -> Protocol {
+        let rng = Rng::new(config.seed);
+        Protocol {
+            side,
+            state: State::Connecting,
+            config,
+            handshake,
+            recv: BytesMut::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            events: VecDeque::new(),
+            error: None,
+            discard: false,
+            close_transport: false,
+            eof_received: false,
+            subprotocol: None,
+            deflate: None,
+            deflate_params: None,
+            incoming: None,
+            sending: None,
+            send_utf8: Utf8Validator::new(),
+            close_received: None,
+            close_sent: None,
+            now: None,
+            open_deadline: None,
+            close_deadline: None,
+            next_ping: None,
+            pong_deadline: None,
+            keepalive_ping: None,
+            pings: VecDeque::new(),
+            next_ping_id: 0,
+            latency: None,
+            rng,
+        }
+    }
+
+    // ----- Accessors -------------------------------------------------------------------
+
+    /// Which side this is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The subprotocol negotiated in the handshake.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+
+    /// The permessage-deflate parameters negotiated, if compression is on.
+    pub fn deflate_params(&self) -> Option<&DeflateParams> {
+        self.deflate_params.as_ref()
+    }
+
+    /// The error that failed the connection, if any. Every later input call returns it too.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// The close frame received from the peer (code 1005 if it was empty).
+    pub fn close_received(&self) -> Option<&CloseFrame> {
+        self.close_received.as_ref()
+    }
+
+    /// The close frame sent to the peer (code 1005 if it was empty).
+    pub fn close_sent(&self) -> Option<&CloseFrame> {
+        self.close_sent.as_ref()
+    }
+
+    /// The close code to report: the peer's, or 1006 if no close frame was received
+    /// (RFC 6455 §7.1.5).
+    pub fn close_code(&self) -> CloseCode {
+        self.close_received
+            .as_ref()
+            .map_or(CloseCode::ABNORMAL, |c| c.code)
+    }
+
+    /// The close reason to report: the peer's, or empty.
+    pub fn close_reason(&self) -> &str {
+        self.close_received
+            .as_ref()
+            .map_or("", |c| c.reason.as_str())
+    }
+
+    /// Whether the connection ended normally: close frames exchanged both ways, each with
+    /// 1000, 1001 or no code (1005), as python-websockets' `ConnectionClosedOK`.
+    pub fn close_ok(&self) -> bool {
+        let ok = |c: &Option<CloseFrame>| {
+            c.as_ref()
+                .is_some_and(|c| c.code.is_ok() || c.code == CloseCode::NO_STATUS)
+        };
+        ok(&self.close_received) && ok(&self.close_sent)
+    }
+
+    /// Round-trip time measured by the last acknowledged ping.
+    pub fn latency(&self) -> Option<Duration> {
+        self.latency
+    }
+
+    /// Whether the TCP connection is expected to close soon (a close frame was sent or
+    /// received, or the connection failed). python-websockets' `close_expected`.
+    pub fn close_expected(&self) -> bool {
+        matches!(self.state, State::Closing | State::Closed) || self.close_transport
+    }
+
+    // ----- Input -----------------------------------------------------------------------
+
+    /// Feeds bytes read from the transport.
+    ///
+    /// Events become available from [`Protocol::poll_event`] and bytes to send (pongs, close
+    /// frames, handshake responses) from [`Protocol::pending_output`]. On an error the core
+    /// has already queued what must be sent (a close frame with the right code, or an HTTP
+    /// error response) and returns the same error on every later call; events produced
+    /// before the error stay available.
+    pub fn receive_data(&mut self, data: &[u8]) -> Result<(), Error> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if self.discard || self.state == State::Closed {
+            return Ok(());
+        }
+        self.recv.extend_from_slice(data);
+        self.process()
+    }
+
+    /// Signals that the peer closed its side of the transport (read returned 0).
+    ///
+    /// Without a closing handshake the connection ended abnormally: [`Protocol::close_code`]
+    /// gives 1006. During the opening handshake this is an error.
+    pub fn receive_eof(&mut self) -> Result<(), Error> {
+        if self.eof_received {
+            return self.error.clone().map_or(Ok(()), Err);
+        }
+        self.eof_received = true;
+        self.close_transport = true;
+        let result = if self.state == State::Connecting && self.error.is_none() {
+            match std::mem::replace(&mut self.handshake, Handshake::Done) {
+                Handshake::ReadBody { mut head, .. } => {
+                    // A body delimited by the end of the connection (RFC 9112 §6.3).
+                    head.body = self.recv.split().freeze();
+                    Err(Error::Handshake(HandshakeError::UnexpectedStatus(head)))
+                }
+                _ => Err(Error::Handshake(HandshakeError::UnexpectedEof)),
+            }
+        } else {
+            Ok(())
+        };
+        self.state = State::Closed;
+        self.close_deadline = None;
+        self.clear_timers();
+        self.recv = BytesMut::new();
+        self.incoming = None;
+        match result {
+            Err(e) => {
+                self.error = Some(e.clone());
+                Err(e)
+            }
+            Ok(()) => self.error.clone().map_or(Ok(()), Err),
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// How many events wait in [`Protocol::poll_event`].
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+    }
+
+    fn process(&mut self) -> Result<(), Error> {
+        let result = if self.state == State::Connecting {
+            self.process_handshake()
+        } else {
+            self.process_frames()
+        };
+        if let Err(e) = &result {
+            if self.error.is_none() {
+                self.fail_with(e.clone());
+            }
+        }
+        result
+    }
+
+    // ----- Opening handshake -----------------------------------------------------------
+
+    fn process_handshake(&mut self) -> Result<(), Error> {
+        match &mut self.handshake {
+            Handshake::AwaitRequest => {
+                match handshake::parse_request(&self.recv, &self.config) {
+                    Ok(None) => Ok(()),
+                    Ok(Some((request, n))) => {
+                        self.recv.advance(n);
+                        self.handshake = Handshake::AwaitAnswer(None);
+                        self.events.push_back(Event::Request(request));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Answer the malformed request with its status, then close.
+                        let body = format!("Failed to open a WebSocket connection: {e}.\n");
+                        let response = handshake::reject(e.status(), &body, &self.config);
+                        handshake::write_response(&response, &mut self.out);
+                        Err(Error::Handshake(e))
+                    }
+                }
+            }
+            Handshake::AwaitResponse { key, offered } => {
+                let (response, n) = match handshake::parse_response(&self.recv, &self.config)? {
+                    None => return Ok(()),
+                    Some(r) => r,
+                };
+                self.recv.advance(n);
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let accept = handshake::check_response(&response, key, offered, &self.config)?;
+                    self.handshake = Handshake::Done;
+                    self.set_open(accept.subprotocol, accept.deflate);
+                    self.events.push_back(Event::Response(response));
+                    return self.process_frames();
+                }
+                let (parts, ()) = response.into_parts();
+                let until = body_length(&parts.status, &parts.headers);
+                let head = Box::new(HttpResponse {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: Bytes::new(),
+                });
+                self.handshake = Handshake::ReadBody { head, until };
+                self.process_handshake()
+            }
+            Handshake::ReadBody { head, until } => {
+                let max = self.config.max_handshake_size;
+                let want = until.unwrap_or(usize::MAX);
+                if want != usize::MAX && want > max || self.recv.len() > max {
+                    return Err(HandshakeError::LimitExceeded(LimitExceeded {
+                        limit: Limit::HandshakeSize,
+                        max,
+                    })
+                    .into());
+                }
+                if self.recv.len() < want {
+                    return Ok(());
+                }
+                let mut head = head.clone();
+                head.body = self.recv.split_to(want).freeze();
+                self.handshake = Handshake::Done;
+                Err(HandshakeError::UnexpectedStatus(head).into())
+            }
+            // Bytes that arrive before the application answers the request are kept; they
+            // are frames the client pipelined, processed once the connection opens.
+            Handshake::AwaitAnswer(_) | Handshake::Unsent | Handshake::Done => Ok(()),
+        }
+    }
+
+    /// Server: validates a handshake request and prepares the answer, choosing the
+    /// subprotocol from [`Config::subprotocols`].
+    ///
+    /// Returns a `101 Switching Protocols` response, or an error response (400, 403, 405,
+    /// 426) that explains the problem. Headers may be added to it before it is passed to
+    /// [`Protocol::send_response`].
+    pub fn accept(&mut self, request: &Request<()>) -> Response<Bytes> {
+        self.accept_inner(request, None)
+    }
+
+    /// Server: like [`Protocol::accept`], with the subprotocol chosen by the application
+    /// (it must be one the client offered; `None` selects none).
+    pub fn accept_with_subprotocol(
+        &mut self,
+        request: &Request<()>,
+        subprotocol: Option<&str>,
+    ) -> Response<Bytes> {
+        self.accept_inner(request, Some(subprotocol))
+    }
+
+    fn accept_inner(
+        &mut self,
+        request: &Request<()>,
+        subprotocol: Option<Option<&str>>,
+    ) -> Response<Bytes> {
+        let result = handshake::check_request(request, &self.config, subprotocol);
+        let response = match &result {
+            Ok(accept) => handshake::build_response(accept, &self.config),
+            Err(e) => handshake::reject(
+                e.status(),
+                &format!("Failed to open a WebSocket connection: {e}.\n"),
+                &self.config,
+            ),
+        };
+        if let Handshake::AwaitAnswer(slot) = &mut self.handshake {
+            *slot = Some(result);
+        }
+        response
+    }
+
+    /// Server: an HTTP response that refuses the handshake (for health checks, auth, ...).
+    pub fn reject(&self, status: StatusCode, body: &str) -> Response<Bytes> {
+        handshake::reject(status, body, &self.config)
+    }
+
+    /// Server: sends the answer to the handshake request.
+    ///
+    /// A `101` response opens the connection (it must come from [`Protocol::accept`]); any
+    /// other status ends it once written.
+    pub fn send_response(&mut self, response: &Response<Bytes>) -> Result<(), Error> {
+        let Handshake::AwaitAnswer(slot) = &mut self.handshake else {
+            return Err(Error::Misuse("send_response without a pending request"));
+        };
+        let accepted = slot.take();
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(Ok(accept)) = accepted else {
+                return Err(Error::Misuse(
+                    "a 101 response must come from a successful accept",
+                ));
+            };
+            handshake::write_response(response, &mut self.out);
+            self.handshake = Handshake::Done;
+            self.set_open(accept.subprotocol, accept.deflate.map(|(p, _)| p));
+            // Frames the client sent right behind its request.
+            let result = self.process_frames();
+            if let Err(e) = &result {
+                if self.error.is_none() {
+                    self.fail_with(e.clone());
+                }
+            }
+            result
+        } else {
+            handshake::write_response(response, &mut self.out);
+            self.handshake = Handshake::Done;
+            let e = match accepted {
+                Some(Err(e)) => e,
+                _ => HandshakeError::Rejected(response.status()),
+            };
+            self.error = Some(Error::Handshake(e));
+            self.state = State::Closed;
+            self.close_transport = true;
+            self.discard = true;
+            self.clear_timers();
+            Ok(())
+        }
+    }
+
+    /// Client: builds the handshake request for `uri` (`ws://` or `wss://`), with a fresh
+    /// key. Headers may be added before it is passed to [`Protocol::send_request`].
+    pub fn connect_request(&mut self, uri: &Uri) -> Result<Request<()>, Error> {
+        let mut raw = [0u8; 16];
+        self.rng.fill(&mut raw);
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw);
+        Ok(handshake::build_request(uri, &key, &self.config)?)
+    }
+
+    /// Client: sends the handshake request.
+    pub fn send_request(&mut self, request: &Request<()>) -> Result<(), Error> {
+        if !matches!(self.handshake, Handshake::Unsent) {
+            return Err(Error::Misuse("send_request on a server or twice"));
+        }
+        let key = request
+            .headers()
+            .get("sec-websocket-key")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(Error::Misuse("the request has no Sec-WebSocket-Key"))?
+            .to_owned();
+        let offered = handshake::offered_subprotocols(request);
+        handshake::write_request(request, &mut self.out);
+        self.handshake = Handshake::AwaitResponse { key, offered };
+        Ok(())
+    }
+
+    fn set_open(&mut self, subprotocol: Option<String>, deflate: Option<DeflateParams>) {
+        self.state = State::Open;
+        self.subprotocol = subprotocol;
+        self.deflate_params = deflate;
+        self.deflate = deflate.map(|p| {
+            let level = self
+                .config
+                .compression
+                .as_ref()
+                .map_or(6, |c| c.compression_level);
+            Box::new(Deflate::new(p, self.side, level))
+        });
+        self.open_deadline = None;
+        self.next_ping = match (self.config.ping_interval, self.now) {
+            (Some(i), Some(now)) => Some(now + i),
+            _ => None,
+        };
+    }
+
+    // ----- Frames ----------------------------------------------------------------------
+
+    fn process_frames(&mut self) -> Result<(), Error> {
+        loop {
+            if self.discard {
+                self.recv.clear();
+                return Ok(());
+            }
+            let Some(h) = FrameHeader::parse(&self.recv, self.config.max_frame_size)? else {
+                return Ok(());
+            };
+            self.check_header(&h)?;
+            // payload_len <= max_frame_size, a usize: lossless.
+            let len = h.payload_len as usize;
+            let total = h.header_len + len;
+            if self.recv.len() < total {
+                // Reserve once for the whole frame rather than growing step by step.
+                self.recv.reserve(total - self.recv.len());
+                return Ok(());
+            }
+            self.recv.advance(h.header_len);
+            let mut payload = self.recv.split_to(len);
+            if let Some(key) = h.mask {
+                apply_mask(&mut payload, key, 0);
+            }
+            self.handle_frame(&h, payload.freeze())?;
+        }
+    }
+
+    fn check_header(&self, h: &FrameHeader) -> Result<(), Error> {
+        // RFC 6455 §5.1: "The server MUST close the connection upon receiving a frame that is
+        // not masked" and "A client MUST close a connection if it detects a masked frame."
+        match (self.side, h.mask.is_some()) {
+            (Side::Server, false) => return Err(ProtocolError::UnmaskedFrame.into()),
+            (Side::Client, true) => return Err(ProtocolError::MaskedFrame.into()),
+            _ => {}
+        }
+        // RFC 6455 §5.2: reserved bits "MUST be 0 unless an extension is negotiated that
+        // defines meanings for non-zero values".
+        if h.rsv2 || h.rsv3 {
+            return Err(ProtocolError::ReservedBits.into());
+        }
+        if h.rsv1 {
+            if self.deflate.is_none() {
+                return Err(ProtocolError::ReservedBits.into());
+            }
+            // RFC 7692 §6.1: RSV1 only on the first frame of a data message.
+            if h.opcode.is_control() || h.opcode == OpCode::Continuation {
+                return Err(ProtocolError::CompressedControlOrContinuation.into());
+            }
+        }
+        match h.opcode {
+            OpCode::Text | OpCode::Binary if self.incoming.is_some() => {
+                Err(ProtocolError::ExpectedContinuation.into())
+            }
+            OpCode::Continuation if self.incoming.is_none() => {
+                Err(ProtocolError::UnexpectedContinuation.into())
+            }
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                // Check the declared length against max_size before buffering the payload
+                // (compressed payloads are checked while they inflate).
+                let compressed = match &self.incoming {
+                    Some(inc) => inc.compressed,
+                    None => h.rsv1,
+                };
+                let so_far = self.incoming.as_ref().map_or(0, |inc| inc.size);
+                if !compressed && (so_far as u64 + h.payload_len) > self.config.max_size as u64 {
+                    return Err(self.too_big());
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn too_big(&self) -> Error {
+        Error::LimitExceeded(LimitExceeded {
+            limit: Limit::MessageSize,
+            max: self.config.max_size,
+        })
+    }
+
+    fn handle_frame(&mut self, h: &FrameHeader, payload: Bytes) -> Result<(), Error> {
+        match h.opcode {
+            OpCode::Text | OpCode::Binary => {
+                let kind = if h.opcode == OpCode::Text {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
+                self.incoming = Some(Box::new(Incoming {
+                    kind,
+                    compressed: h.rsv1,
+                    fragments: 0,
+                    size: 0,
+                    utf8: Utf8Validator::new(),
+                    buf: Vec::new(),
+                }));
+                self.data_frame(payload, h.fin)
+            }
+            OpCode::Continuation => self.data_frame(payload, h.fin),
+            OpCode::Ping => {
+                // RFC 6455 §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong
+                // frame in response, unless it already received a Close frame." A close frame
+                // received stops input processing, so only check that we did not send one.
+                if self.state == State::Open {
+                    self.write_frame(OpCode::Pong, &payload, true, false);
+                }
+                self.events.push_back(Event::Ping(payload));
+                Ok(())
+            }
+            OpCode::Pong => {
+                let acked = self.ack_pings(&payload);
+                self.events.push_back(Event::Pong { payload, acked });
+                Ok(())
+            }
+            OpCode::Close => self.close_frame(payload),
+        }
+    }
+
+    fn data_frame(&mut self, payload: Bytes, fin: bool) -> Result<(), Error> {
+        let max_size = self.config.max_size;
+        let max_fragments = self.config.max_fragments;
+        let streaming = self.config.stream_fragments;
+        let inc = self
+            .incoming
+            .as_mut()
+            .ok_or(Error::Protocol(ProtocolError::UnexpectedContinuation))?;
+        inc.fragments += 1;
+        if inc.fragments > max_fragments {
+            return Err(LimitExceeded {
+                limit: Limit::Fragments,
+                max: max_fragments,
+            }
+            .into());
+        }
+        let first = inc.fragments == 1;
+        // The new data of this frame: zero-copy for uncompressed frames.
+        let data: Bytes = if inc.compressed {
+            let deflate = self
+                .deflate
+                .as_mut()
+                .ok_or(Error::Protocol(ProtocolError::ReservedBits))?;
+            if streaming {
+                let mut out = Vec::new();
+                deflate.decompress(&payload, fin, &mut out, max_size - inc.size)?;
+                Bytes::from(out)
+            } else {
+                let before = inc.buf.len();
+                deflate.decompress(&payload, fin, &mut inc.buf, max_size)?;
+                inc.size = inc.buf.len();
+                if inc.kind == MessageKind::Text {
+                    inc.utf8
+                        .feed(&inc.buf[before..])
+                        .map_err(|_| Error::InvalidUtf8)?;
+                }
+                Bytes::new()
+            }
+        } else {
+            payload
+        };
+        if !inc.compressed || streaming {
+            inc.size += data.len();
+            if inc.size > max_size {
+                return Err(LimitExceeded {
+                    limit: Limit::MessageSize,
+                    max: max_size,
+                }
+                .into());
+            }
+            if inc.kind == MessageKind::Text {
+                inc.utf8.feed(&data).map_err(|_| Error::InvalidUtf8)?;
+            }
+        }
+        if fin && inc.kind == MessageKind::Text {
+            inc.utf8.finish().map_err(|_| Error::InvalidUtf8)?;
+        }
+        if streaming {
+            self.events.push_back(Event::Fragment(Fragment {
+                kind: inc.kind,
+                data,
+                first,
+                fin,
+            }));
+        } else if fin {
+            let bytes = if first && !inc.compressed {
+                data
+            } else {
+                if !inc.compressed {
+                    inc.buf.extend_from_slice(&data);
+                }
+                Bytes::from(std::mem::take(&mut inc.buf))
+            };
+            let msg = match inc.kind {
+                MessageKind::Text => Message::Text(Utf8Bytes::from_validated(bytes)),
+                MessageKind::Binary => Message::Binary(bytes),
+            };
+            self.events.push_back(Event::Message(msg));
+        } else if !inc.compressed {
+            if inc.buf.is_empty() {
+                // One allocation for the declared size of the first frame onwards.
+                inc.buf.reserve(data.len() * 2);
+            }
+            inc.buf.extend_from_slice(&data);
+        }
+        if fin {
+            self.incoming = None;
+        }
+        Ok(())
+    }
+
+    fn close_frame(&mut self, payload: Bytes) -> Result<(), Error> {
+        let frame = CloseFrame::parse(&payload)?
+            .unwrap_or_else(|| CloseFrame::new(CloseCode::NO_STATUS, ""));
+        if self.state == State::Open {
+            // RFC 6455 §5.5.1: "If an endpoint receives a Close frame and did not previously
+            // send a Close frame, the endpoint MUST send a Close frame in response. (When
+            // sending a Close frame in response, the endpoint typically echos the status code
+            // it received.)" We echo the payload as received.
+            self.write_frame(OpCode::Close, &payload, true, false);
+            self.close_sent = Some(frame.clone());
+            self.state = State::Closing;
+        }
+        self.close_received = Some(frame.clone());
+        self.after_close_handshake();
+        self.events.push_back(Event::Close(frame));
+        Ok(())
+    }
+
+    /// Both close frames are exchanged: stop reading frames; RFC 6455 §7.1.1: "the server
+    /// [...] SHOULD close the underlying TCP connection first"; the client waits for it, at
+    /// most close_timeout.
+    fn after_close_handshake(&mut self) {
+        self.discard = true;
+        self.incoming = None;
+        self.clear_timers();
+        match self.side {
+            Side::Server => self.close_transport = true,
+            Side::Client => self.arm_close_timer(),
+        }
+    }
+
+    fn ack_pings(&mut self, payload: &[u8]) -> Option<PingId> {
+        let i = self.pings.iter().position(|(_, p, _)| p[..] == *payload)?;
+        let (id, _, sent) = self.pings[i].clone();
+        self.pings.drain(..=i);
+        if let (Some(sent), Some(now)) = (sent, self.now) {
+            self.latency = Some(now.saturating_duration_since(sent));
+        }
+        if self.keepalive_ping.is_some_and(|k| k <= id) {
+            self.keepalive_ping = None;
+            self.pong_deadline = None;
+        }
+        Some(id)
+    }
+
+    // ----- Commands --------------------------------------------------------------------
+
+    fn check_can_send(&self) -> Result<(), Error> {
+        match self.state {
+            State::Open => Ok(()),
+            State::Connecting => Err(Error::Misuse("the connection is not open yet")),
+            // RFC 6455 §5.5.1: "The application MUST NOT send any more data frames after
+            // sending a Close frame."
+            State::Closing | State::Closed => Err(Error::ConnectionClosed),
+        }
+    }
+
+    /// Sends a text message.
+    pub fn send_text(&mut self, text: &str) -> Result<(), Error> {
+        self.send_message(MessageKind::Text, text.as_bytes())
+    }
+
+    /// Sends a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.send_message(MessageKind::Binary, data)
+    }
+
+    /// Sends a message.
+    pub fn send(&mut self, message: &Message) -> Result<(), Error> {
+        self.send_message(message.kind(), message.as_bytes())
+    }
+
+    fn send_message(&mut self, kind: MessageKind, data: &[u8]) -> Result<(), Error> {
+        self.check_can_send()?;
+        if self.sending.is_some() {
+            return Err(Error::Misuse("a fragmented message is being sent"));
+        }
+        self.write_data(kind, data, true, true);
+        Ok(())
+    }
+
+    /// Sends one fragment of a message (RFC 6455 §5.4): the first call starts a message of
+    /// `kind`, later calls continue it, `fin` ends it. Control frames may be sent between
+    /// fragments; other messages may not. Text may be cut anywhere, even inside a
+    /// character, but the fragments together must be valid UTF-8.
+    pub fn send_fragment(
+        &mut self,
+        kind: MessageKind,
+        data: &[u8],
+        fin: bool,
+    ) -> Result<(), Error> {
+        self.check_can_send()?;
+        let first = match self.sending {
+            None => true,
+            Some((k, _)) if k == kind => false,
+            Some(_) => return Err(Error::Misuse("fragment of another kind than its message")),
+        };
+        if kind == MessageKind::Text {
+            if first {
+                self.send_utf8 = Utf8Validator::new();
+            }
+            self.send_utf8
+                .feed(data)
+                .map_err(|_| Error::Misuse("text fragments are not valid UTF-8"))?;
+            if fin && !self.send_utf8.is_complete() {
+                return Err(Error::Misuse("text message ends inside a character"));
+            }
+        }
+        self.write_data(kind, data, first, fin);
+        self.sending = if fin { None } else { Some((kind, true)) };
+        Ok(())
+    }
+
+    fn write_data(&mut self, kind: MessageKind, data: &[u8], first: bool, fin: bool) {
+        let opcode = match (first, kind) {
+            (false, _) => OpCode::Continuation,
+            (true, MessageKind::Text) => OpCode::Text,
+            (true, MessageKind::Binary) => OpCode::Binary,
+        };
+        if let Some(deflate) = self.deflate.as_mut() {
+            // RFC 7692 §6.1: RSV1 on the first frame of a compressed message only.
+            let mut compressed = Vec::new();
+            deflate.compress(data, fin, &mut compressed);
+            self.write_frame(opcode, &compressed, fin, first);
+        } else {
+            self.write_frame(opcode, data, fin, false);
+        }
+    }
+
+    /// Sends a ping with this payload (at most 125 bytes); the matching pong is reported as
+    /// [`Event::Pong`] with the returned id in `acked`.
+    pub fn send_ping(&mut self, payload: &[u8]) -> Result<PingId, Error> {
+        self.check_can_send()?;
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(Error::Misuse("ping payload over 125 bytes"));
+        }
+        if self.pings.iter().any(|(_, p, _)| p[..] == *payload) {
+            return Err(Error::Misuse("a ping with this payload is already waiting"));
+        }
+        Ok(self.ping_inner(payload))
+    }
+
+    fn ping_inner(&mut self, payload: &[u8]) -> PingId {
+        let id = PingId(self.next_ping_id);
+        self.next_ping_id += 1;
+        self.pings
+            .push_back((id, Bytes::copy_from_slice(payload), self.now));
+        self.write_frame(OpCode::Ping, payload, true, false);
+        id
+    }
+
+    /// Sends an unsolicited pong (a unidirectional heartbeat, RFC 6455 §5.5.3).
+    pub fn send_pong(&mut self, payload: &[u8]) -> Result<(), Error> {
+        self.check_can_send()?;
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(Error::Misuse("pong payload over 125 bytes"));
+        }
+        self.write_frame(OpCode::Pong, payload, true, false);
+        Ok(())
+    }
+
+    /// Starts the closing handshake with this code and reason (RFC 6455 §7.1.2).
+    ///
+    /// [`CloseCode::NO_STATUS`] (1005) sends an empty close frame. The reason is cut to 123
+    /// bytes. Closing a connection that is already closing does nothing.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        match self.state {
+            State::Connecting => Err(Error::Misuse("close before the connection is open")),
+            State::Closing | State::Closed => Ok(()),
+            State::Open => {
+                if code != CloseCode::NO_STATUS && !code.is_valid_on_wire() {
+                    return Err(Error::Misuse("this close code may not be sent"));
+                }
+                self.send_close(CloseFrame::new(code, reason));
+                self.arm_close_timer();
+                Ok(())
+            }
+        }
+    }
+
+    fn send_close(&mut self, frame: CloseFrame) {
+        let payload = if frame.code == CloseCode::NO_STATUS {
+            Bytes::new()
+        } else {
+            frame.to_payload()
+        };
+        self.write_frame(OpCode::Close, &payload, true, false);
+        self.close_sent = Some(frame);
+        self.state = State::Closing;
+        self.clear_keepalive();
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7) with this code, for errors found above the
+    /// core (a handler that failed: 1011). Sends a close frame if the connection is open;
+    /// a server then closes the transport at once, a client waits for the server to.
+    pub fn fail(&mut self, code: CloseCode, reason: &str) {
+        if self.state == State::Open {
+            self.send_close(CloseFrame::new(code, reason));
+        }
+        self.after_failure();
+    }
+
+    fn fail_with(&mut self, error: Error) {
+        if self.state == State::Open {
+            if let Some(code) = error.close_code() {
+                let reason = match &error {
+                    Error::Protocol(e) => e.to_string(),
+                    Error::LimitExceeded(e) => e.to_string(),
+                    Error::Timeout(t) => format!("{t} timeout"),
+                    _ => String::new(),
+                };
+                self.send_close(CloseFrame::new(code, reason));
+            }
+        }
+        if self.state == State::Connecting {
+            self.state = State::Closed;
+            self.close_transport = true;
+            self.handshake = Handshake::Done;
+        }
+        self.error = Some(error);
+        self.after_failure();
+    }
+
+    fn after_failure(&mut self) {
+        self.discard = true;
+        self.incoming = None;
+        self.recv = BytesMut::new();
+        self.clear_keepalive();
+        // RFC 6455 §7.1.7 and python-websockets: a server closes the TCP connection without
+        // waiting for the client's close frame; a client waits for the server to close it.
+        match self.side {
+            Side::Server => self.close_transport = true,
+            Side::Client if self.state != State::Closed => self.arm_close_timer(),
+            Side::Client => {}
+        }
+    }
+
+    fn write_frame(&mut self, opcode: OpCode, payload: &[u8], fin: bool, rsv1: bool) {
+        let mask = match self.side {
+            Side::Client => Some(self.rng.mask()),
+            Side::Server => None,
+        };
+        FrameHeader::encode(&mut self.out, fin, rsv1, opcode, mask, payload.len());
+        encode_payload(&mut self.out, payload, mask);
+    }
+
+    // ----- Output ----------------------------------------------------------------------
+
+    /// Bytes waiting to be written to the transport, in order. Write as much as possible in
+    /// one call, then report it with [`Protocol::consume_output`].
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out[self.out_pos..]
+    }
+
+    /// How many bytes wait to be written (for write limits and backpressure).
+    pub fn pending_output_len(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Marks `n` bytes of [`Protocol::pending_output`] as written.
+    pub fn consume_output(&mut self, n: usize) {
+        self.out_pos = (self.out_pos + n).min(self.out.len());
+        if self.out_pos == self.out.len() {
+            self.out_pos = 0;
+            if self.out.capacity() > KEEP_OUTPUT_CAPACITY {
+                self.out = Vec::new();
+            } else {
+                self.out.clear();
+            }
+        }
+    }
+
+    /// Moves every pending byte to the end of `buf`.
+    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(self.pending_output());
+        self.consume_output(usize::MAX);
+    }
+
+    /// Whether the front end should close the transport once [`Protocol::pending_output`] is
+    /// written: after a failed handshake, a server's closing handshake, a failure, a timeout,
+    /// or the peer's end of stream.
+    pub fn should_close_transport(&self) -> bool {
+        self.close_transport
+    }
+
+    // ----- Time ------------------------------------------------------------------------
+
+    /// The next moment [`Protocol::handle_timeout`] must be called, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.open_deadline,
+            self.close_deadline,
+            self.next_ping,
+            self.pong_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Tells the core the time is `now`: fires the timers that are due (open timeout,
+    /// keepalive ping and its timeout, close timeout), and starts those that were waiting
+    /// for a first reading of the clock.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let first = self.now.is_none();
+        self.now = Some(now);
+        if first {
+            if self.state == State::Connecting {
+                self.open_deadline = self.config.open_timeout.map(|t| now + t);
+            }
+            if self.state == State::Open && self.next_ping.is_none() {
+                self.next_ping = self.config.ping_interval.map(|i| now + i);
+            }
+        }
+        if self.open_deadline.is_some_and(|d| now >= d) {
+            self.open_deadline = None;
+            if self.state == State::Connecting && self.error.is_none() {
+                self.fail_with(Error::Timeout(crate::error::Timeout::Open));
+            }
+        }
+        if self.close_deadline.is_some_and(|d| now >= d) {
+            // The closing handshake did not finish: give up on it (1006 unless the peer's
+            // close frame came).
+            self.close_deadline = None;
+            self.state = State::Closed;
+            self.close_transport = true;
+            self.discard = true;
+        }
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            self.pong_deadline = None;
+            if self.state == State::Open {
+                // python-websockets: "keepalive ping timeout", 1011.
+                self.fail_with(Error::Timeout(crate::error::Timeout::KeepalivePing));
+            }
+        }
+        if self.next_ping.is_some_and(|d| now >= d) && self.state == State::Open {
+            let interval = self.config.ping_interval.unwrap_or(Duration::MAX);
+            self.next_ping = now.checked_add(interval);
+            if self.keepalive_ping.is_none() {
+                let mut payload = [0u8; 4];
+                self.rng.fill(&mut payload);
+                // Avoid the payload of a ping the application is still waiting on.
+                while self.pings.iter().any(|(_, p, _)| p[..] == payload) {
+                    self.rng.fill(&mut payload);
+                }
+                let id = self.ping_inner(&payload);
+                self.keepalive_ping = Some(id);
+                self.pong_deadline = self.config.ping_timeout.and_then(|t| now.checked_add(t));
+            }
+        }
+    }
+
+    fn arm_close_timer(&mut self) {
+        if self.close_deadline.is_none() {
+            self.close_deadline = self
+                .now
+                .and_then(|n| n.checked_add(self.config.close_timeout));
+        }
+    }
+
+    fn clear_keepalive(&mut self) {
+        self.next_ping = None;
+        self.pong_deadline = None;
+        self.keepalive_ping = None;
+    }
+
+    fn clear_timers(&mut self) {
+        self.open_deadline = None;
+        self.clear_keepalive();
+    }
+}
+
+/// The length of a non-101 response body: `Some(n)` from `Content-Length`, `Some(0)` when
+/// there is none by definition, `None` when it runs to the end of the connection.
+fn body_length(status: &StatusCode, headers: &http::HeaderMap) -> Option<usize> {
+    // RFC 9112 §6.3: 1xx, 204 and 304 responses have no body.
+    if status.is_informational()
+        || *status == StatusCode::NO_CONTENT
+        || *status == StatusCode::NOT_MODIFIED
+    {
+        return Some(0);
+    }
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        // A chunked body is not worth decoding for an error report.
+        return Some(0);
+    }
+    // A Content-Length that does not parse counts as 0: the error report goes without it.
+    headers.get(http::header::CONTENT_LENGTH).map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
