@@ -1046,8 +1046,17 @@ impl Protocol {
         }
     }
 
-    /// Moves every pending byte to the end of `buf`.
+    /// Moves every pending byte to the end of `buf`. When `buf` is empty the buffers are
+    /// swapped rather than copied.
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
+        if buf.is_empty() && self.out_pos == 0 {
+            std::mem::swap(buf, &mut self.out);
+            if self.out.capacity() > KEEP_OUTPUT_CAPACITY {
+                self.out = Vec::new();
+            }
+            self.out.clear();
+            return;
+        }
         buf.extend_from_slice(self.pending_output());
         self.consume_output(usize::MAX);
     }
