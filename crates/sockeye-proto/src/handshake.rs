@@ -195,7 +195,8 @@ fn convert_headers(
 
 /// Parses an HTTP/1.1 request head at the start of `buf`.
 ///
-/// Returns `Ok(None)` while the head is incomplete, and `Ok(Some((request, n)))` once it is
+/// Returns `Ok(None)` while the head is incomplete (call again with the whole buffer once more
+/// bytes arrive), and `Ok(Some((request, n)))` once it is
 /// complete, where `n` is the length of the head; bytes after it belong to the WebSocket
 /// connection. The request has the method, the request target as its URI, version HTTP/1.1
 /// and the headers in order (repeated headers kept).
@@ -706,7 +707,9 @@ pub fn check_response(
 ///
 /// Checks, in order, each failure with the [`HandshakeError`] whose
 /// [`status`](HandshakeError::status) a server answers with: method GET
-/// ([`InvalidMethod`](HandshakeError::InvalidMethod), 405); HTTP/1.1; exactly one `Host`;
+/// ([`InvalidMethod`](HandshakeError::InvalidMethod), 405); HTTP/1.1; no request body
+/// (`Transfer-Encoding`, or a `Content-Length` other than 0, are
+/// [`InvalidHttp`](HandshakeError::InvalidHttp), 400); exactly one `Host`;
 /// `Upgrade` holding `websocket` (426); `Connection` holding `upgrade`; exactly one
 /// `Sec-WebSocket-Key` that is the base64 of 16 bytes (400);
 /// `Sec-WebSocket-Version: 13` ([`UnsupportedVersion`](HandshakeError::UnsupportedVersion),
@@ -733,6 +736,25 @@ pub fn check_request(
         return Err(HandshakeError::InvalidHttp("HTTP/1.1 required".to_owned()));
     }
     let headers = req.headers();
+
+    // The handshake request has no body (RFC 6455 §4.1 only describes a head). Bytes after the
+    // head are WebSocket frames, so a request announcing a body is refused rather than having
+    // its body read as frames (RFC 7230 §3.3.3, as python-websockets does). Some clients send
+    // `Content-Length: 0`, which is harmless.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(HandshakeError::InvalidHttp(
+            "transfer codings are not supported".to_owned(),
+        ));
+    }
+    if headers
+        .get_all(header::CONTENT_LENGTH)
+        .into_iter()
+        .any(|v| v.as_bytes() != b"0")
+    {
+        return Err(HandshakeError::InvalidHttp(
+            "a request body is not supported".to_owned(),
+        ));
+    }
 
     // Item 2: "A |Host| header field containing the server's authority."
     single_header(headers, "host").map_err(|reason| HandshakeError::InvalidHeader {

@@ -197,6 +197,36 @@ fn rejects_header_values_that_http_refuses() {
     assert!(matches!(e, HandshakeError::InvalidHttp(_)), "{e:?}");
 }
 
+// §4.1: the request is a head only; what follows it is frames.
+#[test]
+fn rejects_request_bodies() {
+    let c = config();
+    check(&request_with("", "Content-Length: 0\r\n"), &c).unwrap();
+    for extra in [
+        "Content-Length: 5\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        "Content-Length: 0\r\nContent-Length: 1\r\n",
+    ] {
+        let e = check(&request_with("", extra), &c).unwrap_err();
+        assert!(
+            matches!(e, HandshakeError::InvalidHttp(_)),
+            "{extra:?}: {e:?}"
+        );
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+}
+
+#[test]
+fn header_tokens_split_lists() {
+    let req = parse(&request_with(
+        "Connection",
+        "Connection: keep-alive , ,Upgrade\r\nConnection:\tclose\r\n",
+    ));
+    let tokens: Vec<&[u8]> = header_tokens(req.headers(), "connection").collect();
+    assert_eq!(tokens, [&b"keep-alive"[..], b"Upgrade", b"close"]);
+    assert_eq!(header_tokens(req.headers(), "x-missing").count(), 0);
+}
+
 // §4.2.1 item 2: Host.
 #[test]
 fn rejects_missing_or_repeated_host() {
