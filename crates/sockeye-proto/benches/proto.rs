@@ -1,1 +1,2 @@
+//! Micro-benchmarks of sockeye-proto.
 fn main() {}

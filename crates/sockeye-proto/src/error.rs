@@ -22,7 +22,7 @@ pub enum Error {
     Protocol(ProtocolError),
     /// A text message or a close reason was not valid UTF-8. Closes with 1007.
     InvalidUtf8,
-    /// A configured limit was exceeded. Closes with 1009 (or answers 431/413 in the handshake).
+    /// A configured limit was exceeded. Closes with 1009 (or answers 431 in the handshake).
     LimitExceeded(LimitExceeded),
     /// The opening handshake failed.
     Handshake(HandshakeError),
@@ -237,7 +237,7 @@ pub enum HandshakeError {
     ForbiddenOrigin,
     /// An extension or subprotocol could not be negotiated.
     Negotiation(String),
-    /// A limit of the HTTP parser was exceeded. Answered with 431 (headers) or 413 (body).
+    /// A limit of the HTTP parser was exceeded. Answered with 431.
     LimitExceeded(LimitExceeded),
     /// The server answered with a status other than 101; the response is kept, with its body,
     /// so that a client can follow redirects or show the error.
@@ -260,11 +260,9 @@ impl HandshakeError {
             }
             HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::ForbiddenOrigin => StatusCode::FORBIDDEN,
-            HandshakeError::LimitExceeded(LimitExceeded {
-                limit: Limit::HttpLine | Limit::Headers,
-                ..
-            }) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            HandshakeError::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            // The head is what a server buffers: a line, the header count or the whole head
+            // over its limit are all "header fields too large" (RFC 6585 §5).
+            HandshakeError::LimitExceeded(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HandshakeError::UnexpectedStatus(r) => r.status,
             HandshakeError::Rejected(s) => *s,
             HandshakeError::InvalidHttp(_)

@@ -1177,8 +1177,3 @@ mod tests {
         assert_eq!(out, b"Sec-WebSocket-Accept WWW-Authenticate X-");
     }
 }
-
-/// Subprotocols offered in a request.
-pub fn offered_subprotocols(_req: &Request<()>) -> Vec<String> {
-    unimplemented!()
-}

@@ -517,7 +517,7 @@ fn reject_other_statuses() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Limits of the HTTP parser (431 / 413)
+// Limits of the HTTP parser (431)
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -633,7 +633,7 @@ fn handshake_size_at_and_over_the_limit() {
             max: len - 1
         })
     );
-    assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(e.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
 
     // An incomplete head: buffered up to the limit, an error one byte over.
     let partial = &raw.as_bytes()[..len - 2];
