@@ -168,6 +168,11 @@ impl Config {
         self
     }
 
+    /// The configured open timeout.
+    pub fn open_timeout_value(&self) -> Option<Duration> {
+        self.open_timeout
+    }
+
     /// How long the opening handshake may take, or `None` for no limit. Default 10 s.
     pub fn open_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
         self.open_timeout = timeout;

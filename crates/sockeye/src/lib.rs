@@ -1,6 +1,65 @@
-//! sockeye: WebSockets for Rust. The tokio and blocking front ends come on top of
-//! [`sockeye_proto`], the sans-I/O core, which is re-exported as [`proto`].
+//! sockeye: WebSockets for Rust, simple, correct and fast.
+//!
+//! A handler per connection, `recv()` and `send()`, the opening and closing handshakes,
+//! pings and limits handled under the hood, safe defaults everywhere: the design of Python's
+//! `websockets`, on tokio. Every protocol rule lives in [`proto`] (the sans-I/O core,
+//! `sockeye-proto`), which this crate drives.
+//!
+//! # Server
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), sockeye::BoxError> {
+//! // An echo server: the handler runs once per connection; returning closes it (1000).
+//! let server = sockeye::serve("127.0.0.1:8765", |ws: sockeye::ServerConnection| async move {
+//!     while let Some(msg) = ws.recv().await? {
+//!         ws.send(msg).await?;
+//!     }
+//!     Ok(())
+//! })
+//! .await?;
+//! server.serve_forever().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Client
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), sockeye::BoxError> {
+//! let ws = sockeye::connect("ws://127.0.0.1:8765").await?;
+//! ws.send("Hello!").await?;
+//! let reply = ws.recv().await?;
+//! ws.close(sockeye::CloseCode::NORMAL, "").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Behaviour
+//!
+//! - Keepalive pings, pongs and the closing handshake run even while the application never
+//!   calls `recv` (the connection's driver is polled with the handler, in the same task).
+//! - Backpressure both ways: reading pauses while `max_queue` messages wait; `send` waits
+//!   while more than `write_limit` bytes wait to be written.
+//! - Writes are corked: what the core produces while handling one batch of input, and what
+//!   other tasks sent meanwhile, leaves in one write.
+//! - A normal close is not an error: `recv` returns `Ok(None)`.
+//!
+//! Logs go through `tracing`, targets `sockeye::server` and `sockeye::client`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod client;
+mod connection;
+mod error;
+mod options;
+mod server;
+
 pub use sockeye_proto as proto;
+
+pub use client::{connect, ClientBuilder};
+pub use connection::{
+    binary, broadcast, text, ClientConnection, Connection, Pong, ServerConnection,
+};
+pub use error::{Closed, Error, Result};
+pub use proto::{CloseCode, CloseFrame, Message, MessageKind, State};
+pub use server::{
+    respond, serve, BoxError, ProcessRequest, ProcessResponse, Server, ServerBuilder,
+};

@@ -1,0 +1,121 @@
+//! The tokio client: `connect(uri)`.
+
+use http::header::{HeaderName, HeaderValue};
+use http::Uri;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::connection::{Connection, Info};
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::proto::{Event, Protocol, Side};
+use crate::server::read_until_event;
+
+/// Builds a client with options other than the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ClientBuilder {
+    options: Options,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+crate::options::option_setters!(ClientBuilder);
+
+impl ClientBuilder {
+    /// A header to add to the handshake request.
+    pub fn header(mut self, name: &str, value: &str) -> Result<Self> {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Error::Misuse("invalid header name"))?;
+        let value = HeaderValue::from_str(value).map_err(|_| Error::Misuse("invalid header value"))?;
+        self.headers.push((name, value));
+        Ok(self)
+    }
+
+    /// The `Origin` header to send.
+    pub fn origin(self, origin: &str) -> Result<Self> {
+        self.header("origin", origin)
+    }
+
+    /// The `User-Agent` header, or `None` for none. Default `sockeye/VERSION`.
+    pub fn user_agent(mut self, agent: Option<String>) -> Self {
+        self.options.config.user_agent(agent);
+        self
+    }
+
+    /// Subprotocols to offer, in order of preference.
+    pub fn subprotocols<I, S>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.options.config.subprotocols(protocols);
+        self
+    }
+
+    /// Connects to a `ws://` URI and runs the opening handshake.
+    pub async fn connect(self, uri: &str) -> Result<Connection> {
+        let uri: Uri = uri.parse().map_err(|_| Error::InvalidUri(uri.to_owned()))?;
+        let scheme = uri.scheme_str().unwrap_or("");
+        let host = uri
+            .host()
+            .ok_or_else(|| Error::InvalidUri(uri.to_string()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = match scheme {
+            "ws" => uri.port_u16().unwrap_or(80),
+            "wss" => {
+                return Err(Error::InvalidUri(format!(
+                    "{uri}: wss:// (TLS) is not supported by this version"
+                )))
+            }
+            _ => return Err(Error::InvalidUri(format!("{uri}: scheme must be ws"))),
+        };
+        let config = std::sync::Arc::new(self.options.config.clone());
+        let open = async {
+            let mut stream = TcpStream::connect((host.as_str(), port)).await?;
+            let _ = stream.set_nodelay(true);
+            let mut proto = Protocol::client(config);
+            let mut request = proto.connect_request(&uri)?;
+            for (name, value) in &self.headers {
+                request.headers_mut().append(name.clone(), value.clone());
+            }
+            proto.send_request(&request)?;
+            let mut out = Vec::new();
+            proto.poll_transmit(&mut out);
+            stream.write_all(&out).await?;
+            let response = match read_until_event(&mut stream, &mut proto).await? {
+                Some(Event::Response(r)) => r,
+                _ => return Err(Error::Misuse("handshake ended without a response")),
+            };
+            Ok::<_, Error>((stream, proto, request, response))
+        };
+        // TCP connect and handshake together within open_timeout; the core also times the
+        // handshake itself.
+        let (stream, proto, request, response) = match self.options.config_open_timeout() {
+            Some(t) => tokio::time::timeout(t, open)
+                .await
+                .map_err(|_| Error::OpenTimeout)??,
+            None => open.await?,
+        };
+        let info = Info {
+            id: 0,
+            side: Side::Client,
+            local_addr: stream.local_addr().ok(),
+            remote_addr: stream.peer_addr().ok(),
+            subprotocol: proto.subprotocol().map(str::to_owned),
+            request,
+            response,
+        };
+        let (conn, driver) = Connection::new(proto, stream, Vec::new(), self.options.limits, info);
+        let span = tracing::info_span!(target: "sockeye::client", "conn", id = conn.id());
+        tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
+        tokio::spawn(driver.instrument(span));
+        Ok(conn)
+    }
+}
+
+/// Connects to a `ws://` URI with the default options. See [`ClientBuilder::connect`].
+pub async fn connect(uri: &str) -> Result<Connection> {
+    ClientBuilder::default().connect(uri).await
+}

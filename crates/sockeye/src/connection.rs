@@ -1,0 +1,752 @@
+//! A WebSocket connection on tokio: the handle applications use, and the driver that moves
+//! bytes between the transport and the sans-I/O core.
+//!
+//! The driver is a hand-written future, polled by the connection's one task (beside the
+//! server's handler, or spawned for a client). It owns the transport; handles share the
+//! [`Protocol`] behind a mutex held only for short, non-blocking sections. What the driver
+//! does each time it is woken:
+//!
+//! 1. fire the core's timers (keepalive, close timeout) when their deadline passed;
+//! 2. read what the transport has, unless `max_queue` messages wait (backpressure), into a
+//!    per-thread buffer (no read buffer per connection while idle), and feed it to the core;
+//! 3. take everything the core has to send (echoes, pongs, messages sent by other tasks) and
+//!    write it in as few writes as the transport allows: writes are corked;
+//! 4. close the transport when the core says so.
+//!
+//! Every protocol rule lives in the core; this module only moves bytes and wakes tasks.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use http::{Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{oneshot, Notify};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::{Closed, Error, Result};
+use crate::proto::{self, CloseCode, Event, Message, MessageKind, PingId, Protocol, Side, State};
+
+/// Per-connection settings that belong to the front end rather than the core.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_queue: usize,
+    pub(crate) write_limit: usize,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What is known about a connection once it is open.
+#[derive(Debug)]
+pub(crate) struct Info {
+    pub(crate) id: u64,
+    pub(crate) side: Side,
+    pub(crate) local_addr: Option<SocketAddr>,
+    pub(crate) remote_addr: Option<SocketAddr>,
+    pub(crate) request: Request<()>,
+    pub(crate) response: Response<()>,
+    pub(crate) subprotocol: Option<String>,
+}
+
+struct Shared {
+    proto: Protocol,
+    queue: VecDeque<Message>,
+    ping_waiters: Vec<(PingId, oneshot::Sender<Duration>)>,
+    /// Bytes the driver took from the core and has not written yet.
+    inflight: usize,
+    done: bool,
+    io_error: Option<Arc<io::Error>>,
+}
+
+struct Inner {
+    shared: Mutex<Shared>,
+    /// recv() waiters: a message arrived, or the connection ended.
+    readers: Notify,
+    /// send() and close() waiters: output drained, or the connection ended.
+    writers: Notify,
+    driver: AtomicWaker,
+    recv_busy: AtomicBool,
+    limits: Limits,
+    info: Info,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding this lock can only come from a bug in this module; the state
+        // is still consistent (every section leaves it so), so go on with it.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A WebSocket connection: the same type on the server (handed to the handler) and the
+/// client (returned by [`connect`](crate::connect)).
+///
+/// Cheap to clone: clones are handles to one connection. `send`, `ping` and `close` may be
+/// called from many tasks at once (frames never interleave); one task at a time may wait in
+/// `recv` (a second gets [`Error::ConcurrentRecv`]). `recv` and `send` are cancel-safe.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+/// The connection type handed to server handlers.
+pub type ServerConnection = Connection;
+
+/// The connection type returned by [`connect`](crate::connect).
+pub type ClientConnection = Connection;
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.inner.info.id)
+            .field("side", &self.inner.info.side)
+            .field("remote_addr", &self.inner.info.remote_addr)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Wraps an open protocol and its transport: returns the handle and the driver future,
+    /// which must be polled (spawned, or joined with the handler) for anything to happen.
+    pub(crate) fn new<S>(
+        proto: Protocol,
+        stream: S,
+        leftover: Vec<u8>,
+        limits: Limits,
+        mut info: Info,
+    ) -> (Connection, Driver<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        info.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let inner = Arc::new(Inner {
+            shared: Mutex::new(Shared {
+                proto,
+                queue: VecDeque::new(),
+                ping_waiters: Vec::new(),
+                inflight: 0,
+                done: false,
+                io_error: None,
+            }),
+            readers: Notify::new(),
+            writers: Notify::new(),
+            driver: AtomicWaker::new(),
+            recv_busy: AtomicBool::new(false),
+            limits,
+            info,
+        });
+        let driver = Driver {
+            inner: inner.clone(),
+            stream,
+            wbuf: leftover,
+            wpos: 0,
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            sleep_at: None,
+            eof: false,
+            finished: false,
+        };
+        {
+            let mut sh = inner.lock();
+            sh.proto.handle_timeout(Instant::now().into_std());
+            sh.inflight = driver.wbuf.len();
+        }
+        (Connection { inner }, driver)
+    }
+
+    /// Receives the next message.
+    ///
+    /// Returns `Ok(None)` once the connection closed normally (1000 or 1001 both ways), and
+    /// [`Error::ConnectionClosed`] with the close frames when it ended any other way. Messages
+    /// that arrived before the close are returned first. Cancel-safe: a `recv` dropped before
+    /// it completes loses no message.
+    pub async fn recv(&self) -> Result<Option<Message>> {
+        if self.inner.recv_busy.swap(true, Ordering::Acquire) {
+            return Err(Error::ConcurrentRecv);
+        }
+        let _busy = BusyGuard(&self.inner.recv_busy);
+        loop {
+            let notified = self.inner.readers.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut sh = self.inner.lock();
+                if let Some(m) = sh.queue.pop_front() {
+                    if sh.queue.len() + 1 == self.inner.limits.max_queue {
+                        // Reading was paused for backpressure: resume it.
+                        drop(sh);
+                        self.inner.driver.wake();
+                    }
+                    return Ok(Some(m));
+                }
+                if sh.done {
+                    let closed = closed_of(&sh);
+                    return if closed.is_ok() {
+                        Ok(None)
+                    } else {
+                        Err(Error::ConnectionClosed(closed))
+                    };
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Sends a message: text for `&str`/`String`, binary for `Vec<u8>`/`Bytes`/`&[u8]`.
+    ///
+    /// Waits while more than `write_limit` bytes are waiting to be written (backpressure).
+    /// Takes part in tokio's cooperative scheduling, so a task that sends in a tight loop
+    /// still lets the connection (and the runtime) make progress. Cancel-safe: a `send`
+    /// dropped before it completes sent nothing.
+    pub async fn send(&self, message: impl Into<Message>) -> Result<()> {
+        let message = message.into();
+        self.send_with(|p| p.send(&message)).await
+    }
+
+    /// Sends a message in fragments (RFC 6455 §5.4), one frame per item of `fragments`.
+    /// Other messages wait until it is complete; pings and pongs may go between fragments.
+    pub async fn send_fragmented<I, B>(&self, kind: MessageKind, fragments: I) -> Result<()>
+    where
+        I: IntoIterator<Item = B>,
+        B: AsRef<[u8]>,
+    {
+        let mut iter = fragments.into_iter().peekable();
+        if iter.peek().is_none() {
+            return self
+                .send_with(|p| p.send_fragment(kind, &[], true))
+                .await;
+        }
+        while let Some(chunk) = iter.next() {
+            let fin = iter.peek().is_none();
+            self.send_with(|p| p.send_fragment(kind, chunk.as_ref(), fin))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn send_with(
+        &self,
+        mut op: impl FnMut(&mut Protocol) -> std::result::Result<(), proto::Error>,
+    ) -> Result<()> {
+        tokio::task::coop::consume_budget().await;
+        loop {
+            let notified = self.inner.writers.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut sh = self.inner.lock();
+                if sh.done {
+                    return Err(Error::ConnectionClosed(closed_of(&sh)));
+                }
+                let pending = sh.proto.pending_output_len() + sh.inflight;
+                if pending <= self.inner.limits.write_limit {
+                    let was_idle = sh.proto.pending_output_len() == 0;
+                    sh.proto.handle_timeout(Instant::now().into_std());
+                    if let Err(e) = op(&mut sh.proto) {
+                        return Err(match e {
+                            proto::Error::ConnectionClosed => {
+                                Error::ConnectionClosed(closed_of(&sh))
+                            }
+                            e => e.into(),
+                        });
+                    }
+                    drop(sh);
+                    if was_idle {
+                        self.inner.driver.wake();
+                    }
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Sends a ping with a random payload. Await the returned [`Pong`] for the round-trip
+    /// time.
+    pub async fn ping(&self) -> Result<Pong> {
+        let mut payload = [0u8; 4];
+        loop {
+            // Distinct from any ping still waiting; the core refuses duplicates.
+            let n = NEXT_ID.fetch_add(1, Ordering::Relaxed) as u32 ^ 0x5a5a_5a5a;
+            payload.copy_from_slice(&n.to_be_bytes());
+            match self.ping_with(&payload).await {
+                Err(Error::Misuse(_)) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Sends a ping with this payload (at most 125 bytes).
+    pub async fn ping_with(&self, payload: &[u8]) -> Result<Pong> {
+        let (tx, rx) = oneshot::channel();
+        let mut id = None;
+        self.send_with(|p| {
+            id = Some(p.send_ping(payload)?);
+            Ok(())
+        })
+        .await?;
+        if let Some(id) = id {
+            self.inner.lock().ping_waiters.push((id, tx));
+        }
+        Ok(Pong {
+            rx,
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Closes the connection with this code and reason, and waits until the closing
+    /// handshake is over and the transport closed (at most `close_timeout`). Closing a
+    /// connection that is already closed does nothing.
+    pub async fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
+        self.start_close(code, reason)?;
+        self.wait_closed().await;
+        Ok(())
+    }
+
+    /// Starts the closing handshake without waiting for it.
+    pub(crate) fn start_close(&self, code: CloseCode, reason: &str) -> Result<()> {
+        {
+            let mut sh = self.inner.lock();
+            sh.proto.handle_timeout(Instant::now().into_std());
+            sh.proto.close(code, reason)?;
+        }
+        self.inner.driver.wake();
+        Ok(())
+    }
+
+    /// Fails the connection with this code (1011 when a handler fails).
+    pub(crate) fn fail(&self, code: CloseCode, reason: &str) {
+        {
+            let mut sh = self.inner.lock();
+            sh.proto.handle_timeout(Instant::now().into_std());
+            sh.proto.fail(code, reason);
+        }
+        self.inner.driver.wake();
+    }
+
+    /// Waits until the connection is closed.
+    pub async fn wait_closed(&self) {
+        loop {
+            let notified = self.inner.writers.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.lock().done {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The state of the connection.
+    pub fn state(&self) -> State {
+        let sh = self.inner.lock();
+        if sh.done {
+            State::Closed
+        } else {
+            sh.proto.state()
+        }
+    }
+
+    /// How the connection ended, once it has.
+    pub fn closed(&self) -> Option<Closed> {
+        let sh = self.inner.lock();
+        sh.done.then(|| closed_of(&sh))
+    }
+
+    /// The peer's close code (1006 if none was received).
+    pub fn close_code(&self) -> CloseCode {
+        self.inner.lock().proto.close_code()
+    }
+
+    /// The peer's close reason (empty if none).
+    pub fn close_reason(&self) -> String {
+        self.inner.lock().proto.close_reason().to_owned()
+    }
+
+    /// The round-trip time measured by the last ping answered (keepalive pings included).
+    pub fn latency(&self) -> Option<Duration> {
+        self.inner.lock().proto.latency()
+    }
+
+    /// A number that identifies this connection in logs, unique within the process.
+    pub fn id(&self) -> u64 {
+        self.inner.info.id
+    }
+
+    /// Which side of the connection this is.
+    pub fn side(&self) -> Side {
+        self.inner.info.side
+    }
+
+    /// The local address of the transport, if it has one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.info.local_addr
+    }
+
+    /// The remote address of the transport, if it has one.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.info.remote_addr
+    }
+
+    /// The handshake request (received by a server, sent by a client).
+    pub fn request(&self) -> &Request<()> {
+        &self.inner.info.request
+    }
+
+    /// The handshake response (sent by a server, received by a client).
+    pub fn response(&self) -> &Response<()> {
+        &self.inner.info.response
+    }
+
+    /// The subprotocol negotiated, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.inner.info.subprotocol.as_deref()
+    }
+
+    /// How many bytes wait to be written.
+    pub fn buffered_amount(&self) -> usize {
+        let sh = self.inner.lock();
+        sh.proto.pending_output_len() + sh.inflight
+    }
+
+    /// Sends a message without waiting, for broadcast: refused (returns `false`) when the
+    /// connection is not open or more than `write_limit` bytes already wait.
+    pub(crate) fn try_send_frame(&self, message: &Message) -> bool {
+        let mut sh = self.inner.lock();
+        if sh.done
+            || sh.proto.state() != State::Open
+            || sh.proto.pending_output_len() + sh.inflight > self.inner.limits.write_limit
+        {
+            return false;
+        }
+        let was_idle = sh.proto.pending_output_len() == 0;
+        if sh.proto.send(message).is_err() {
+            return false;
+        }
+        drop(sh);
+        if was_idle {
+            self.inner.driver.wake();
+        }
+        true
+    }
+}
+
+fn closed_of(sh: &Shared) -> Closed {
+    Closed {
+        received: sh.proto.close_received().cloned(),
+        sent: sh.proto.close_sent().cloned(),
+    }
+}
+
+struct BusyGuard<'a>(&'a AtomicBool);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The answer to a ping: resolves to the round-trip time when the pong arrives, or to
+/// [`Error::ConnectionClosed`] if the connection ends first.
+pub struct Pong {
+    rx: oneshot::Receiver<Duration>,
+    inner: Arc<Inner>,
+}
+
+impl Future for Pong {
+    type Output = Result<Duration>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(d)) => Poll::Ready(Ok(d)),
+            Poll::Ready(Err(_)) => {
+                let sh = self.inner.lock();
+                Poll::Ready(Err(Error::ConnectionClosed(closed_of(&sh))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+// ----- The driver ---------------------------------------------------------------------------
+
+const READ_BUF: usize = 64 * 1024;
+
+thread_local! {
+    // One read buffer per runtime thread, not per connection: an idle connection holds none.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
+}
+
+/// Reads this many times at most before letting other tasks run.
+const READS_PER_POLL: usize = 16;
+
+/// Moves bytes between the transport and the core. Completes when the transport is closed.
+pub(crate) struct Driver<S> {
+    inner: Arc<Inner>,
+    stream: S,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    sleep: Pin<Box<Sleep>>,
+    sleep_at: Option<Instant>,
+    eof: bool,
+    finished: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    /// Feeds the core with what one read gives; returns `Ready(Ok(n))`, 0 at end of stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let inner = &self.inner;
+        let stream = &mut self.stream;
+        READ_BUFFER.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let mut rb = ReadBuf::new(&mut buf[..]);
+            match Pin::new(stream).poll_read(cx, &mut rb) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let data = rb.filled();
+                    let n = data.len();
+                    let mut sh = inner.lock();
+                    sh.proto.handle_timeout(Instant::now().into_std());
+                    let result = if n == 0 {
+                        sh.proto.receive_eof()
+                    } else {
+                        sh.proto.receive_data(data)
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(target: "sockeye", id = inner.info.id, "connection failed: {e}");
+                    }
+                    dispatch(inner, sh);
+                    Poll::Ready(Ok(n))
+                }
+            }
+        })
+    }
+
+    fn finish(&mut self, error: Option<io::Error>) {
+        self.finished = true;
+        {
+            let mut sh = self.inner.lock();
+            sh.done = true;
+            sh.inflight = 0;
+            if let Some(e) = error {
+                sh.io_error = Some(Arc::new(e));
+            }
+            sh.ping_waiters.clear();
+            let code = sh.proto.close_code();
+            match self.inner.info.side {
+                Side::Server => tracing::info!(target: "sockeye::server", id = self.inner.info.id, "connection closed ({})", code),
+                Side::Client => tracing::info!(target: "sockeye::client", id = self.inner.info.id, "connection closed ({})", code),
+            }
+        }
+        self.inner.readers.notify_waiters();
+        self.inner.writers.notify_waiters();
+    }
+}
+
+/// Delivers the core's events: messages to the queue, pongs to their waiters.
+fn dispatch(inner: &Inner, mut sh: MutexGuard<'_, Shared>) {
+    let mut wake_readers = false;
+    while let Some(event) = sh.proto.poll_event() {
+        match event {
+            Event::Message(m) => {
+                sh.queue.push_back(m);
+                wake_readers = true;
+            }
+            Event::Pong {
+                acked: Some(id), ..
+            } => {
+                let latency = sh.proto.latency().unwrap_or_default();
+                let waiters = std::mem::take(&mut sh.ping_waiters);
+                for (pid, tx) in waiters {
+                    if pid <= id {
+                        let _ = tx.send(latency);
+                    } else {
+                        sh.ping_waiters.push((pid, tx));
+                    }
+                }
+            }
+            Event::Close(_) => wake_readers = true,
+            Event::Fragment(f) => {
+                // The tokio front end delivers whole messages; stream_fragments is off.
+                tracing::warn!(target: "sockeye", "unexpected fragment of {} bytes", f.data.len());
+            }
+            Event::Ping(_) | Event::Pong { .. } | Event::Request(_) | Event::Response(_) => {}
+        }
+    }
+    drop(sh);
+    if wake_readers {
+        inner.readers.notify_waiters();
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(());
+        }
+        this.inner.driver.register(cx.waker());
+        let mut reads = 0;
+        loop {
+            let mut progress = false;
+
+            // 1. Timers.
+            if this.sleep_at.is_some() && this.sleep.as_mut().poll(cx).is_ready() {
+                this.sleep_at = None;
+                let mut sh = this.inner.lock();
+                sh.proto.handle_timeout(Instant::now().into_std());
+                dispatch(&this.inner, sh);
+                progress = true;
+            }
+
+            // 2. Read, unless max_queue messages wait or the peer is done sending.
+            let want_read = !this.eof && {
+                let sh = this.inner.lock();
+                sh.queue.len() < this.inner.limits.max_queue
+            };
+            if want_read && reads < READS_PER_POLL {
+                match this.poll_read(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        this.eof = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        reads += 1;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        {
+                            let mut sh = this.inner.lock();
+                            let _ = sh.proto.receive_eof();
+                        }
+                        this.finish(Some(e));
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => {}
+                }
+            } else if want_read {
+                // Read budget spent: let other tasks run, then come back.
+                cx.waker().wake_by_ref();
+            }
+
+            // 3. Take the output and write it.
+            if this.wpos == this.wbuf.len() {
+                this.wbuf.clear();
+                this.wpos = 0;
+                let mut sh = this.inner.lock();
+                sh.proto.poll_transmit(&mut this.wbuf);
+                sh.inflight = this.wbuf.len();
+            }
+            let had_output = this.wpos < this.wbuf.len();
+            while this.wpos < this.wbuf.len() {
+                match Pin::new(&mut this.stream).poll_write(cx, &this.wbuf[this.wpos..]) {
+                    Poll::Ready(Ok(0)) => {
+                        this.finish(Some(io::ErrorKind::WriteZero.into()));
+                        return Poll::Ready(());
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        this.wpos += n;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        {
+                            let mut sh = this.inner.lock();
+                            let _ = sh.proto.receive_eof();
+                        }
+                        this.finish(Some(e));
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            let drained = this.wpos == this.wbuf.len();
+            if had_output && drained {
+                if this.wbuf.capacity() > 64 * 1024 {
+                    this.wbuf = Vec::new();
+                }
+                this.wbuf.clear();
+                this.wpos = 0;
+                let mut sh = this.inner.lock();
+                sh.inflight = 0;
+                drop(sh);
+                this.inner.writers.notify_waiters();
+            } else if !drained {
+                let mut sh = this.inner.lock();
+                sh.inflight = this.wbuf.len() - this.wpos;
+            }
+
+            // 4. Close the transport when the core says so and everything is written.
+            let (close_now, more_output, deadline) = {
+                let sh = this.inner.lock();
+                (
+                    sh.proto.should_close_transport(),
+                    sh.proto.pending_output_len() > 0,
+                    sh.proto.poll_timeout(),
+                )
+            };
+            if more_output && drained {
+                continue;
+            }
+            if close_now && drained && !more_output {
+                match Pin::new(&mut this.stream).poll_shutdown(cx) {
+                    Poll::Ready(_) => {
+                        this.finish(None);
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+
+            // 5. Sleep until the core's next deadline.
+            let deadline = deadline.map(Instant::from_std);
+            if deadline != this.sleep_at {
+                this.sleep_at = deadline;
+                if let Some(d) = deadline {
+                    this.sleep.as_mut().reset(d);
+                    progress = true; // poll it once to register the timer
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// Sends `message` to every connection in `connections` without waiting: encoded once per
+/// connection into its output buffer. Connections that are not open, or have more than
+/// `write_limit` bytes waiting, are skipped; they are returned so the caller can act on them.
+pub fn broadcast<'a, I>(connections: I, message: impl Into<Message>) -> Vec<Connection>
+where
+    I: IntoIterator<Item = &'a Connection>,
+{
+    let message = message.into();
+    let mut skipped = Vec::new();
+    for c in connections {
+        if !c.try_send_frame(&message) {
+            skipped.push(c.clone());
+        }
+    }
+    skipped
+}
+
+/// A message payload for [`Connection::send`] from a `Bytes` known to be text.
+pub fn text(s: impl Into<String>) -> Message {
+    Message::Text(s.into().into())
+}
+
+/// A binary message payload.
+pub fn binary(b: impl Into<Bytes>) -> Message {
+    Message::Binary(b.into())
+}

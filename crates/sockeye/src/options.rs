@@ -1,0 +1,110 @@
+//! Options shared by the server and client builders.
+
+use crate::connection::Limits;
+use crate::proto::Config;
+
+/// The core's configuration plus the front end's own limits.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) config: Config,
+    pub(crate) limits: Limits,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config: Config::new(),
+            limits: Limits {
+                max_queue: 16,
+                write_limit: 32 * 1024,
+            },
+        }
+    }
+}
+
+/// The setters every builder has, by value so that they chain.
+macro_rules! option_setters {
+    ($builder:ty) => {
+        impl $builder {
+            /// Largest message accepted, in bytes, after decompression (default 1 MiB); a
+            /// larger one fails the connection with 1009. Also bounds single frames.
+            pub fn max_size(mut self, bytes: usize) -> Self {
+                self.options.config.max_size(bytes).max_frame_size(bytes);
+                self
+            }
+
+            /// Largest number of frames in one message (default 65,536); more fail the
+            /// connection with 1009.
+            pub fn max_fragments(mut self, count: usize) -> Self {
+                self.options.config.max_fragments(count);
+                self
+            }
+
+            /// How many received messages may wait for `recv` before reading pauses
+            /// (default 16). Bounds memory when the application is slower than the peer.
+            pub fn max_queue(mut self, messages: usize) -> Self {
+                self.options.limits.max_queue = messages.max(1);
+                self
+            }
+
+            /// How many bytes may wait to be written before `send` waits (default 32 KiB).
+            pub fn write_limit(mut self, bytes: usize) -> Self {
+                self.options.limits.write_limit = bytes;
+                self
+            }
+
+            /// Interval between keepalive pings, `None` for none (default 20 s).
+            pub fn ping_interval(mut self, interval: Option<std::time::Duration>) -> Self {
+                self.options.config.ping_interval(interval);
+                self
+            }
+
+            /// How long to wait for a keepalive pong before closing with 1011, `None` for
+            /// ever (default 20 s).
+            pub fn ping_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+                self.options.config.ping_timeout(timeout);
+                self
+            }
+
+            /// How long the opening handshake may take, `None` for no limit (default 10 s).
+            pub fn open_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+                self.options.config.open_timeout(timeout);
+                self
+            }
+
+            /// How long the closing handshake may take (default 10 s).
+            pub fn close_timeout(mut self, timeout: std::time::Duration) -> Self {
+                self.options.config.close_timeout(timeout);
+                self
+            }
+
+            /// permessage-deflate on (default) or off.
+            pub fn compression(mut self, on: bool) -> Self {
+                self.options
+                    .config
+                    .compression(on.then(crate::proto::DeflateConfig::default));
+                self
+            }
+
+            /// permessage-deflate with these parameters, or `None` for off.
+            pub fn deflate(mut self, deflate: Option<crate::proto::DeflateConfig>) -> Self {
+                self.options.config.compression(deflate);
+                self
+            }
+
+            /// Largest HTTP head in the opening handshake (default 64 KiB); over it, 431.
+            pub fn max_handshake_size(mut self, bytes: usize) -> Self {
+                self.options.config.max_handshake_size(bytes);
+                self
+            }
+        }
+    };
+}
+
+pub(crate) use option_setters;
+
+impl Options {
+    pub(crate) fn config_open_timeout(&self) -> Option<std::time::Duration> {
+        self.config.open_timeout_value()
+    }
+}

@@ -1,0 +1,490 @@
+//! The tokio server: `serve(addr, handler)`, one handler call per connection.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::connection::{Connection, Info, Limits};
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::proto::{self, CloseCode, Event, Protocol, Side};
+
+/// The error type handlers return: any error, boxed. `?` converts [`Error`] and most others.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A `process_request` hook: sees the handshake request before it is accepted; returning a
+/// response answers the request with it instead (health checks, authentication, ...).
+pub type ProcessRequest = Arc<dyn Fn(&Request<()>) -> Option<Response<Bytes>> + Send + Sync>;
+
+/// A `process_response` hook: may change the response (headers, cookies) before it is sent.
+pub type ProcessResponse = Arc<dyn Fn(&Request<()>, &mut Response<Bytes>) + Send + Sync>;
+
+/// An HTTP response to answer a handshake request with, for `process_request` hooks:
+/// `text/plain` with this body, and `Connection: close`.
+pub fn respond(status: StatusCode, body: &str) -> Response<Bytes> {
+    let mut config = proto::Config::new();
+    config.server_header(None);
+    proto::handshake::reject(status, body, &config)
+}
+
+/// Builds a server with options other than the defaults.
+///
+/// Defaults follow python-websockets: ping_interval 20 s, ping_timeout 20 s, open_timeout
+/// 10 s, close_timeout 10 s, max_size 1 MiB, max_queue 16, write_limit 32 KiB, compression on.
+#[derive(Clone)]
+pub struct ServerBuilder {
+    options: Options,
+    process_request: Option<ProcessRequest>,
+    process_response: Option<ProcessResponse>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            options: Options::default(),
+            process_request: None,
+            process_response: None,
+        }
+    }
+}
+
+crate::options::option_setters!(ServerBuilder);
+
+impl ServerBuilder {
+    /// Subprotocols the server supports, in order of preference.
+    pub fn subprotocols<I, S>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.options.config.subprotocols(protocols);
+        self
+    }
+
+    /// `Origin` values accepted (`None` in the list accepts requests without one); others
+    /// get 403. Default: any.
+    pub fn origins(mut self, origins: Option<Vec<Option<String>>>) -> Self {
+        self.options.config.origins(origins);
+        self
+    }
+
+    /// The `Server` header, or `None` for none. Default `sockeye/VERSION`.
+    pub fn server_header(mut self, value: Option<String>) -> Self {
+        self.options.config.server_header(value);
+        self
+    }
+
+    /// Installs a `process_request` hook.
+    pub fn process_request<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Request<()>) -> Option<Response<Bytes>> + Send + Sync + 'static,
+    {
+        self.process_request = Some(Arc::new(hook));
+        self
+    }
+
+    /// Installs a `process_response` hook.
+    pub fn process_response<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Request<()>, &mut Response<Bytes>) + Send + Sync + 'static,
+    {
+        self.process_response = Some(Arc::new(hook));
+        self
+    }
+
+    /// Binds `addr` and serves: `handler` runs once per connection, and the connection
+    /// closes (1000) when it returns, or fails (1011, logged at ERROR) when it returns an
+    /// error.
+    pub async fn serve<A, H, Fut>(self, addr: A, handler: H) -> Result<Server>
+    where
+        A: ToSocketAddrs,
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(self.serve_listener(listener, handler))
+    }
+
+    /// Serves on a listener bound elsewhere.
+    pub fn serve_listener<H, Fut>(self, listener: TcpListener, handler: H) -> Server
+    where
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
+        let local_addr = listener.local_addr().ok();
+        let inner = Arc::new(ServerInner {
+            local_addr,
+            connections: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+            stop_accepting: Notify::new(),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            closed: AtomicBool::new(false),
+            closed_notify: Notify::new(),
+        });
+        if let Some(addr) = local_addr {
+            tracing::info!(target: "sockeye::server", "server listening on {addr}");
+        }
+        let shared = Arc::new(Shared {
+            config: Arc::new(self.options.config.clone()),
+            options: self.options,
+            process_request: self.process_request,
+            process_response: self.process_response,
+        });
+        tokio::spawn(accept_loop(listener, inner.clone(), shared, Arc::new(handler)));
+        Server { inner }
+    }
+}
+
+struct Shared {
+    options: Options,
+    config: Arc<proto::Config>,
+    process_request: Option<ProcessRequest>,
+    process_response: Option<ProcessResponse>,
+}
+
+struct ServerInner {
+    local_addr: Option<SocketAddr>,
+    connections: Mutex<HashMap<u64, Connection>>,
+    closing: AtomicBool,
+    stop_accepting: Notify,
+    /// Handshakes and handlers running.
+    active: AtomicUsize,
+    idle: Notify,
+    closed: AtomicBool,
+    closed_notify: Notify,
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::close`].
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<ServerInner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+impl Server {
+    /// A builder, to change options.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr
+    }
+
+    /// The open connections.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Runs until [`Server::close`] is called (from another task).
+    pub async fn serve_forever(&self) -> Result<()> {
+        self.wait_closed().await;
+        Ok(())
+    }
+
+    /// Waits until the server is closed.
+    pub async fn wait_closed(&self) {
+        loop {
+            let notified = self.inner.closed_notify.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes the server gracefully: stops accepting connections, answers handshakes in
+    /// progress with 503, closes open connections with 1001 (going away), and waits for
+    /// every handler to return.
+    pub async fn close(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        self.inner.stop_accepting.notify_waiters();
+        for c in self.connections() {
+            let _ = c.start_close(CloseCode::GOING_AWAY, "");
+        }
+        loop {
+            let notified = self.inner.idle.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.active.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            notified.await;
+        }
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.closed_notify.notify_waiters();
+        tracing::info!(target: "sockeye::server", "server closed");
+    }
+}
+
+/// Starts a server with the default options. See [`ServerBuilder::serve`].
+pub async fn serve<A, H, Fut>(addr: A, handler: H) -> Result<Server>
+where
+    A: ToSocketAddrs,
+    H: Fn(Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+{
+    ServerBuilder::default().serve(addr, handler).await
+}
+
+struct ActiveGuard(Arc<ServerInner>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+async fn accept_loop<H, Fut>(
+    listener: TcpListener,
+    server: Arc<ServerInner>,
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+) where
+    H: Fn(Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+{
+    loop {
+        let stop = server.stop_accepting.notified();
+        let mut stop = pin!(stop);
+        stop.as_mut().enable();
+        if server.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let accepted = tokio::select! {
+            _ = stop => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                server.active.fetch_add(1, Ordering::AcqRel);
+                let guard = ActiveGuard(server.clone());
+                let server = server.clone();
+                let shared = shared.clone();
+                let handler = handler.clone();
+                let span = tracing::info_span!(target: "sockeye::server", "conn", remote = %peer);
+                tokio::spawn(
+                    async move {
+                        let _guard = guard;
+                        handle_connection(stream, peer, &server, &shared, &*handler).await;
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS...: the listener is fine, the process is out of
+                // something. Log and wait a little instead of spinning on the error.
+                tracing::error!(target: "sockeye::server", "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle_connection<H, Fut>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    server: &Arc<ServerInner>,
+    shared: &Shared,
+    handler: &H,
+) where
+    H: Fn(Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
+    let mut proto = Protocol::server(shared.config.clone());
+    let opened = server_handshake(&mut stream, &mut proto, shared, server).await;
+    let (request, response) = match opened {
+        Ok(Some(pair)) => pair,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::info!(target: "sockeye::server", "opening handshake failed: {e}");
+            return;
+        }
+    };
+    let info = Info {
+        id: 0,
+        side: Side::Server,
+        local_addr: local,
+        remote_addr: Some(peer),
+        subprotocol: proto.subprotocol().map(str::to_owned),
+        request,
+        response,
+    };
+    let limits: Limits = shared.options.limits;
+    let (conn, driver) = Connection::new(proto, stream, Vec::new(), limits, info);
+    let id = conn.id();
+    tracing::info!(target: "sockeye::server", id, "connection open");
+    server
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, conn.clone());
+    if server.closing.load(Ordering::Acquire) {
+        let _ = conn.start_close(CloseCode::GOING_AWAY, "");
+    }
+    run_handler(conn.clone(), driver, handler(conn.clone())).await;
+    server
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+}
+
+/// Polls the handler and the driver in one task: the connection keeps answering pings and
+/// running the closing handshake whether or not the handler calls `recv`.
+pub(crate) async fn run_handler<D, F>(conn: Connection, driver: D, handler: F)
+where
+    D: Future<Output = ()>,
+    F: Future<Output = std::result::Result<(), BoxError>>,
+{
+    let mut driver = pin!(driver);
+    let mut handler = pin!(handler);
+    let mut handler_done = false;
+    let mut driver_done = false;
+    std::future::poll_fn(|cx| {
+        if !handler_done {
+            if let Poll::Ready(result) = handler.as_mut().poll(cx) {
+                handler_done = true;
+                match result {
+                    Ok(()) => {
+                        let _ = conn.start_close(CloseCode::NORMAL, "");
+                    }
+                    Err(e) => {
+                        let closed = matches!(
+                            e.downcast_ref::<Error>(),
+                            Some(Error::ConnectionClosed(_))
+                        );
+                        if !closed {
+                            tracing::error!(target: "sockeye::server", id = conn.id(), "connection handler failed: {e}");
+                        }
+                        conn.fail(CloseCode::INTERNAL_ERROR, "");
+                    }
+                }
+            }
+        }
+        if !driver_done && driver.as_mut().poll(cx).is_ready() {
+            driver_done = true;
+        }
+        if handler_done && driver_done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// Runs the server side of the opening handshake. `Ok(None)`: answered without opening.
+async fn server_handshake<S>(
+    stream: &mut S,
+    proto: &mut Protocol,
+    shared: &Shared,
+    server: &ServerInner,
+) -> Result<Option<(Request<()>, Response<()>)>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let request = match read_until_event(stream, proto).await? {
+        Some(Event::Request(r)) => r,
+        _ => return Ok(None),
+    };
+    let mut response = if server.closing.load(Ordering::Acquire) {
+        proto.reject(StatusCode::SERVICE_UNAVAILABLE, "Server is shutting down.\n")
+    } else if let Some(r) = shared.process_request.as_ref().and_then(|h| h(&request)) {
+        r
+    } else {
+        proto.accept(&request)
+    };
+    if let Some(hook) = &shared.process_response {
+        hook(&request, &mut response);
+    }
+    let status = response.status();
+    proto.send_response(&response)?;
+    let mut out = Vec::new();
+    proto.poll_transmit(&mut out);
+    stream.write_all(&out).await?;
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        tracing::info!(target: "sockeye::server", "handshake rejected ({})", status);
+        let _ = stream.shutdown().await;
+        return Ok(None);
+    }
+    let (parts, _) = response.into_parts();
+    Ok(Some((request, Response::from_parts(parts, ()))))
+}
+
+/// Reads and feeds the core until it produces an event (the handshake request or response),
+/// honouring the core's open timeout. Writes error responses the core queues.
+pub(crate) async fn read_until_event<S>(stream: &mut S, proto: &mut Protocol) -> Result<Option<Event>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = [0u8; 4096];
+    proto.handle_timeout(tokio::time::Instant::now().into_std());
+    loop {
+        if let Some(event) = proto.poll_event() {
+            return Ok(Some(event));
+        }
+        let deadline = proto.poll_timeout().map(tokio::time::Instant::from_std);
+        let read = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, stream.read(&mut buf)).await.ok(),
+                None => Some(stream.read(&mut buf).await),
+            }
+        };
+        let result = match read.await {
+            None => {
+                proto.handle_timeout(tokio::time::Instant::now().into_std());
+                match proto.error() {
+                    Some(e) => Err(e.clone()),
+                    None => continue,
+                }
+            }
+            Some(Ok(0)) => proto.receive_eof(),
+            Some(Ok(n)) => proto.receive_data(&buf[..n]),
+            Some(Err(e)) => return Err(e.into()),
+        };
+        if let Err(e) = result {
+            // An HTTP error response may be queued: send it before closing.
+            let mut out = Vec::new();
+            proto.poll_transmit(&mut out);
+            if !out.is_empty() {
+                let _ = stream.write_all(&out).await;
+            }
+            let _ = stream.shutdown().await;
+            return Err(e.into());
+        }
+    }
+}
