@@ -14,10 +14,17 @@
 //! A peer that compresses with an 8-bit window is fine: inflating with a larger window always
 //! works, so receiving windows are widened to 9 bits.
 //!
+//! The receiving window only matters to zlib; zlib-rs allocates a 32 KiB inflate window
+//! whatever the negotiated size, and (like zlib) resolves back-references from the output of
+//! the current call as well as from its window, so a peer that exceeds the negotiated window is
+//! not always detected. That is harmless: the data still inflates correctly.
+//!
 //! # Memory
 //!
 //! A [`Deflate`] allocates its zlib compressor and decompressor on first use, and frees them
 //! after each message when the context is not taken over, so idle connections stay small.
+//! When allocated, a compressor takes about 2^(window bits + 2) bytes plus 128 KiB of zlib
+//! hash tables and buffers, a decompressor about 40 KiB.
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -404,8 +411,9 @@ impl DeflateConfig {
 /// between messages holds nothing.
 #[derive(Debug)]
 pub struct Deflate {
-    compressor: Option<Compress>,
-    decompressor: Option<Decompress>,
+    /// Boxed: zlib's stream structs are about 100 bytes each, an idle connection needs none.
+    compressor: Option<Box<Compress>>,
+    decompressor: Option<Box<Decompress>>,
     level: Compression,
     /// LZ77 window of our compressor, in bits.
     send_bits: u8,
@@ -472,7 +480,7 @@ impl Deflate {
         let (level, bits) = (self.level, self.send_bits);
         let compressor = self
             .compressor
-            .get_or_insert_with(|| Compress::new_with_window_bits(level, false, bits));
+            .get_or_insert_with(|| Box::new(Compress::new_with_window_bits(level, false, bits)));
 
         // First the payload without flushing, at least one call even when it is empty: zlib
         // refuses a sync flush right after another one with no input in between (it returns
@@ -545,10 +553,11 @@ impl Deflate {
             self.decompressor = None;
             self.recv_stream_ended = false;
         } else if fin {
-            self.recv_stream_ended = false;
-            if self.recv_no_context_takeover {
+            // A stream ended by a final block cannot go on: start the next message afresh.
+            if self.recv_no_context_takeover || self.recv_stream_ended {
                 self.decompressor = None;
             }
+            self.recv_stream_ended = false;
         }
         result
     }
@@ -572,7 +581,7 @@ impl Deflate {
         let bits = self.recv_bits;
         let decompressor = self
             .decompressor
-            .get_or_insert_with(|| Decompress::new_with_window_bits(false, bits));
+            .get_or_insert_with(|| Box::new(Decompress::new_with_window_bits(false, bits)));
         let tail: &[u8] = if fin { &TAIL } else { &[] };
 
         for (piece, is_tail) in [(input, false), (tail, true)] {
@@ -658,27 +667,782 @@ fn reserve_for_inflate(out: &mut Vec<u8>, room: usize, max_size: usize) {
 mod tests {
     use super::*;
 
-    fn params(list: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+    const HELLO: [u8; 7] = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    const HELLO_AGAIN: [u8; 5] = [0xf2, 0x00, 0x11, 0x00, 0x00];
+
+    type Params = Vec<(String, Option<String>)>;
+
+    fn params(list: &[(&str, Option<&str>)]) -> Params {
         list.iter()
-            .map(|(n, v)| (n.to_string(), v.map(str::to_owned)))
+            .map(|(n, v)| ((*n).to_owned(), v.map(str::to_owned)))
             .collect()
     }
 
+    /// Deterministic pseudo-random bytes (xorshift), incompressible.
+    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Text of pseudo-random words: compresses, but not to almost nothing.
+    fn words(len: usize, seed: u64) -> Vec<u8> {
+        let words = [
+            "alpha ", "bravo ", "charlie ", "delta ", "echo ", "foxtrot ", "golf ", "hotel ",
+        ];
+        let mut out = Vec::new();
+        for r in noise(len, seed) {
+            out.extend_from_slice(words[usize::from(r) % words.len()].as_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Compressible text.
+    fn text(len: usize) -> Vec<u8> {
+        let words = [
+            "websocket ",
+            "deflate ",
+            "window ",
+            "context ",
+            "takeover ",
+            "frame ",
+        ];
+        let mut out = Vec::new();
+        let mut i = 0usize;
+        while out.len() < len {
+            out.extend_from_slice(words[(i * 7 + i / 3) % words.len()].as_bytes());
+            i += 1;
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn compress(d: &mut Deflate, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        d.compress(payload, true, &mut out);
+        out
+    }
+
+    fn inflate(d: &mut Deflate, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        d.decompress(input, true, &mut out, usize::MAX).unwrap();
+        out
+    }
+
+    fn pair(p: DeflateParams) -> (Deflate, Deflate) {
+        (
+            Deflate::new(p, Side::Client, 6),
+            Deflate::new(p, Side::Server, 6),
+        )
+    }
+
+    fn all_configs() -> Vec<DeflateConfig> {
+        let mut configs = Vec::new();
+        for snct in [false, true] {
+            for cnct in [false, true] {
+                for smwb in [None, Some(9), Some(12), Some(15)] {
+                    for cmwb in [None, Some(9), Some(12), Some(15)] {
+                        configs.push(DeflateConfig {
+                            server_no_context_takeover: snct,
+                            client_no_context_takeover: cnct,
+                            server_max_window_bits: smwb,
+                            client_max_window_bits: cmwb,
+                            compression_level: 6,
+                        });
+                    }
+                }
+            }
+        }
+        configs
+    }
+
     #[test]
-    fn rfc_hello_example() {
+    fn rfc_7692_hello_examples_inflate() {
+        // §7.2.3.1 and §7.2.3.2: "Hello", then "Hello" again with context takeover.
+        let mut d = Deflate::new(DeflateParams::default(), Side::Client, 6);
+        assert_eq!(inflate(&mut d, &HELLO), b"Hello");
+        assert_eq!(inflate(&mut d, &HELLO_AGAIN), b"Hello");
+        // §7.2.3.1 again, without context: a fresh decompressor.
+        let mut d = Deflate::new(DeflateParams::default(), Side::Server, 6);
+        assert_eq!(inflate(&mut d, &HELLO), b"Hello");
+    }
+
+    #[test]
+    fn rfc_7692_hello_examples_compress() {
+        for level in 1..=9 {
+            let (mut c, mut s) = pair(DeflateParams::default());
+            let first = compress(&mut c, b"Hello");
+            let second = compress(&mut c, b"Hello");
+            assert_eq!(first, HELLO, "level {level}");
+            assert_eq!(second, HELLO_AGAIN, "level {level}");
+            assert_eq!(inflate(&mut s, &first), b"Hello");
+            assert_eq!(inflate(&mut s, &second), b"Hello");
+        }
+        // Level 0 (stored blocks) is valid too.
+        let p = DeflateParams::default();
+        let mut c = Deflate::new(p, Side::Client, 0);
+        let mut s = Deflate::new(p, Side::Server, 0);
+        let out = compress(&mut c, b"Hello");
+        assert_eq!(inflate(&mut s, &out), b"Hello");
+    }
+
+    #[test]
+    fn rfc_7692_bfinal_block() {
+        // §7.2.3.3: "Hello" in a block with BFINAL set; the appended tail is ignored.
+        let mut d = Deflate::new(DeflateParams::default(), Side::Client, 6);
+        let bfinal = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        assert_eq!(inflate(&mut d, &bfinal), b"Hello");
+        // The next message starts a new stream.
+        assert_eq!(inflate(&mut d, &HELLO), b"Hello");
+        // Data after the final block is an error.
+        let mut trailing = bfinal.to_vec();
+        trailing.extend_from_slice(&HELLO);
+        let mut out = Vec::new();
+        let err = d.decompress(&trailing, true, &mut out, 1000).unwrap_err();
+        assert!(
+            matches!(err, Error::Protocol(ProtocolError::Inflate(_))),
+            "{err:?}"
+        );
+        // Also when it comes in a later fragment.
         let mut d = Deflate::new(DeflateParams::default(), Side::Client, 6);
         let mut out = Vec::new();
-        d.decompress(
-            &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
-            true,
-            &mut out,
-            100,
-        )
-        .unwrap();
-        assert_eq!(out, b"Hello");
+        d.decompress(&bfinal, false, &mut out, 1000).unwrap();
+        assert!(d.decompress(&HELLO, true, &mut out, 1000).is_err());
+    }
+
+    #[test]
+    fn rfc_7692_stored_block_example() {
+        // §7.2.3.4: "Hello" in a stored block.
+        let mut d = Deflate::new(DeflateParams::default(), Side::Client, 6);
+        let stored = [
+            0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+        ];
+        assert_eq!(inflate(&mut d, &stored), b"Hello");
+    }
+
+    #[test]
+    fn offer_lists_parameters_in_order() {
+        let offer = DeflateConfig::default().offer();
+        assert_eq!(offer.name, "permessage-deflate");
+        assert_eq!(offer.params, params(&[("client_max_window_bits", None)]));
+        let all = DeflateConfig {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: Some(10),
+            client_max_window_bits: Some(11),
+            compression_level: 6,
+        };
+        assert_eq!(
+            all.offer().params,
+            params(&[
+                ("server_no_context_takeover", None),
+                ("client_no_context_takeover", None),
+                ("server_max_window_bits", Some("10")),
+                ("client_max_window_bits", Some("11")),
+            ])
+        );
+    }
+
+    #[test]
+    fn validate_and_clamp() {
+        assert!(DeflateConfig::default().validate().is_ok());
+        for bad in [
+            DeflateConfig {
+                server_max_window_bits: Some(8),
+                ..DeflateConfig::default()
+            },
+            DeflateConfig {
+                client_max_window_bits: Some(16),
+                ..DeflateConfig::default()
+            },
+            DeflateConfig {
+                compression_level: 10,
+                ..DeflateConfig::default()
+            },
+        ] {
+            assert!(matches!(bad.validate(), Err(Error::Misuse(_))));
+        }
+        let clamped = DeflateConfig {
+            server_max_window_bits: Some(3),
+            client_max_window_bits: Some(200),
+            ..DeflateConfig::default()
+        };
+        assert_eq!(
+            clamped.offer().params,
+            params(&[
+                ("server_max_window_bits", Some("9")),
+                ("client_max_window_bits", Some("15")),
+            ])
+        );
+        // Out-of-range params never panic in the codec either.
+        let p = DeflateParams {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_max_window_bits: 0,
+            client_max_window_bits: 255,
+        };
+        let (mut c, mut s) = pair(p);
+        let data = text(5000);
+        assert_eq!(inflate(&mut s, &compress(&mut c, &data)), data);
+        assert_eq!(inflate(&mut c, &compress(&mut s, &data)), data);
+    }
+
+    /// Negotiates between a client and a server configuration, checking that both ends agree.
+    fn negotiate(client: &DeflateConfig, server: &DeflateConfig) -> DeflateParams {
+        let offer = client.offer();
+        let (on_server, response) = server
+            .accept_offer(&offer.params)
+            .unwrap()
+            .unwrap_or_else(|| panic!("declined: {client:?} {server:?}"));
+        assert_eq!(response.name, EXTENSION_NAME);
+        let on_client = client.accept_response(&response.params).unwrap();
+        assert_eq!(on_client, on_server, "{client:?} {server:?} {response:?}");
+        on_client
+    }
+
+    #[test]
+    fn every_combination_negotiates_and_round_trips() {
+        // Short enough for zlib to refer back to it with a 9-bit window (at most 250 bytes back).
+        let message = words(200, 1);
+        let messages = [message.clone(), message.clone(), message];
+        for client in all_configs() {
+            for server in all_configs() {
+                let p = negotiate(&client, &server);
+                // What each end asked for is honoured.
+                assert_eq!(
+                    p.server_no_context_takeover,
+                    client.server_no_context_takeover || server.server_no_context_takeover
+                );
+                assert_eq!(
+                    p.client_no_context_takeover,
+                    client.client_no_context_takeover || server.client_no_context_takeover
+                );
+                let limit = |a: Option<u8>, b: Option<u8>| a.unwrap_or(15).min(b.unwrap_or(15));
+                assert_eq!(
+                    p.server_max_window_bits,
+                    limit(client.server_max_window_bits, server.server_max_window_bits)
+                );
+                assert_eq!(
+                    p.client_max_window_bits,
+                    limit(client.client_max_window_bits, server.client_max_window_bits)
+                );
+            }
+        }
+        // Messages both ways for every client configuration against a few servers (every
+        // pair would be slow in debug builds; the params above cover every pair).
+        let servers = [
+            DeflateConfig::default(),
+            DeflateConfig {
+                server_no_context_takeover: true,
+                client_no_context_takeover: true,
+                server_max_window_bits: Some(10),
+                client_max_window_bits: Some(10),
+                compression_level: 6,
+            },
+        ];
+        for client in all_configs() {
+            for server in &servers {
+                for (a, b) in [(&client, server), (server, &client)] {
+                    let p = negotiate(a, b);
+                    let (mut c, mut s) = pair(p);
+                    exchange(&mut c, &mut s, p.client_no_context_takeover, &messages);
+                    exchange(&mut s, &mut c, p.server_no_context_takeover, &messages);
+                }
+            }
+        }
+    }
+
+    /// Sends identical messages from one end to the other; checks that they come back and
+    /// that they shrink with context takeover, or compress the same without.
+    fn exchange(from: &mut Deflate, to: &mut Deflate, reset: bool, messages: &[Vec<u8>]) {
+        let sizes: Vec<usize> = messages
+            .iter()
+            .map(|m| {
+                let z = compress(from, m);
+                assert_eq!(&inflate(to, &z), m);
+                z.len()
+            })
+            .collect();
+        if reset {
+            assert!(sizes.windows(2).all(|w| w[0] == w[1]), "{sizes:?}");
+        } else {
+            assert!(sizes[1] < sizes[0] / 2, "{sizes:?}");
+            assert!(sizes[2] < sizes[0] / 2, "{sizes:?}");
+        }
+    }
+
+    #[test]
+    fn context_takeover_shrinks_repeated_messages() {
+        let data = text(2000);
+        let (mut c, mut s) = pair(DeflateParams::default());
+        let first = compress(&mut c, &data);
+        let second = compress(&mut c, &data);
+        assert!(second.len() < first.len());
+        assert_eq!(inflate(&mut s, &first), data);
+        assert_eq!(inflate(&mut s, &second), data);
+        assert_eq!(c.is_allocated(), (true, false));
+        assert_eq!(s.is_allocated(), (false, true));
+
+        let p = DeflateParams {
+            client_no_context_takeover: true,
+            ..DeflateParams::default()
+        };
+        let (mut c, mut s) = pair(p);
+        let first = compress(&mut c, &data);
+        assert_eq!(c.is_allocated(), (false, false), "freed after the message");
+        let second = compress(&mut c, &data);
+        assert_eq!(first, second);
+        assert_eq!(inflate(&mut s, &first), data);
+        assert_eq!(s.is_allocated(), (false, false), "freed after the message");
+        assert_eq!(inflate(&mut s, &second), data);
+    }
+
+    #[test]
+    fn fresh_codec_allocates_nothing() {
+        let d = Deflate::new(DeflateParams::default(), Side::Server, 6);
+        assert_eq!(d.is_allocated(), (false, false));
+        assert!(
+            std::mem::size_of::<Deflate>() <= 32,
+            "{}",
+            std::mem::size_of::<Deflate>()
+        );
+    }
+
+    #[test]
+    fn each_window_size() {
+        // Repeats at distances of 300 to 20,000 bytes: every window finds some of them.
+        let mut data = Vec::new();
+        for (i, len) in [300usize, 700, 1500, 5000, 20_000].into_iter().enumerate() {
+            let block = noise(len, i as u64 + 1);
+            data.extend_from_slice(&block);
+            data.extend_from_slice(&block);
+        }
+        let mut previous = usize::MAX;
+        for bits in 9..=15 {
+            let p = DeflateParams {
+                server_max_window_bits: bits,
+                client_max_window_bits: bits,
+                ..DeflateParams::default()
+            };
+            let (mut c, mut s) = pair(p);
+            let z = compress(&mut c, &data);
+            assert_eq!(inflate(&mut s, &z), data, "bits {bits}");
+            let z2 = compress(&mut s, &data);
+            assert_eq!(inflate(&mut c, &z2), data, "bits {bits}");
+            assert!(
+                z.len() <= previous,
+                "bits {bits}: larger windows compress better"
+            );
+            previous = z.len();
+        }
+    }
+
+    #[test]
+    fn fragmented_messages() {
+        let data = text(50_000);
+        for reset in [false, true] {
+            let p = DeflateParams {
+                client_no_context_takeover: reset,
+                ..DeflateParams::default()
+            };
+            let (mut c, mut s) = pair(p);
+            for _ in 0..3 {
+                let pieces: Vec<&[u8]> = data.chunks(7_000).collect();
+                let mut frames = Vec::new();
+                for (i, piece) in pieces.iter().enumerate() {
+                    let fin = i + 1 == pieces.len();
+                    let mut frame = Vec::new();
+                    c.compress(piece, fin, &mut frame);
+                    if !fin {
+                        assert!(frame.ends_with(&TAIL), "intermediate frames keep the flush");
+                    }
+                    frames.push(frame);
+                }
+                assert!(!frames.last().unwrap().ends_with(&TAIL));
+                let mut out = Vec::new();
+                for (i, frame) in frames.iter().enumerate() {
+                    let fin = i + 1 == frames.len();
+                    s.decompress(frame, fin, &mut out, usize::MAX).unwrap();
+                    // Each fragment inflates as it arrives.
+                    assert_eq!(out.len(), (7_000 * (i + 1)).min(data.len()));
+                }
+                assert_eq!(out, data);
+            }
+        }
+    }
+
+    #[test]
+    fn compressed_stream_split_anywhere() {
+        let data = text(20_000);
+        let (mut c, mut s) = pair(DeflateParams::default());
+        let z = compress(&mut c, &data);
+        for split in [1, 2, 3, 13, 100, 1000] {
+            let mut d = Deflate::new(DeflateParams::default(), Side::Server, 6);
+            let mut out = Vec::new();
+            let pieces: Vec<&[u8]> = z.chunks(split).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                d.decompress(piece, i + 1 == pieces.len(), &mut out, usize::MAX)
+                    .unwrap();
+            }
+            assert_eq!(out, data, "split {split}");
+        }
+        assert_eq!(inflate(&mut s, &z), data);
+    }
+
+    #[test]
+    fn empty_messages() {
+        for reset in [false, true] {
+            let p = DeflateParams {
+                client_no_context_takeover: reset,
+                server_no_context_takeover: reset,
+                ..DeflateParams::default()
+            };
+            let (mut c, mut s) = pair(p);
+            // §7.2.3.6: an empty message is the single byte 00.
+            assert_eq!(compress(&mut c, b""), [0x00]);
+            assert_eq!(inflate(&mut s, &[0x00]), b"");
+            // Empty after non-empty, repeatedly (zlib refuses back-to-back sync flushes).
+            for _ in 0..3 {
+                let z = compress(&mut c, b"Hello");
+                assert_eq!(inflate(&mut s, &z), b"Hello");
+                let z = compress(&mut c, b"");
+                assert!(!z.is_empty());
+                assert_eq!(inflate(&mut s, &z), b"");
+                let z = compress(&mut c, b"");
+                assert_eq!(inflate(&mut s, &z), b"");
+            }
+            // Empty fragments, including an empty final one.
+            let mut frames = Vec::new();
+            for (payload, fin) in [
+                (&b""[..], false),
+                (b"abc", false),
+                (b"", false),
+                (b"", true),
+            ] {
+                let mut frame = Vec::new();
+                c.compress(payload, fin, &mut frame);
+                frames.push((frame, fin));
+            }
+            let mut out = Vec::new();
+            for (frame, fin) in &frames {
+                s.decompress(frame, *fin, &mut out, 100).unwrap();
+            }
+            assert_eq!(out, b"abc");
+            // Empty input frames on the receiving side.
+            let mut out = Vec::new();
+            s.decompress(&[], false, &mut out, 100).unwrap();
+            s.decompress(&[0x00], true, &mut out, 100).unwrap();
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn incompressible_data() {
+        let data = noise(200_000, 42);
+        let (mut c, mut s) = pair(DeflateParams::default());
+        for _ in 0..2 {
+            let z = compress(&mut c, &data);
+            assert!(z.len() < data.len() + data.len() / 100 + 64, "{}", z.len());
+            assert_eq!(inflate(&mut s, &z), data);
+        }
+    }
+
+    #[test]
+    fn zip_bomb_is_stopped_at_the_limit() {
+        let zeros = vec![0u8; 1 << 20];
+        let (mut c, mut s) = pair(DeflateParams::default());
+        let z = compress(&mut c, &zeros);
+        assert!(z.len() < 2000, "{}", z.len());
+        let max = 64 * 1024;
         let mut out = Vec::new();
-        d.decompress(&[0xf2, 0x00, 0x11, 0x00, 0x00], true, &mut out, 100)
+        let err = s.decompress(&z, true, &mut out, max).unwrap_err();
+        assert_eq!(
+            err,
+            Error::LimitExceeded(LimitExceeded {
+                limit: Limit::MessageSize,
+                max
+            })
+        );
+        assert!(out.capacity() < 2 * max, "{}", out.capacity());
+        assert!(out.len() <= max + 1);
+        assert_eq!(
+            s.is_allocated(),
+            (false, false),
+            "a failed stream is dropped"
+        );
+
+        // The same, arriving in fragments: the limit is on the whole message.
+        let mut s = Deflate::new(DeflateParams::default(), Side::Server, 6);
+        let mut out = Vec::new();
+        let mut result = Ok(());
+        for piece in z.chunks(100) {
+            result = s.decompress(piece, false, &mut out, max);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(result, Err(Error::LimitExceeded(_))));
+        assert!(out.capacity() < 2 * max);
+    }
+
+    #[test]
+    fn limit_is_exact() {
+        let data = text(10_000);
+        for (max, ok) in [(10_000, true), (9_999, false), (0, false)] {
+            let (mut c, mut s) = pair(DeflateParams::default());
+            let z = compress(&mut c, &data);
+            let mut out = Vec::new();
+            let result = s.decompress(&z, true, &mut out, max);
+            assert_eq!(result.is_ok(), ok, "max {max}");
+            if ok {
+                assert_eq!(out, data);
+            }
+        }
+        // An empty message fits in a limit of 0.
+        let (mut c, mut s) = pair(DeflateParams::default());
+        let z = compress(&mut c, b"");
+        let mut out = Vec::new();
+        s.decompress(&z, true, &mut out, 0).unwrap();
+        // Output already over the limit fails at once.
+        let mut out = vec![1, 2, 3];
+        assert!(s.decompress(&[0x00], true, &mut out, 2).is_err());
+    }
+
+    #[test]
+    fn corrupt_data_is_a_protocol_error() {
+        for bad in [
+            &[0xff, 0xff, 0xff, 0xff][..],   // reserved block type 11
+            &[0x07],                         // BTYPE=11 too
+            &[0x00, 0x05, 0x00, 0x00, 0x00], // stored block with bad NLEN
+        ] {
+            let mut d = Deflate::new(DeflateParams::default(), Side::Client, 6);
+            let mut out = Vec::new();
+            let err = d.decompress(bad, true, &mut out, 1 << 20).unwrap_err();
+            assert!(
+                matches!(&err, Error::Protocol(ProtocolError::Inflate(_))),
+                "{bad:?}: {err:?}"
+            );
+            assert_eq!(err.close_code(), Some(crate::CloseCode::PROTOCOL_ERROR));
+        }
+        // A truncated stream that is not final is fine: more may come.
+        let (mut c, _) = pair(DeflateParams::default());
+        let z = compress(&mut c, &text(5000));
+        let mut d = Deflate::new(DeflateParams::default(), Side::Server, 6);
+        let mut out = Vec::new();
+        d.decompress(&z[..z.len() / 2], false, &mut out, 1 << 20)
             .unwrap();
-        assert_eq!(out, b"Hello");
+    }
+
+    #[test]
+    fn server_declines_invalid_offers() {
+        let server = DeflateConfig::default();
+        for bad in [
+            params(&[
+                ("server_no_context_takeover", None),
+                ("server_no_context_takeover", None),
+            ]),
+            params(&[
+                ("client_max_window_bits", None),
+                ("client_max_window_bits", Some("10")),
+            ]),
+            params(&[
+                ("server_max_window_bits", Some("10")),
+                ("server_max_window_bits", Some("10")),
+            ]),
+            params(&[("x-unknown", None)]),
+            params(&[("Server_No_Context_Takeover", None)]),
+            params(&[("server_no_context_takeover", Some("true"))]),
+            params(&[("client_no_context_takeover", Some(""))]),
+            params(&[("server_max_window_bits", None)]),
+            params(&[("server_max_window_bits", Some("7"))]),
+            params(&[("server_max_window_bits", Some("16"))]),
+            params(&[("server_max_window_bits", Some("09"))]),
+            params(&[("server_max_window_bits", Some("+9"))]),
+            params(&[("server_max_window_bits", Some(" 9"))]),
+            params(&[("server_max_window_bits", Some(""))]),
+            params(&[("client_max_window_bits", Some("abc"))]),
+            params(&[("client_max_window_bits", Some("1000000000000000000000"))]),
+            // Valid, but the server cannot compress with a 256-byte window (§7.1.2.1).
+            params(&[("server_max_window_bits", Some("8"))]),
+        ] {
+            assert_eq!(server.accept_offer(&bad), Ok(None), "{bad:?}");
+        }
+        // A configured limit lowers 9 no further than the client's 8.
+        let limited = DeflateConfig {
+            server_max_window_bits: Some(12),
+            ..DeflateConfig::default()
+        };
+        let eight = params(&[("server_max_window_bits", Some("8"))]);
+        assert_eq!(limited.accept_offer(&eight), Ok(None));
+    }
+
+    #[test]
+    fn server_responses() {
+        let server = DeflateConfig::default();
+        // No parameters: nothing in the response.
+        let (p, r) = server.accept_offer(&[]).unwrap().unwrap();
+        assert_eq!(p, DeflateParams::default());
+        assert!(r.params.is_empty());
+        // A client's 8 is echoed, and inflated with a 9-bit window.
+        let offer = params(&[("client_max_window_bits", Some("8"))]);
+        let (p, r) = server.accept_offer(&offer).unwrap().unwrap();
+        assert_eq!(p.client_max_window_bits, 9);
+        assert_eq!(r.params, params(&[("client_max_window_bits", Some("8"))]));
+        // The client's hint of no context takeover is accepted and echoed.
+        let offer = params(&[("client_no_context_takeover", None)]);
+        let (p, r) = server.accept_offer(&offer).unwrap().unwrap();
+        assert!(p.client_no_context_takeover);
+        assert_eq!(r.params, offer);
+
+        // A server that limits the client declines clients that cannot be limited.
+        let limiting = DeflateConfig {
+            client_max_window_bits: Some(10),
+            ..DeflateConfig::default()
+        };
+        assert_eq!(limiting.accept_offer(&[]), Ok(None));
+        let offer = params(&[("client_max_window_bits", None)]);
+        let (p, r) = limiting.accept_offer(&offer).unwrap().unwrap();
+        assert_eq!(p.client_max_window_bits, 10);
+        assert_eq!(r.params, params(&[("client_max_window_bits", Some("10"))]));
+        let offer = params(&[("client_max_window_bits", Some("9"))]);
+        let (p, _) = limiting.accept_offer(&offer).unwrap().unwrap();
+        assert_eq!(p.client_max_window_bits, 9);
+
+        // Everything configured on the server, nothing asked by the client.
+        let strict = DeflateConfig {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: Some(11),
+            client_max_window_bits: Some(12),
+            compression_level: 6,
+        };
+        let offer = params(&[("client_max_window_bits", None)]);
+        let (p, r) = strict.accept_offer(&offer).unwrap().unwrap();
+        assert_eq!(
+            p,
+            DeflateParams {
+                server_no_context_takeover: true,
+                client_no_context_takeover: true,
+                server_max_window_bits: 11,
+                client_max_window_bits: 12,
+            }
+        );
+        assert_eq!(
+            r.params,
+            params(&[
+                ("server_no_context_takeover", None),
+                ("client_no_context_takeover", None),
+                ("server_max_window_bits", Some("11")),
+                ("client_max_window_bits", Some("12")),
+            ])
+        );
+    }
+
+    #[test]
+    fn client_rejects_invalid_responses() {
+        let default = DeflateConfig::default();
+        let asking = DeflateConfig {
+            server_no_context_takeover: true,
+            server_max_window_bits: Some(10),
+            client_max_window_bits: Some(11),
+            ..DeflateConfig::default()
+        };
+        let good = params(&[
+            ("server_no_context_takeover", None),
+            ("server_max_window_bits", Some("10")),
+        ]);
+        assert!(asking.accept_response(&good).is_ok());
+        let cases: Vec<(&DeflateConfig, Params)> = vec![
+            (&default, params(&[("x", None)])),
+            (
+                &default,
+                params(&[("server_no_context_takeover", Some("1"))]),
+            ),
+            (
+                &default,
+                params(&[("client_no_context_takeover", Some("1"))]),
+            ),
+            (
+                &default,
+                params(&[
+                    ("client_no_context_takeover", None),
+                    ("client_no_context_takeover", None),
+                ]),
+            ),
+            (&default, params(&[("server_max_window_bits", Some("16"))])),
+            (&default, params(&[("server_max_window_bits", Some("010"))])),
+            (&default, params(&[("server_max_window_bits", None)])),
+            // Without a value only in offers (§7.1.2.2).
+            (&default, params(&[("client_max_window_bits", None)])),
+            // Cannot compress with 8 bits.
+            (&default, params(&[("client_max_window_bits", Some("8"))])),
+            // Missing what was asked.
+            (&asking, params(&[("server_max_window_bits", Some("10"))])),
+            (&asking, params(&[("server_no_context_takeover", None)])),
+            // Larger than asked.
+            (
+                &asking,
+                params(&[
+                    ("server_no_context_takeover", None),
+                    ("server_max_window_bits", Some("11")),
+                ]),
+            ),
+            (
+                &asking,
+                params(&[
+                    ("server_no_context_takeover", None),
+                    ("server_max_window_bits", Some("10")),
+                    ("client_max_window_bits", Some("12")),
+                ]),
+            ),
+        ];
+        for (config, response) in cases {
+            let err = config.accept_response(&response).unwrap_err();
+            assert!(
+                matches!(err, HandshakeError::Negotiation(_)),
+                "{response:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_applies_responses() {
+        let default = DeflateConfig::default();
+        assert_eq!(default.accept_response(&[]), Ok(DeflateParams::default()));
+        // The server may limit itself, reset its context, and limit the client.
+        let response = params(&[
+            ("server_no_context_takeover", None),
+            ("client_no_context_takeover", None),
+            ("server_max_window_bits", Some("8")),
+            ("client_max_window_bits", Some("9")),
+        ]);
+        assert_eq!(
+            default.accept_response(&response),
+            Ok(DeflateParams {
+                server_no_context_takeover: true,
+                client_no_context_takeover: true,
+                server_max_window_bits: 9,
+                client_max_window_bits: 9,
+            })
+        );
+        // Our own limit and context reset apply even when the response is silent.
+        let own = DeflateConfig {
+            client_no_context_takeover: true,
+            client_max_window_bits: Some(12),
+            ..DeflateConfig::default()
+        };
+        let p = own.accept_response(&[]).unwrap();
+        assert!(p.client_no_context_takeover);
+        assert_eq!(p.client_max_window_bits, 12);
+        let p = own
+            .accept_response(&params(&[("client_max_window_bits", Some("10"))]))
+            .unwrap();
+        assert_eq!(p.client_max_window_bits, 10);
     }
 }
