@@ -257,8 +257,9 @@ impl DeflateConfig {
     /// server then tries the client's next offer, or goes on without compression). Declined:
     ///
     /// - an invalid offer: a duplicate or unknown parameter, a value on a flag parameter, an
-    ///   invalid window size (RFC 7692 §7.1: "the server MUST decline" what it cannot accept;
-    ///   python-websockets likewise skips such an offer rather than failing the handshake);
+    ///   invalid window size (RFC 7692 §7.1: "A server MUST decline an extension negotiation
+    ///   offer for this extension if" it has any of these; python-websockets likewise skips
+    ///   such an offer and tries the next, rather than answering 400);
     /// - `server_max_window_bits=8`: the server must not use a larger window than the client
     ///   asked for (§7.1.2.1), and zlib cannot compress with a 256-byte window;
     /// - an offer without `client_max_window_bits` when [`Self::client_max_window_bits`] is
@@ -336,8 +337,8 @@ impl DeflateConfig {
     /// Client: checks the server's response to [`Self::offer`] (RFC 7692 §7.1) and returns the
     /// negotiated parameters.
     ///
-    /// Fails with [`HandshakeError::Negotiation`] (the client must then fail the connection,
-    /// RFC 7692 §7.1) on a duplicate or unknown parameter, a value on a flag parameter, an
+    /// Fails with [`HandshakeError::Negotiation`] (RFC 7692 §7.1: "A client MUST _Fail the
+    /// WebSocket Connection_ if" the response is invalid or unsupported) on a duplicate or unknown parameter, a value on a flag parameter, an
     /// invalid window size or `client_max_window_bits` without a value; when
     /// `server_no_context_takeover` was asked for and is missing (§7.1.1.1); when
     /// `server_max_window_bits` was asked for and is missing or larger (§7.1.2.1); when
@@ -474,7 +475,10 @@ impl Deflate {
     /// Each fragment ends with a sync flush, so the peer can inflate it as it arrives. When
     /// `fin` (the last fragment of the message), the trailing `00 00 ff ff` of the flush is
     /// removed, and without context takeover (RFC 7692 §7.1.1) the compressor is freed. An
-    /// empty message compresses to the single byte `00` (RFC 7692 §7.2.3.6).
+    /// empty message compresses to the single byte `00`, an empty stored block without its
+    /// tail (RFC 7692 §7.2.3.6).
+    ///
+    /// Never fails: zlib only reports errors for a misused stream.
     pub fn compress(&mut self, payload: &[u8], fin: bool, out: &mut Vec<u8>) {
         let start = out.len();
         let (level, bits) = (self.level, self.send_bits);
@@ -538,8 +542,11 @@ impl Deflate {
     /// before inflating, and if the peer does not take over context (RFC 7692 §7.1.1) the
     /// decompressor is freed. A fragment that ends inside a deflate block is fine: the rest
     /// comes with the next fragment. Input that is not valid deflate, data after a final
-    /// block, or back-references beyond the negotiated window fail with
+    /// block, or back-references to data that the decompressor does not have fail with
     /// [`ProtocolError::Inflate`].
+    ///
+    /// After an error the decompressor is dropped: the connection is expected to fail
+    /// (close code 1002 or 1009).
     pub fn decompress(
         &mut self,
         input: &[u8],
