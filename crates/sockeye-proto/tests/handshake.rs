@@ -1165,7 +1165,6 @@ fn format_then_parse_round_trips() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "needs deflate module"]
 fn chrome_request_negotiates_deflate() {
     let c = Config::new();
     let accept = check_request(&parse(CHROME), &c, None).unwrap();
@@ -1179,7 +1178,6 @@ fn chrome_request_negotiates_deflate() {
 }
 
 #[test]
-#[ignore = "needs deflate module"]
 fn first_acceptable_deflate_offer_wins() {
     let c = Config::new();
     // The first offer is unacceptable (window bits out of range): the second is taken.
@@ -1200,7 +1198,6 @@ fn first_acceptable_deflate_offer_wins() {
 }
 
 #[test]
-#[ignore = "needs deflate module"]
 fn round_trip_with_deflate() {
     let c = Config::new();
     let key = generate_key([1; 16]);
@@ -1222,7 +1219,6 @@ fn round_trip_with_deflate() {
 }
 
 #[test]
-#[ignore = "needs deflate module"]
 fn response_with_two_deflates_is_refused() {
     let c = Config::new();
     let e = check_response(
