@@ -26,7 +26,8 @@ impl ClientBuilder {
     pub fn header(mut self, name: &str, value: &str) -> Result<Self> {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| Error::Misuse("invalid header name"))?;
-        let value = HeaderValue::from_str(value).map_err(|_| Error::Misuse("invalid header value"))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| Error::Misuse("invalid header value"))?;
         self.headers.push((name, value));
         Ok(self)
     }

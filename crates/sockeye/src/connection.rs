@@ -221,9 +221,7 @@ impl Connection {
     {
         let mut iter = fragments.into_iter().peekable();
         if iter.peek().is_none() {
-            return self
-                .send_with(|p| p.send_fragment(kind, &[], true))
-                .await;
+            return self.send_with(|p| p.send_fragment(kind, &[], true)).await;
         }
         while let Some(chunk) = iter.next() {
             let fin = iter.peek().is_none();
@@ -543,8 +541,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             sh.ping_waiters.clear();
             let code = sh.proto.close_code();
             match self.inner.info.side {
-                Side::Server => tracing::info!(target: "sockeye::server", id = self.inner.info.id, "connection closed ({})", code),
-                Side::Client => tracing::info!(target: "sockeye::client", id = self.inner.info.id, "connection closed ({})", code),
+                Side::Server => {
+                    tracing::info!(target: "sockeye::server", id = self.inner.info.id, "connection closed ({})", code)
+                }
+                Side::Client => {
+                    tracing::info!(target: "sockeye::client", id = self.inner.info.id, "connection closed ({})", code)
+                }
             }
         }
         self.inner.readers.notify_waiters();

@@ -143,7 +143,12 @@ impl ServerBuilder {
             process_request: self.process_request,
             process_response: self.process_response,
         });
-        tokio::spawn(accept_loop(listener, inner.clone(), shared, Arc::new(handler)));
+        tokio::spawn(accept_loop(
+            listener,
+            inner.clone(),
+            shared,
+            Arc::new(handler),
+        ));
         Server { inner }
     }
 }
@@ -422,7 +427,10 @@ where
         _ => return Ok(None),
     };
     let mut response = if server.closing.load(Ordering::Acquire) {
-        proto.reject(StatusCode::SERVICE_UNAVAILABLE, "Server is shutting down.\n")
+        proto.reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server is shutting down.\n",
+        )
     } else if let Some(r) = shared.process_request.as_ref().and_then(|h| h(&request)) {
         r
     } else {
@@ -447,7 +455,10 @@ where
 
 /// Reads and feeds the core until it produces an event (the handshake request or response),
 /// honouring the core's open timeout. Writes error responses the core queues.
-pub(crate) async fn read_until_event<S>(stream: &mut S, proto: &mut Protocol) -> Result<Option<Event>>
+pub(crate) async fn read_until_event<S>(
+    stream: &mut S,
+    proto: &mut Protocol,
+) -> Result<Option<Event>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

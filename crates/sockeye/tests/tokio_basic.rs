@@ -1,0 +1,73 @@
+//! The tokio front end over real loopback sockets.
+
+use std::time::Duration;
+
+use sockeye::{CloseCode, Error, Message, Server};
+
+async fn echo_server() -> (Server, String) {
+    let server = sockeye::serve("127.0.0.1:0", |ws| async move {
+        while let Some(msg) = ws.recv().await? {
+            ws.send(msg).await?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let uri = format!("ws://{}/", server.local_addr().unwrap());
+    (server, uri)
+}
+
+#[tokio::test]
+async fn echo_round_trip_and_clean_close() {
+    let (server, uri) = echo_server().await;
+    let ws = sockeye::connect(&uri).await.unwrap();
+    ws.send("Hello!").await.unwrap();
+    assert_eq!(ws.recv().await.unwrap(), Some(Message::from("Hello!")));
+    ws.send(vec![1u8, 2, 3]).await.unwrap();
+    assert_eq!(
+        ws.recv().await.unwrap(),
+        Some(Message::from(vec![1u8, 2, 3]))
+    );
+    ws.close(CloseCode::NORMAL, "bye").await.unwrap();
+    let closed = ws.closed().unwrap();
+    assert!(closed.is_ok(), "{closed}");
+    assert_eq!(ws.recv().await.unwrap(), None);
+    tokio::time::timeout(Duration::from_secs(5), server.close())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn handler_return_closes_with_1000() {
+    let server = sockeye::serve("127.0.0.1:0", |ws| async move {
+        ws.send("bye").await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let ws = sockeye::connect(&format!("ws://{}/", server.local_addr().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(ws.recv().await.unwrap(), Some(Message::from("bye")));
+    assert_eq!(ws.recv().await.unwrap(), None);
+    assert_eq!(ws.close_code(), CloseCode::NORMAL);
+    server.close().await;
+}
+
+#[tokio::test]
+async fn handler_error_closes_with_1011() {
+    let server = sockeye::serve(
+        "127.0.0.1:0",
+        |_ws| async move { Err("something broke".into()) },
+    )
+    .await
+    .unwrap();
+    let ws = sockeye::connect(&format!("ws://{}/", server.local_addr().unwrap()))
+        .await
+        .unwrap();
+    match ws.recv().await {
+        Err(Error::ConnectionClosed(c)) => assert_eq!(c.code(), CloseCode::INTERNAL_ERROR),
+        other => panic!("{other:?}"),
+    }
+    server.close().await;
+}
