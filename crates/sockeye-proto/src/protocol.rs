@@ -71,6 +71,7 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PingId(pub u64);
 
+
 #[derive(Debug)]
 enum Handshake {
     /// Server, waiting for the request head.
@@ -588,6 +589,7 @@ impl Protocol {
             if let Some(key) = h.mask {
                 apply_mask(&mut payload, key, 0);
             }
+            log_frame(self.side, '<', h.opcode, &payload, h.fin, h.rsv1);
             self.handle_frame(&h, payload.freeze())?;
         }
     }
@@ -1012,6 +1014,7 @@ impl Protocol {
     }
 
     fn write_frame(&mut self, opcode: OpCode, payload: &[u8], fin: bool, rsv1: bool) {
+        log_frame(self.side, '>', opcode, payload, fin, rsv1);
         let mask = match self.side {
             Side::Client => Some(self.rng.mask()),
             Side::Server => None,
@@ -1155,6 +1158,64 @@ impl Protocol {
     }
 }
 
+/// DEBUG log of one frame, as python-websockets: `> TEXT 'hello' [5 bytes]`. Targets
+/// `sockeye::server` and `sockeye::client`, so the front end's connection span applies.
+fn log_frame(side: Side, dir: char, opcode: OpCode, payload: &[u8], fin: bool, rsv1: bool) {
+    macro_rules! emit {
+        ($target:literal) => {
+            if tracing::enabled!(target: $target, tracing::Level::DEBUG) {
+                tracing::debug!(
+                    target: $target,
+                    "{dir} {}",
+                    describe_frame(opcode, payload, fin, rsv1)
+                );
+            }
+        };
+    }
+    match side {
+        Side::Server => emit!("sockeye::server"),
+        Side::Client => emit!("sockeye::client"),
+    }
+}
+
+/// `TEXT 'hello' [5 bytes]`, `BINARY 01 02 03 [3 bytes, continued]`, `CLOSE 1000 (OK) [2 bytes]`.
+pub(crate) fn describe_frame(opcode: OpCode, payload: &[u8], fin: bool, rsv1: bool) -> String {
+    const MAX: usize = 75;
+    let data = match opcode {
+        _ if rsv1 => format!("{} bytes compressed", payload.len()),
+        OpCode::Text | OpCode::Continuation if std::str::from_utf8(payload).is_ok() => {
+            let text = std::str::from_utf8(payload).unwrap_or_default();
+            if text.chars().count() > MAX {
+                let cut: String = text.chars().take(MAX - 3).collect();
+                format!("'{cut}...'")
+            } else {
+                format!("'{text}'")
+            }
+        }
+        OpCode::Close => match CloseFrame::parse(payload) {
+            Ok(Some(c)) => c.to_string(),
+            Ok(None) => String::new(),
+            Err(_) => "invalid".to_owned(),
+        },
+        _ => {
+            let hex: Vec<String> = payload
+                .iter()
+                .take(MAX / 3)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let more = if payload.len() > MAX / 3 { "..." } else { "" };
+            format!("{}{more}", hex.join(" "))
+        }
+    };
+    let cont = if fin { "" } else { ", continued" };
+    let sep = if data.is_empty() { "" } else { " " };
+    format!(
+        "{}{sep}{data} [{} bytes{cont}]",
+        opcode.name(),
+        payload.len()
+    )
+}
+
 /// The length of a non-101 response body: `Some(n)` from `Content-Length`, `Some(0)` when
 /// there is none by definition, `None` when it runs to the end of the connection.
 fn body_length(status: &StatusCode, headers: &http::HeaderMap) -> Option<usize> {
@@ -1176,4 +1237,39 @@ fn body_length(status: &StatusCode, headers: &http::HeaderMap) -> Option<usize> 
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_descriptions_for_the_debug_log() {
+        assert_eq!(
+            describe_frame(OpCode::Text, b"hello", true, false),
+            "TEXT 'hello' [5 bytes]"
+        );
+        assert_eq!(
+            describe_frame(OpCode::Binary, &[1, 2, 3], false, false),
+            "BINARY 01 02 03 [3 bytes, continued]"
+        );
+        assert_eq!(
+            describe_frame(OpCode::Close, b"\x03\xe8", true, false),
+            "CLOSE 1000 (OK) [2 bytes]"
+        );
+        assert_eq!(
+            describe_frame(OpCode::Ping, b"", true, false),
+            "PING [0 bytes]"
+        );
+        let long = "x".repeat(100);
+        let d = describe_frame(OpCode::Text, long.as_bytes(), true, false);
+        assert!(
+            d.starts_with("TEXT 'xxx") && d.ends_with("...' [100 bytes]"),
+            "{d}"
+        );
+        assert_eq!(
+            describe_frame(OpCode::Text, b"abc", true, true),
+            "TEXT 3 bytes compressed [3 bytes]"
+        );
+    }
 }

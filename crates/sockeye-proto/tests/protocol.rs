@@ -1035,11 +1035,13 @@ mod rfc7692_deflate {
     #[test]
     fn every_parameter_combination_negotiates_and_round_trips() {
         for bits in 0..16u32 {
-            let mut dc = DeflateConfig::default();
-            dc.server_no_context_takeover = bits & 1 != 0;
-            dc.client_no_context_takeover = bits & 2 != 0;
-            dc.server_max_window_bits = (bits & 4 != 0).then_some(10);
-            dc.client_max_window_bits = (bits & 8 != 0).then_some(9);
+            let dc = DeflateConfig {
+                server_no_context_takeover: bits & 1 != 0,
+                client_no_context_takeover: bits & 2 != 0,
+                server_max_window_bits: (bits & 4 != 0).then_some(10),
+                client_max_window_bits: (bits & 8 != 0).then_some(9),
+                ..DeflateConfig::default()
+            };
             let mut c = Config::new();
             c.compression(Some(dc));
             let mut pair = Pair::handshake(c, Config::new());

@@ -43,21 +43,11 @@ pub fn respond(status: StatusCode, body: &str) -> Response<Bytes> {
 ///
 /// Defaults follow python-websockets: ping_interval 20 s, ping_timeout 20 s, open_timeout
 /// 10 s, close_timeout 10 s, max_size 1 MiB, max_queue 16, write_limit 32 KiB, compression on.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ServerBuilder {
     options: Options,
     process_request: Option<ProcessRequest>,
     process_response: Option<ProcessResponse>,
-}
-
-impl Default for ServerBuilder {
-    fn default() -> Self {
-        ServerBuilder {
-            options: Options::default(),
-            process_request: None,
-            process_response: None,
-        }
-    }
 }
 
 crate::options::option_setters!(ServerBuilder);
