@@ -21,7 +21,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -75,6 +75,8 @@ struct Inner {
     writers: Notify,
     driver: AtomicWaker,
     recv_busy: AtomicBool,
+    /// Live `Connection` handles; the last one dropped closes the connection.
+    handles: AtomicUsize,
     limits: Limits,
     info: Info,
 }
@@ -93,9 +95,34 @@ impl Inner {
 /// Cheap to clone: clones are handles to one connection. `send`, `ping` and `close` may be
 /// called from many tasks at once (frames never interleave); one task at a time may wait in
 /// `recv` (a second gets [`Error::ConcurrentRecv`]). `recv` and `send` are cancel-safe.
-#[derive(Clone)]
+///
+/// When the last handle is dropped, the connection closes with 1000 (the driver finishes the
+/// closing handshake in the background).
 pub struct Connection {
     inner: Arc<Inner>,
+}
+
+impl Clone for Connection {
+    fn clone(&self) -> Self {
+        self.inner.handles.fetch_add(1, Ordering::Relaxed);
+        Connection {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.inner.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut sh = self.inner.lock();
+            if !sh.done && sh.proto.state() == State::Open {
+                sh.proto.handle_timeout(Instant::now().into_std());
+                let _ = sh.proto.close(CloseCode::NORMAL, "");
+                drop(sh);
+                self.inner.driver.wake();
+            }
+        }
+    }
 }
 
 /// The connection type handed to server handlers.
@@ -142,6 +169,7 @@ impl Connection {
             writers: Notify::new(),
             driver: AtomicWaker::new(),
             recv_busy: AtomicBool::new(false),
+            handles: AtomicUsize::new(1),
             limits,
             info,
         });
@@ -209,7 +237,7 @@ impl Connection {
     /// dropped before it completes sent nothing.
     pub async fn send(&self, message: impl Into<Message>) -> Result<()> {
         let message = message.into();
-        self.send_with(|p| p.send(&message)).await
+        self.send_with(|sh| sh.proto.send(&message)).await
     }
 
     /// Sends a message in fragments (RFC 6455 §5.4), one frame per item of `fragments`.
@@ -221,11 +249,11 @@ impl Connection {
     {
         let mut iter = fragments.into_iter().peekable();
         if iter.peek().is_none() {
-            return self.send_with(|p| p.send_fragment(kind, &[], true)).await;
+            return self.send_with(|sh| sh.proto.send_fragment(kind, &[], true)).await;
         }
         while let Some(chunk) = iter.next() {
             let fin = iter.peek().is_none();
-            self.send_with(|p| p.send_fragment(kind, chunk.as_ref(), fin))
+            self.send_with(|sh| sh.proto.send_fragment(kind, chunk.as_ref(), fin))
                 .await?;
         }
         Ok(())
@@ -233,7 +261,7 @@ impl Connection {
 
     async fn send_with(
         &self,
-        mut op: impl FnMut(&mut Protocol) -> std::result::Result<(), proto::Error>,
+        mut op: impl FnMut(&mut Shared) -> std::result::Result<(), proto::Error>,
     ) -> Result<()> {
         tokio::task::coop::consume_budget().await;
         loop {
@@ -249,7 +277,7 @@ impl Connection {
                 if pending <= self.inner.limits.write_limit {
                     let was_idle = sh.proto.pending_output_len() == 0;
                     sh.proto.handle_timeout(Instant::now().into_std());
-                    if let Err(e) = op(&mut sh.proto) {
+                    if let Err(e) = op(&mut sh) {
                         return Err(match e {
                             proto::Error::ConnectionClosed => {
                                 Error::ConnectionClosed(closed_of(&sh))
@@ -286,15 +314,17 @@ impl Connection {
     /// Sends a ping with this payload (at most 125 bytes).
     pub async fn ping_with(&self, payload: &[u8]) -> Result<Pong> {
         let (tx, rx) = oneshot::channel();
-        let mut id = None;
-        self.send_with(|p| {
-            id = Some(p.send_ping(payload)?);
+        let mut tx = Some(tx);
+        // The waiter is registered under the same lock as the ping is queued, so the pong
+        // cannot be processed in between.
+        self.send_with(|sh| {
+            let id = sh.proto.send_ping(payload)?;
+            if let Some(tx) = tx.take() {
+                sh.ping_waiters.push((id, tx));
+            }
             Ok(())
         })
         .await?;
-        if let Some(id) = id {
-            self.inner.lock().ping_waiters.push((id, tx));
-        }
         Ok(Pong {
             rx,
             inner: self.inner.clone(),

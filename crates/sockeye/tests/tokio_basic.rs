@@ -71,3 +71,39 @@ async fn handler_error_closes_with_1011() {
     }
     server.close().await;
 }
+
+#[tokio::test]
+async fn dropping_the_last_client_handle_closes_with_1000() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let server = sockeye::serve("127.0.0.1:0", move |ws| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            let mut received = 0;
+            let end = loop {
+                match ws.recv().await {
+                    Ok(Some(_)) => received += 1,
+                    other => break other,
+                }
+            };
+            let _ = tx.unwrap().send(format!("{received} then {end:?}"));
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    let ws = sockeye::connect(&format!("ws://{}/", server.local_addr().unwrap()))
+        .await
+        .unwrap();
+    let clone = ws.clone();
+    drop(ws);
+    // A clone is still alive: the connection stays open. Dropping it closes.
+    clone.send("still open").await.unwrap();
+    drop(clone);
+    let end = tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, "1 then Ok(None)");
+    server.close().await;
+}
