@@ -71,7 +71,6 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PingId(pub u64);
 
-
 #[derive(Debug)]
 enum Handshake {
     /// Server, waiting for the request head.
@@ -573,6 +572,10 @@ impl Protocol {
                 return Ok(());
             }
             let Some(h) = FrameHeader::parse(&self.recv, self.config.max_frame_size)? else {
+                if self.recv.is_empty() && self.recv.capacity() > 0 {
+                    // Idle connections keep no receive buffer.
+                    self.recv = BytesMut::new();
+                }
                 return Ok(());
             };
             self.check_header(&h)?;
@@ -1038,7 +1041,7 @@ impl Protocol {
 
     /// Marks `n` bytes of [`Protocol::pending_output`] as written.
     pub fn consume_output(&mut self, n: usize) {
-        self.out_pos = (self.out_pos + n).min(self.out.len());
+        self.out_pos = self.out_pos.saturating_add(n).min(self.out.len());
         if self.out_pos == self.out.len() {
             self.out_pos = 0;
             if self.out.capacity() > KEEP_OUTPUT_CAPACITY {

@@ -187,6 +187,9 @@ impl Connection {
             let mut sh = inner.lock();
             sh.proto.handle_timeout(Instant::now().into_std());
             sh.inflight = driver.wbuf.len();
+            // Messages that arrived with the handshake (in the same read as the 101
+            // response, or pipelined behind the request) are waiting in the core already.
+            dispatch(&inner, sh);
         }
         (Connection { inner }, driver)
     }
@@ -249,7 +252,9 @@ impl Connection {
     {
         let mut iter = fragments.into_iter().peekable();
         if iter.peek().is_none() {
-            return self.send_with(|sh| sh.proto.send_fragment(kind, &[], true)).await;
+            return self
+                .send_with(|sh| sh.proto.send_fragment(kind, &[], true))
+                .await;
         }
         while let Some(chunk) = iter.next() {
             let fin = iter.peek().is_none();
@@ -716,6 +721,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             } else if !drained {
                 let mut sh = this.inner.lock();
                 sh.inflight = this.wbuf.len() - this.wpos;
+                let below =
+                    sh.inflight + sh.proto.pending_output_len() <= this.inner.limits.write_limit;
+                drop(sh);
+                if below {
+                    // A partial write brought the backlog under write_limit: senders may go.
+                    this.inner.writers.notify_waiters();
+                }
             }
 
             // 4. Close the transport when the core says so and everything is written.

@@ -320,7 +320,9 @@ async fn handle_connection<H, Fut>(
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
     let mut proto = Protocol::server(shared.config.clone());
-    let opened = server_handshake(&mut stream, &mut proto, shared, server).await;
+    // Boxed: the handshake's buffers are freed when it completes instead of staying in the
+    // task's future for the life of the connection.
+    let opened = Box::pin(server_handshake(&mut stream, &mut proto, shared, server)).await;
     let (request, response) = match opened {
         Ok(Some(pair)) => pair,
         Ok(None) => return,
@@ -365,11 +367,17 @@ where
     D: Future<Output = ()>,
     F: Future<Output = std::result::Result<(), BoxError>>,
 {
-    let mut driver = pin!(driver);
+    // The driver runs outside tokio's cooperative budget (it caps its own work per poll):
+    // a handler that spends the budget sending in a tight loop must not stop its own
+    // connection from writing. It is polled first for the same reason.
+    let mut driver = pin!(tokio::task::coop::unconstrained(driver));
     let mut handler = pin!(handler);
     let mut handler_done = false;
     let mut driver_done = false;
     std::future::poll_fn(|cx| {
+        if !driver_done && driver.as_mut().poll(cx).is_ready() {
+            driver_done = true;
+        }
         if !handler_done {
             if let Poll::Ready(result) = handler.as_mut().poll(cx) {
                 handler_done = true;
@@ -390,7 +398,8 @@ where
                 }
             }
         }
-        if !driver_done && driver.as_mut().poll(cx).is_ready() {
+        if handler_done && !driver_done && driver.as_mut().poll(cx).is_ready() {
+            // Poll again after the handler ended: it may have started the close.
             driver_done = true;
         }
         if handler_done && driver_done {

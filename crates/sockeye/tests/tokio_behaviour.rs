@@ -1,0 +1,1225 @@
+//! Behaviour of the tokio front end over real loopback sockets: concurrency, cancel safety,
+//! keepalive, timeouts, backpressure both ways, corked writes, cooperative scheduling,
+//! broadcast, server shutdown, handshake hooks, subprotocols, large and fragmented messages.
+//!
+//! Misbehaving peers are raw `TcpStream`s that do the opening handshake by hand and then read
+//! frames with `sockeye::proto::frame::Frame::decode`. Timeouts are failure guards only;
+//! tasks synchronise through channels and `Notify`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use http::StatusCode;
+use sockeye::proto::frame::{Frame, OpCode};
+use sockeye::proto::{CloseFrame, HandshakeError};
+use sockeye::{ClientBuilder, CloseCode, Connection, Error, Message, MessageKind, Server, State};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::timeout;
+
+/// Failure guard for anything that should happen promptly.
+const GUARD: Duration = Duration::from_secs(5);
+
+async fn guard<F: Future>(what: &str, fut: F) -> F::Output {
+    match timeout(GUARD, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+fn uri_of(server: &Server) -> String {
+    format!("ws://{}/", server.local_addr().unwrap())
+}
+
+async fn echo(ws: Connection) -> Result<(), sockeye::BoxError> {
+    while let Some(msg) = ws.recv().await? {
+        ws.send(msg).await?;
+    }
+    Ok(())
+}
+
+async fn echo_server(builder: sockeye::ServerBuilder) -> (Server, String) {
+    let server = builder.serve("127.0.0.1:0", echo).await.unwrap();
+    let uri = uri_of(&server);
+    (server, uri)
+}
+
+// ----- Raw peers -----------------------------------------------------------------------------
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Opens a WebSocket connection by hand (no extensions offered) and returns the stream with
+/// whatever arrived after the 101 response head.
+async fn raw_handshake(addr: SocketAddr) -> (TcpStream, BytesMut) {
+    raw_handshake_with(addr, &[]).await
+}
+
+/// Like [`raw_handshake`], with `pipelined` bytes written in the same write as the request.
+async fn raw_handshake_with(addr: SocketAddr, pipelined: &[u8]) -> (TcpStream, BytesMut) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    request.extend_from_slice(pipelined);
+    stream.write_all(&request).await.unwrap();
+    let mut buf = BytesMut::new();
+    let end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = guard("handshake response", stream.read_buf(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "EOF during the handshake");
+    };
+    let head = buf.split_to(end);
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // RFC 6455 §1.3's example key and its accept value.
+    assert!(head.contains("s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    (stream, buf)
+}
+
+/// Reads the next frame; `None` at end of stream (or on a reset).
+async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Frame> {
+    loop {
+        if let Some(frame) = Frame::decode(buf, usize::MAX).unwrap() {
+            return Some(frame);
+        }
+        match guard("a frame", stream.read_buf(buf)).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Reads frames until a close frame, skipping pings; returns its parsed payload.
+async fn read_close(stream: &mut TcpStream, buf: &mut BytesMut) -> CloseFrame {
+    loop {
+        let frame = read_frame(stream, buf)
+            .await
+            .expect("end of stream before a close frame");
+        match frame.opcode {
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Close => {
+                return CloseFrame::parse(&frame.payload)
+                    .unwrap()
+                    .expect("close frame without a code")
+            }
+            other => panic!("unexpected {other:?} frame"),
+        }
+    }
+}
+
+fn masked(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
+    Frame::new(opcode, payload.to_vec()).encode(out, Some([0x37, 0xfa, 0x21, 0x3d]));
+}
+
+/// Deterministic bytes that deflate compresses poorly (lowercase letters, so also text).
+fn letters(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b'a' + (x % 26) as u8
+        })
+        .collect()
+}
+
+/// `len` bytes of numbered lines of text: compressible, and any corruption shows.
+fn numbered_lines(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0;
+    while out.len() < len {
+        out.extend_from_slice(format!("line {i} of a large message\n").as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+// ----- 1. Concurrent senders -----------------------------------------------------------------
+
+fn task_message(task: usize, seq: usize) -> String {
+    let fill = char::from(b'a' + task as u8)
+        .to_string()
+        .repeat(20 + seq % 300);
+    format!("{task}:{seq}:{fill}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cloned_handles_send_concurrently_without_interleaving() {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 200;
+    let (server, uri) = echo_server(Server::builder()).await;
+    let ws = sockeye::connect(&uri).await.unwrap();
+
+    let mut senders = Vec::new();
+    for task in 0..TASKS {
+        let ws = ws.clone();
+        senders.push(tokio::spawn(async move {
+            for seq in 0..PER_TASK {
+                ws.send(task_message(task, seq)).await.unwrap();
+            }
+        }));
+    }
+
+    let mut next = [0usize; TASKS];
+    for _ in 0..TASKS * PER_TASK {
+        let msg = guard("an echo", ws.recv()).await.unwrap().unwrap();
+        let text = msg.as_text().expect("a text message");
+        let mut parts = text.splitn(3, ':');
+        let task: usize = parts.next().unwrap().parse().unwrap();
+        let seq: usize = parts.next().unwrap().parse().unwrap();
+        assert_eq!(text, task_message(task, seq), "corrupted echo");
+        // Each task sends in order, so its echoes come back in order, each exactly once.
+        assert_eq!(seq, next[task], "task {task}: out of order or duplicated");
+        next[task] += 1;
+    }
+    assert_eq!(next, [PER_TASK; TASKS]);
+    for s in senders {
+        s.await.unwrap();
+    }
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    guard("server close", server.close()).await;
+}
+
+// ----- 2. One reader at a time ---------------------------------------------------------------
+
+#[tokio::test]
+async fn second_concurrent_recv_gets_concurrent_recv_error() {
+    let go = Arc::new(Notify::new());
+    let server = {
+        let go = go.clone();
+        sockeye::serve("127.0.0.1:0", move |ws| {
+            let go = go.clone();
+            async move {
+                go.notified().await;
+                ws.send("first").await?;
+                go.notified().await;
+                ws.send("second").await?;
+                while ws.recv().await?.is_some() {}
+                Ok(())
+            }
+        })
+        .await
+        .unwrap()
+    };
+    let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+
+    // Start a recv and poll it once: it is now waiting for a message.
+    let first = ws.recv();
+    tokio::pin!(first);
+    let pending =
+        std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx).is_pending())).await;
+    assert!(pending, "no message was sent yet");
+
+    // A second recv, on the same handle or a clone in another task, is refused.
+    assert!(matches!(ws.recv().await, Err(Error::ConcurrentRecv)));
+    let clone = ws.clone();
+    let other = tokio::spawn(async move { clone.recv().await })
+        .await
+        .unwrap();
+    assert!(matches!(other, Err(Error::ConcurrentRecv)), "{other:?}");
+
+    // The first one still gets the message.
+    go.notify_one();
+    let msg = guard("first message", first).await.unwrap();
+    assert_eq!(msg, Some(Message::from("first")));
+
+    // And recv works again afterwards.
+    go.notify_one();
+    let msg = guard("second message", ws.recv()).await.unwrap();
+    assert_eq!(msg, Some(Message::from("second")));
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    guard("server close", server.close()).await;
+}
+
+// ----- 3. Cancel safety of recv --------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_is_cancel_safe() {
+    const BATCH: usize = 50;
+    const BATCHES: usize = 10;
+    let server = sockeye::serve("127.0.0.1:0", |ws| async move {
+        assert_eq!(ws.recv().await?, Some(Message::from("start")));
+        let mut n = 0;
+        for batch in 0..BATCHES {
+            for _ in 0..BATCH {
+                ws.send(n.to_string()).await?;
+                n += 1;
+            }
+            if batch + 1 < BATCHES {
+                assert_eq!(ws.recv().await?, Some(Message::from("more")));
+            }
+        }
+        while ws.recv().await?.is_some() {}
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+    ws.send("start").await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut received = 0usize;
+    let mut cancelled = 0usize;
+    let mut attempt = 0u64;
+    while received < BATCH * BATCHES {
+        assert!(
+            Instant::now() < deadline,
+            "only {received} messages arrived"
+        );
+        // 0 to 900 µs: a zero timeout cancels recv right after its first poll.
+        let tiny = Duration::from_micros(attempt % 4 * 300);
+        attempt += 1;
+        match timeout(tiny, ws.recv()).await {
+            Err(_) => cancelled += 1,
+            Ok(r) => {
+                let msg = r.unwrap().expect("connection closed early");
+                assert_eq!(msg.as_text(), Some(received.to_string().as_str()), "lost");
+                received += 1;
+                if received % BATCH == 0 && received < BATCH * BATCHES {
+                    ws.send("more").await.unwrap();
+                }
+            }
+        }
+    }
+    assert!(
+        cancelled > 0,
+        "no recv was cancelled: the test proved nothing"
+    );
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    guard("server close", server.close()).await;
+}
+
+// ----- 4. Keepalive without recv -------------------------------------------------------------
+
+#[tokio::test]
+async fn keepalive_runs_while_handler_only_sends() {
+    const COUNT: usize = 100;
+    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .ping_interval(Some(Duration::from_millis(50)))
+        .ping_timeout(Some(Duration::from_secs(2)))
+        .serve("127.0.0.1:0", move |ws| {
+            let conn_tx = conn_tx.clone();
+            async move {
+                conn_tx.send(ws.clone()).unwrap();
+                for i in 0..COUNT {
+                    ws.send(i.to_string()).await?;
+                    // Pacing only: the handler spends ~500 ms never calling recv.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+    for i in 0..COUNT {
+        let msg = guard("a message", ws.recv()).await.unwrap();
+        assert_eq!(msg, Some(Message::from(i.to_string())));
+    }
+    assert_eq!(guard("the close", ws.recv()).await.unwrap(), None);
+    let server_conn = conn_rx.recv().await.unwrap();
+    assert!(
+        server_conn.latency().is_some(),
+        "no keepalive ping was answered while the handler did not call recv"
+    );
+    guard("server close", server.close()).await;
+}
+
+// ----- 5. Keepalive timeout ------------------------------------------------------------------
+
+#[tokio::test]
+async fn missing_pong_closes_with_1011() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .ping_interval(Some(Duration::from_millis(50)))
+        .ping_timeout(Some(Duration::from_millis(100)))
+        .serve("127.0.0.1:0", move |ws| {
+            let tx = tx.clone();
+            async move {
+                tx.send(ws.recv().await).unwrap();
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let (mut stream, mut buf) = raw_handshake(server.local_addr().unwrap()).await;
+
+    // The raw client reads nothing and answers nothing until the server gave up.
+    match guard("keepalive timeout", rx.recv()).await.unwrap() {
+        Err(Error::ConnectionClosed(c)) => {
+            assert_eq!(
+                c.sent.as_ref().map(|f| f.code),
+                Some(CloseCode::INTERNAL_ERROR),
+                "{c}"
+            );
+            assert_eq!(c.received, None);
+            assert_eq!(c.code(), CloseCode::ABNORMAL);
+        }
+        other => panic!("{other:?}"),
+    }
+    let close = read_close(&mut stream, &mut buf).await;
+    assert_eq!(close.code, CloseCode::INTERNAL_ERROR);
+    assert!(
+        read_frame(&mut stream, &mut buf).await.is_none(),
+        "expected end of stream"
+    );
+    guard("server close", server.close()).await;
+}
+
+// ----- 6. Close timeout ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn close_gives_up_after_close_timeout() {
+    let close_timeout = Duration::from_millis(200);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .close_timeout(close_timeout)
+        .serve("127.0.0.1:0", move |ws| {
+            let tx = tx.clone();
+            async move {
+                let start = Instant::now();
+                let result = ws.close(CloseCode::NORMAL, "bye").await;
+                tx.send((start.elapsed(), result, ws.state(), ws.closed()))
+                    .unwrap();
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let (mut stream, mut buf) = raw_handshake(server.local_addr().unwrap()).await;
+
+    let (elapsed, result, state, closed) = guard("close()", rx.recv()).await.unwrap();
+    result.unwrap();
+    assert_eq!(state, State::Closed);
+    assert!(
+        elapsed >= close_timeout - Duration::from_millis(20),
+        "{elapsed:?}"
+    );
+    assert!(elapsed < close_timeout * 5, "close() took {elapsed:?}");
+    let closed = closed.unwrap();
+    assert_eq!(closed.sent, Some(CloseFrame::new(CloseCode::NORMAL, "bye")));
+    assert_eq!(closed.received, None);
+
+    // The close frame was sent; then the server closed the TCP connection.
+    let close = read_close(&mut stream, &mut buf).await;
+    assert_eq!(close, CloseFrame::new(CloseCode::NORMAL, "bye"));
+    assert!(
+        read_frame(&mut stream, &mut buf).await.is_none(),
+        "expected end of stream"
+    );
+    guard("server close", server.close()).await;
+}
+
+// ----- 7. Vanishing peer ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn vanished_peer_gives_1006() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = sockeye::serve("127.0.0.1:0", move |ws| {
+        let tx = tx.clone();
+        async move {
+            tx.send(ws.recv().await).unwrap();
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    let (stream, _) = raw_handshake(server.local_addr().unwrap()).await;
+    drop(stream);
+    match guard("recv after the peer vanished", rx.recv())
+        .await
+        .unwrap()
+    {
+        Err(Error::ConnectionClosed(c)) => {
+            assert_eq!(c.code(), CloseCode::ABNORMAL, "{c}");
+            assert_eq!(c.received, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    guard("server close", server.close()).await;
+}
+
+// ----- 8. Backpressure on reading ------------------------------------------------------------
+
+const MIB: usize = 1024 * 1024;
+
+fn numbered(i: usize, len: usize) -> Vec<u8> {
+    let mut v = vec![i as u8; len];
+    v[..4].copy_from_slice(&(i as u32).to_be_bytes());
+    v
+}
+
+fn number_of(payload: &[u8]) -> usize {
+    u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_pauses_when_max_queue_messages_wait() {
+    const LIMIT: usize = 64;
+    let release = Arc::new(Notify::new());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = {
+        let release = release.clone();
+        Server::builder()
+            .max_queue(4)
+            .max_size(2 * MIB)
+            .serve("127.0.0.1:0", move |ws| {
+                let release = release.clone();
+                let tx = tx.clone();
+                async move {
+                    release.notified().await;
+                    let mut count = 0;
+                    while let Some(msg) = ws.recv().await? {
+                        if msg.as_text() == Some("done") {
+                            break;
+                        }
+                        let data = msg.as_bytes();
+                        assert_eq!(data.len(), MIB);
+                        assert_eq!(number_of(data), count, "lost or duplicated message");
+                        assert!(data[4..].iter().all(|&b| b == count as u8));
+                        count += 1;
+                    }
+                    tx.send(count).unwrap();
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap()
+    };
+    let ws = ClientBuilder::default()
+        .compression(false)
+        .max_size(2 * MIB)
+        .connect(&uri_of(&server))
+        .await
+        .unwrap();
+
+    let mut sent = 0;
+    let mut blocked = false;
+    while sent < LIMIT {
+        match timeout(Duration::from_millis(500), ws.send(numbered(sent, MIB))).await {
+            Ok(r) => {
+                r.unwrap();
+                sent += 1;
+            }
+            Err(_) => {
+                blocked = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        blocked,
+        "{LIMIT} MiB sent to a handler that reads nothing: reading never paused"
+    );
+    assert!(
+        sent >= 4,
+        "blocked after {sent} sends, before max_queue filled"
+    );
+
+    // The handler starts reading: the send that was blocked (and cancelled, so it sent
+    // nothing) goes through, and so do more.
+    release.notify_one();
+    for _ in 0..3 {
+        guard("send after release", ws.send(numbered(sent, MIB)))
+            .await
+            .unwrap();
+        sent += 1;
+    }
+    ws.send("done").await.unwrap();
+    let count = guard("the handler's count", rx.recv()).await.unwrap();
+    assert_eq!(count, sent);
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    guard("server close", server.close()).await;
+}
+
+// ----- 9. Backpressure on writing ------------------------------------------------------------
+
+const WRITE_LIMIT: usize = 32 * 1024;
+const CHUNK: usize = 64 * 1024;
+
+/// What a server handler saw while sending 64 KiB messages to a client that reads nothing.
+struct Stalled {
+    /// Messages `send` accepted.
+    sent: usize,
+    /// Whether a `send` waited for 500 ms.
+    blocked: bool,
+    /// The largest `buffered_amount` seen after a `send`.
+    max_buffered: usize,
+    /// `buffered_amount` when a `send` waited.
+    buffered_when_blocked: usize,
+}
+
+/// Starts a server (`write_limit` 32 KiB) whose handler sends 64 KiB messages until a `send`
+/// waits 500 ms, to a raw client that does not read; returns what the handler saw.
+async fn stall_server_writes() -> (Server, TcpStream, BytesMut, Stalled) {
+    const LIMIT: usize = 1024; // 64 MiB: far more than loopback socket buffers hold
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .write_limit(WRITE_LIMIT)
+        .close_timeout(Duration::from_millis(200))
+        .serve("127.0.0.1:0", move |ws| {
+            let tx = tx.clone();
+            async move {
+                let mut stalled = Stalled {
+                    sent: 0,
+                    blocked: false,
+                    max_buffered: 0,
+                    buffered_when_blocked: 0,
+                };
+                while stalled.sent < LIMIT {
+                    let msg = numbered(stalled.sent, CHUNK);
+                    match timeout(Duration::from_millis(500), ws.send(msg)).await {
+                        Ok(r) => {
+                            r?;
+                            stalled.sent += 1;
+                            stalled.max_buffered = stalled.max_buffered.max(ws.buffered_amount());
+                        }
+                        Err(_) => {
+                            stalled.blocked = true;
+                            stalled.buffered_when_blocked = ws.buffered_amount();
+                            break;
+                        }
+                    }
+                }
+                tx.send(stalled).unwrap();
+                while ws.recv().await?.is_some() {}
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    // A client that does not read.
+    let (stream, buf) = raw_handshake(server.local_addr().unwrap()).await;
+    let stalled = guard("the server's report", rx.recv()).await.unwrap();
+    (server, stream, buf, stalled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_waits_while_write_limit_bytes_are_buffered() {
+    let (server, mut stream, mut buf, stalled) = stall_server_writes().await;
+    let sent = stalled.sent;
+    assert!(
+        stalled.blocked,
+        "{sent} messages of 64 KiB sent to a client that reads nothing"
+    );
+    assert!(
+        stalled.max_buffered <= WRITE_LIMIT + CHUNK + 14,
+        "buffered_amount reached {}",
+        stalled.max_buffered
+    );
+
+    // Everything that send accepted arrives, in order, and nothing else.
+    for i in 0..sent {
+        let frame = read_frame(&mut stream, &mut buf).await.expect("a message");
+        assert_eq!(frame.opcode, OpCode::Binary);
+        assert_eq!(frame.payload.len(), CHUNK);
+        assert_eq!(number_of(&frame.payload), i);
+    }
+    let mut close = Vec::new();
+    let payload = CloseFrame::new(CloseCode::NORMAL, "").to_payload();
+    masked(OpCode::Close, &payload, &mut close);
+    stream.write_all(&close).await.unwrap();
+    let reply = read_close(&mut stream, &mut buf).await;
+    assert_eq!(reply.code, CloseCode::NORMAL);
+    guard("server close", server.close()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_does_not_wait_while_buffered_amount_is_under_write_limit() {
+    let (server, stream, _buf, stalled) = stall_server_writes().await;
+    assert!(stalled.blocked);
+    // A send that waited must have had more than write_limit bytes in front of it.
+    assert!(
+        stalled.buffered_when_blocked > WRITE_LIMIT,
+        "send waited 500 ms with only {} bytes buffered (write_limit {WRITE_LIMIT})",
+        stalled.buffered_when_blocked
+    );
+    drop(stream);
+    guard("server close", server.close()).await;
+}
+
+// ----- 10. Corked writes ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn echoes_of_one_batch_leave_in_one_write() {
+    const COUNT: usize = 20;
+    let (server, _) = echo_server(Server::builder()).await;
+    let (mut stream, mut buf) = raw_handshake(server.local_addr().unwrap()).await;
+    let mut batch = Vec::new();
+    for i in 0..COUNT {
+        masked(OpCode::Text, format!("message {i}").as_bytes(), &mut batch);
+    }
+    stream.write_all(&batch).await.unwrap();
+
+    let mut frames = Vec::new();
+    let mut reads = 0;
+    while frames.len() < COUNT {
+        // Room for everything: read_buf reads at most the spare capacity.
+        buf.reserve(64 * 1024);
+        let n = guard("echoes", stream.read_buf(&mut buf)).await.unwrap();
+        assert!(n > 0, "end of stream after {} echoes", frames.len());
+        reads += 1;
+        while let Some(frame) = Frame::decode(&mut buf, usize::MAX).unwrap() {
+            frames.push(frame);
+        }
+    }
+    for (i, frame) in frames.iter().enumerate() {
+        assert_eq!(frame.opcode, OpCode::Text);
+        assert_eq!(&frame.payload[..], format!("message {i}").as_bytes());
+    }
+    assert!(buf.is_empty());
+    assert_eq!(
+        reads, 1,
+        "the {COUNT} echoes took {reads} reads: they were not written in one write"
+    );
+    drop(stream);
+    guard("server close", server.close()).await;
+}
+
+// ----- 11. Cooperative scheduling ------------------------------------------------------------
+
+/// What a client saw while a server handler sent `count` small messages in a tight loop, in
+/// a current-thread runtime shared with a task that counts its turns.
+struct TightLoop {
+    /// Whether the client had its first message before the producer finished.
+    first_before_finish: Option<bool>,
+    /// The turns of the counting task when the producer started and finished.
+    turns: (usize, usize),
+}
+
+async fn run_tight_loop(builder: sockeye::ServerBuilder, count: usize) -> TightLoop {
+    let finished = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = {
+        let finished = finished.clone();
+        let counter = counter.clone();
+        // Without compression: deflating 20,000 messages one by one is slow in debug builds.
+        builder
+            .compression(false)
+            .serve("127.0.0.1:0", move |ws| {
+                let finished = finished.clone();
+                let counter = counter.clone();
+                let tx = tx.clone();
+                async move {
+                    let before = counter.load(Ordering::SeqCst);
+                    for i in 0..count {
+                        ws.send(format!("{i}")).await?;
+                    }
+                    finished.store(true, Ordering::SeqCst);
+                    tx.send((before, counter.load(Ordering::SeqCst))).unwrap();
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinner = {
+        let counter = counter.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+
+    let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+    let mut first_before_finish = None;
+    let mut received = 0;
+    while let Some(msg) = guard("a message", ws.recv()).await.unwrap() {
+        if first_before_finish.is_none() {
+            first_before_finish = Some(!finished.load(Ordering::SeqCst));
+        }
+        assert_eq!(msg.as_text(), Some(received.to_string().as_str()));
+        received += 1;
+    }
+    assert_eq!(received, count);
+    let turns = rx.recv().await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    spinner.await.unwrap();
+    guard("server close", server.close()).await;
+    TightLoop {
+        first_before_finish,
+        turns,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn tight_send_loop_does_not_starve_the_runtime() {
+    let seen = run_tight_loop(Server::builder(), 20_000).await;
+    assert_eq!(
+        seen.first_before_finish,
+        Some(true),
+        "the client saw no message before the producer finished"
+    );
+    let (before, after) = seen.turns;
+    assert!(
+        after > before,
+        "the counting task never ran while the producer sent"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn tight_send_loop_lets_its_own_connection_write() {
+    // 20,000 small messages fit in a 1 MiB write_limit: send never waits for the driver, so
+    // only cooperative scheduling can give it a turn.
+    let seen = run_tight_loop(Server::builder().write_limit(MIB), 20_000).await;
+    let (before, after) = seen.turns;
+    assert!(after > before, "the counting task never ran");
+    assert_eq!(
+        seen.first_before_finish,
+        Some(true),
+        "nothing was written to the client until the producer finished"
+    );
+}
+
+// ----- 12. Broadcast -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn broadcast_reaches_open_connections_and_skips_closed_ones() {
+    const CLIENTS: usize = 20;
+    let registry: Arc<Mutex<Vec<Connection>>> = Arc::default();
+    let (open_tx, mut open_rx) = mpsc::unbounded_channel();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let server = {
+        let registry = registry.clone();
+        sockeye::serve("127.0.0.1:0", move |ws| {
+            let registry = registry.clone();
+            let open_tx = open_tx.clone();
+            let done_tx = done_tx.clone();
+            async move {
+                registry.lock().unwrap().push(ws.clone());
+                open_tx.send(()).unwrap();
+                while ws.recv().await?.is_some() {}
+                done_tx.send(ws.id()).unwrap();
+                Ok(())
+            }
+        })
+        .await
+        .unwrap()
+    };
+    let uri = uri_of(&server);
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(sockeye::connect(&uri).await.unwrap());
+        guard("registration", open_rx.recv()).await.unwrap();
+    }
+
+    // One client leaves; wait until the server side of it is closed.
+    clients[0].close(CloseCode::NORMAL, "").await.unwrap();
+    let gone = guard("handler end", done_rx.recv()).await.unwrap();
+
+    let list = registry.lock().unwrap().clone();
+    assert_eq!(list.len(), CLIENTS);
+    let skipped = sockeye::broadcast(&list, "hi");
+    let skipped: Vec<u64> = skipped.iter().map(Connection::id).collect();
+    assert_eq!(skipped, vec![gone]);
+
+    for ws in &clients[1..] {
+        let msg = guard("broadcast", ws.recv()).await.unwrap();
+        assert_eq!(msg, Some(Message::from("hi")));
+    }
+    for ws in &clients[1..] {
+        ws.close(CloseCode::NORMAL, "").await.unwrap();
+    }
+    guard("server close", server.close()).await;
+}
+
+// ----- 13. Server shutdown -------------------------------------------------------------------
+
+#[tokio::test]
+async fn server_close_stops_accepting_and_closes_connections_with_1001() {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let server = sockeye::serve("127.0.0.1:0", move |ws| {
+        let done_tx = done_tx.clone();
+        async move {
+            let result = echo(ws).await;
+            done_tx.send(()).unwrap();
+            result
+        }
+    })
+    .await
+    .unwrap();
+    let uri = uri_of(&server);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let ws = sockeye::connect(&uri).await.unwrap();
+        ws.send(i.to_string()).await.unwrap();
+        assert_eq!(ws.recv().await.unwrap(), Some(Message::from(i.to_string())));
+        clients.push(ws);
+    }
+    assert_eq!(server.connections().len(), 3);
+
+    guard("Server::close", server.close()).await;
+
+    // Every handler returned before close() did.
+    for _ in 0..3 {
+        done_rx.try_recv().expect("a handler still running");
+    }
+    assert!(server.connections().is_empty());
+    for ws in &clients {
+        assert_eq!(guard("client close", ws.recv()).await.unwrap(), None);
+        assert_eq!(ws.close_code(), CloseCode::GOING_AWAY);
+    }
+    let refused = guard("connect after close", sockeye::connect(&uri)).await;
+    assert!(refused.is_err(), "a closed server accepted a connection");
+    guard("wait_closed", server.wait_closed()).await;
+}
+
+// ----- 14. Handshake hooks -------------------------------------------------------------------
+
+#[tokio::test]
+async fn process_request_and_process_response_hooks() {
+    let server = Server::builder()
+        .process_request(|req| match req.uri().path() {
+            "/healthz" => Some(sockeye::respond(StatusCode::OK, "OK\n")),
+            "/private" => {
+                let authorised = req
+                    .headers()
+                    .get_all("cookie")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.split(';').any(|c| c.trim() == "token=secret"));
+                (!authorised).then(|| sockeye::respond(StatusCode::UNAUTHORIZED, "Who are you?\n"))
+            }
+            _ => None,
+        })
+        .process_response(|_req, resp| {
+            resp.headers_mut()
+                .insert("x-hooked", http::HeaderValue::from_static("yes"));
+        })
+        .serve("127.0.0.1:0", echo)
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+
+    // A plain HTTP health check.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let get = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(get.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    guard("health check", stream.read_to_end(&mut raw))
+        .await
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert_eq!(body, "OK\n");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nx-hooked: yes"),
+        "{head}"
+    );
+
+    // A WebSocket client on that path sees the 200.
+    match sockeye::connect(&format!("ws://{addr}/healthz")).await {
+        Err(Error::Handshake(HandshakeError::UnexpectedStatus(resp))) => {
+            assert_eq!(resp.status, StatusCode::OK);
+            assert_eq!(&resp.body[..], b"OK\n");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Authentication by cookie.
+    match sockeye::connect(&format!("ws://{addr}/private")).await {
+        Err(Error::Handshake(HandshakeError::UnexpectedStatus(resp))) => {
+            assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
+        }
+        other => panic!("{other:?}"),
+    }
+    let ws = ClientBuilder::default()
+        .header("cookie", "theme=dark; token=secret")
+        .unwrap()
+        .connect(&format!("ws://{addr}/private"))
+        .await
+        .unwrap();
+    assert_eq!(ws.response().headers()["x-hooked"], "yes");
+    ws.send("in").await.unwrap();
+    assert_eq!(ws.recv().await.unwrap(), Some(Message::from("in")));
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    guard("server close", server.close()).await;
+}
+
+// ----- 15. Subprotocols ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn subprotocol_is_negotiated_end_to_end() {
+    let server = Server::builder()
+        .subprotocols(["chat.v2", "chat.v1"])
+        .serve("127.0.0.1:0", |ws| async move {
+            // Answer a question rather than speak first: see
+            // message_right_behind_the_101_response_is_delivered.
+            assert_eq!(ws.recv().await?, Some(Message::from("which?")));
+            let chosen = ws.subprotocol().unwrap_or("none").to_owned();
+            ws.send(chosen).await?;
+            while ws.recv().await?.is_some() {}
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let uri = uri_of(&server);
+    let cases: [(&[&str], Option<&str>); 4] = [
+        (&["chat.v1"], Some("chat.v1")),
+        (&["chat.v1", "chat.v2"], Some("chat.v2")), // the server's preference wins
+        (&["other", "chat.v1"], Some("chat.v1")),
+        (&[], None),
+    ];
+    for (offered, expected) in cases {
+        let ws = ClientBuilder::default()
+            .subprotocols(offered.iter().copied())
+            .connect(&uri)
+            .await
+            .unwrap();
+        assert_eq!(ws.subprotocol(), expected, "offered {offered:?}");
+        ws.send("which?").await.unwrap();
+        let server_side = guard("server's choice", ws.recv()).await.unwrap();
+        assert_eq!(
+            server_side,
+            Some(Message::from(expected.unwrap_or("none").to_owned())),
+            "offered {offered:?}"
+        );
+        ws.close(CloseCode::NORMAL, "").await.unwrap();
+    }
+    guard("server close", server.close()).await;
+}
+
+// ----- Frames that arrive with the handshake ------------------------------------------------
+
+#[tokio::test]
+async fn message_right_behind_the_101_response_is_delivered() {
+    // A raw server that sends its first message in the same write as the 101 response.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let raw_server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while find(&buf, b"\r\n\r\n").is_none() {
+            let n = stream.read_buf(&mut buf).await.unwrap();
+            assert!(n > 0);
+        }
+        let head = String::from_utf8(buf).unwrap();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap();
+        let accept = sockeye::proto::handshake::accept_key(key.as_bytes());
+        let mut out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        Frame::new(OpCode::Text, &b"early"[..]).encode(&mut out, None);
+        stream.write_all(&out).await.unwrap();
+        stream // keep the connection open
+    });
+    let ws = sockeye::connect(&format!("ws://{addr}/")).await.unwrap();
+    let _stream = raw_server.await.unwrap();
+    let msg = timeout(Duration::from_secs(1), ws.recv()).await;
+    assert!(
+        matches!(&msg, Ok(Ok(Some(m))) if m.as_text() == Some("early")),
+        "the message that came with the 101 response was not delivered: {msg:?}"
+    );
+}
+
+#[tokio::test]
+async fn message_pipelined_behind_the_request_is_delivered() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = sockeye::serve("127.0.0.1:0", move |ws| {
+        let tx = tx.clone();
+        async move {
+            tx.send(ws.recv().await).unwrap();
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    let mut early = Vec::new();
+    masked(OpCode::Text, b"early", &mut early);
+    let (_stream, _buf) = raw_handshake_with(server.local_addr().unwrap(), &early).await;
+    let msg = timeout(Duration::from_secs(1), rx.recv()).await;
+    assert!(
+        matches!(&msg, Ok(Some(Ok(Some(m)))) if m.as_text() == Some("early")),
+        "the message sent right behind the request was not delivered: {msg:?}"
+    );
+}
+
+// ----- 16. Large, fragmented and oversized messages ------------------------------------------
+
+/// Echoes a 4 MiB message and fragmented messages through a server with `max_size` 8 MiB on
+/// both ends. Compression runs deflate over megabytes, slow in debug builds: the guard is long
+/// and the fragmented messages smaller with it.
+async fn large_and_fragmented_echo(compression: bool) {
+    let long = Duration::from_secs(30);
+    let (server, uri) =
+        echo_server(Server::builder().max_size(8 * MIB).compression(compression)).await;
+    let ws = ClientBuilder::default()
+        .max_size(8 * MIB)
+        .compression(compression)
+        .connect(&uri)
+        .await
+        .unwrap();
+    let negotiated = ws
+        .response()
+        .headers()
+        .contains_key("sec-websocket-extensions");
+    assert_eq!(negotiated, compression);
+
+    // Deflate in a debug build takes seconds over 4 MiB of noise: compressible data with it.
+    let big = if compression {
+        numbered_lines(4 * MIB)
+    } else {
+        letters(4 * MIB, 1)
+    };
+    ws.send(big.clone()).await.unwrap();
+    let echo = timeout(long, ws.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echo.kind(), MessageKind::Binary);
+    assert!(echo.as_bytes() == &big[..], "4 MiB binary corrupted");
+
+    if !compression {
+        let big_text = String::from_utf8(letters(4 * MIB, 2)).unwrap();
+        ws.send(big_text.clone()).await.unwrap();
+        let echo = timeout(long, ws.recv()).await.unwrap().unwrap().unwrap();
+        assert!(
+            echo.as_text() == Some(big_text.as_str()),
+            "4 MiB text corrupted"
+        );
+    }
+
+    // Fragments of uneven sizes.
+    let total = if compression { 256 * 1024 } else { 4 * MIB };
+    let data = &big[..total];
+    let chunks: Vec<&[u8]> = vec![
+        &data[..1],
+        &data[1..70_000],
+        &data[70_000..70_000],
+        &data[70_000..total / 2],
+        &data[total / 2..],
+    ];
+    ws.send_fragmented(MessageKind::Binary, chunks)
+        .await
+        .unwrap();
+    let echo = timeout(long, ws.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echo.kind(), MessageKind::Binary);
+    assert!(echo.as_bytes() == data, "fragmented binary corrupted");
+
+    // Text in many fragments, each ending after a multi-byte character.
+    let text = "héllo wörld ✓ ".repeat(500);
+    let pieces: Vec<&str> = text.split_inclusive('✓').collect();
+    assert!(pieces.len() > 100);
+    ws.send_fragmented(MessageKind::Text, pieces).await.unwrap();
+    let echo = timeout(long, ws.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echo.as_text(), Some(text.as_str()));
+
+    // No fragments: an empty message.
+    ws.send_fragmented(MessageKind::Text, Vec::<&[u8]>::new())
+        .await
+        .unwrap();
+    let echo = guard("empty fragmented echo", ws.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo, Message::from(""));
+
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    guard("server close", server.close()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_fragmented_messages_echo_intact_with_compression() {
+    large_and_fragmented_echo(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_fragmented_messages_echo_intact_without_compression() {
+    large_and_fragmented_echo(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_over_max_size_closes_with_1009() {
+    for compression in [true, false] {
+        // Client to server: the server receives too much.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let server = Server::builder()
+            .max_size(MIB)
+            .compression(compression)
+            .serve("127.0.0.1:0", move |ws| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(ws.recv().await).unwrap();
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap();
+        let ws = ClientBuilder::default()
+            .compression(compression)
+            .connect(&uri_of(&server))
+            .await
+            .unwrap();
+        // Zeros: with compression the frame on the wire is tiny; the limit applies to the
+        // inflated size.
+        ws.send(vec![0u8; MIB + 1]).await.unwrap();
+        match guard("server recv", rx.recv()).await.unwrap() {
+            Err(Error::ConnectionClosed(c)) => assert_eq!(
+                c.sent.as_ref().map(|f| f.code),
+                Some(CloseCode::MESSAGE_TOO_BIG),
+                "compression {compression}: {c}"
+            ),
+            other => panic!("compression {compression}: {other:?}"),
+        }
+        match guard("client recv", ws.recv()).await {
+            Err(Error::ConnectionClosed(c)) => {
+                assert_eq!(
+                    c.code(),
+                    CloseCode::MESSAGE_TOO_BIG,
+                    "compression {compression}: {c}"
+                )
+            }
+            other => panic!("compression {compression}: {other:?}"),
+        }
+        guard("server close", server.close()).await;
+
+        // Server to client: the client receives too much.
+        let (server, uri) =
+            echo_server(Server::builder().max_size(4 * MIB).compression(compression)).await;
+        let ws = ClientBuilder::default()
+            .max_size(MIB)
+            .compression(compression)
+            .connect(&uri)
+            .await
+            .unwrap();
+        ws.send(vec![0u8; MIB + 1]).await.unwrap();
+        match guard("client recv", ws.recv()).await {
+            Err(Error::ConnectionClosed(c)) => assert_eq!(
+                c.sent.as_ref().map(|f| f.code),
+                Some(CloseCode::MESSAGE_TOO_BIG),
+                "compression {compression}: {c}"
+            ),
+            other => panic!("compression {compression}: {other:?}"),
+        }
+        guard("server close", server.close()).await;
+    }
+}
