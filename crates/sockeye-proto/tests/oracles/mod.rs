@@ -392,9 +392,9 @@ impl Driver {
                     }
                     self.check_sticky();
                 }
-                Event::Response(_) => {
+                Event::Response(response) => {
                     assert_eq!(self.p.side(), Side::Client, "a server got a response");
-                    assert_eq!(self.p.state(), State::Open);
+                    assert_eq!(response.status().as_u16(), 101, "non-101 opened");
                 }
                 Event::Message(message) => {
                     assert!(message.len() <= self.max_size, "message over max_size");
