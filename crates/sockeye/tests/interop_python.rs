@@ -88,7 +88,11 @@ async fn python_client_against_sockeye_server() {
     let uri = format!("ws://{}/", server.local_addr().unwrap());
     for compression in ["on", "off"] {
         let out = run_python(PY_CLIENT, &[&uri, compression]).await;
-        let expected = if compression == "on" { "deflate" } else { "none" };
+        let expected = if compression == "on" {
+            "deflate"
+        } else {
+            "none"
+        };
         assert!(out.contains(&format!("extensions {expected}")), "{out}");
         assert!(out.contains("ping ok"), "{out}");
         assert!(out.contains("close 4000 asked to"), "{out}");
@@ -171,7 +175,10 @@ async fn sockeye_client_against_python_server() {
         assert_eq!(negotiated, compression == "on");
 
         ws.send("Hello, κόσμε!").await.unwrap();
-        assert_eq!(ws.recv().await.unwrap(), Some(Message::from("Hello, κόσμε!")));
+        assert_eq!(
+            ws.recv().await.unwrap(),
+            Some(Message::from("Hello, κόσμε!"))
+        );
         let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
         ws.send(big.clone()).await.unwrap();
         assert_eq!(ws.recv().await.unwrap(), Some(Message::from(big)));

@@ -1,0 +1,11 @@
+//! Fuzz target `server_connection`: runs `oracles::server_connection` (see crates/sockeye-proto/tests/oracles/mod.rs,
+//! shared with the stable harness `crates/sockeye-proto/tests/fuzz_harness.rs`).
+#![no_main]
+#![forbid(unsafe_code)]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../crates/sockeye-proto/tests/oracles/mod.rs"]
+mod oracles;
+
+fuzz_target!(|data: &[u8]| oracles::server_connection(data));
