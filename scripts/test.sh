@@ -9,6 +9,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Independent peers for the interop tests: python-websockets (PyPI) in a local venv.
+PY_PEERS="websockets==17.4"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import websockets' 2>/dev/null; then
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check $PY_PEERS
+fi
+export SOCKEYE_PYTHON="$PWD/.venv/bin/python"
+
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace "$@"
 else
