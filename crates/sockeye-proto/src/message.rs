@@ -58,9 +58,10 @@ impl From<String> for Utf8Bytes {
     }
 }
 
-impl From<&'static str> for Utf8Bytes {
-    fn from(s: &'static str) -> Self {
-        Utf8Bytes(Bytes::from_static(s.as_bytes()))
+impl From<&str> for Utf8Bytes {
+    /// Copies the text.
+    fn from(s: &str) -> Self {
+        Utf8Bytes(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
 
@@ -157,9 +158,23 @@ impl Message {
     }
 }
 
-impl From<&'static str> for Message {
-    fn from(s: &'static str) -> Self {
+impl From<&str> for Message {
+    /// A text message; copies the text.
+    fn from(s: &str) -> Self {
         Message::Text(s.into())
+    }
+}
+
+impl From<&String> for Message {
+    /// A text message; copies the text.
+    fn from(s: &String) -> Self {
+        Message::Text(s.as_str().into())
+    }
+}
+
+impl From<Utf8Bytes> for Message {
+    fn from(t: Utf8Bytes) -> Self {
+        Message::Text(t)
     }
 }
 
@@ -181,9 +196,10 @@ impl From<Bytes> for Message {
     }
 }
 
-impl From<&'static [u8]> for Message {
-    fn from(b: &'static [u8]) -> Self {
-        Message::Binary(Bytes::from_static(b))
+impl From<&[u8]> for Message {
+    /// A binary message; copies the bytes.
+    fn from(b: &[u8]) -> Self {
+        Message::Binary(Bytes::copy_from_slice(b))
     }
 }
 

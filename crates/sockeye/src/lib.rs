@@ -52,6 +52,10 @@ mod error;
 mod options;
 mod server;
 
+/// The `bytes` crate, re-exported: payloads are `Bytes`.
+pub use bytes;
+/// The `http` crate, re-exported: handshake requests and responses are `http` types.
+pub use http;
 pub use sockeye_proto as proto;
 
 pub use client::{connect, ClientBuilder};

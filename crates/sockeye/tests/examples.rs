@@ -1,0 +1,454 @@
+//! Runs the example programs of `examples/` and drives them with the sockeye client, so that
+//! the examples keep working as the library changes.
+//!
+//! Each server example is started on `127.0.0.1:0`; the test reads the `listening on
+//! ws://ADDR/` line it prints to find its port. Child processes are killed when their handle
+//! is dropped, so a failing test leaves none behind.
+//!
+//! `cargo test` builds the examples, but `cargo test --test examples` does not: the first
+//! test to run builds them (`cargo build --example ...`, a no-op when they are up to date)
+//! so that the binaries run are never stale.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sockeye::proto::HandshakeError;
+use sockeye::{ClientConnection, CloseCode, Error, Message};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::timeout;
+
+/// Bound on any single step (start, receive, read a line); tests fail rather than hang.
+const STEP: Duration = Duration::from_secs(15);
+/// Bound on building the examples.
+const BUILD: Duration = Duration::from_secs(600);
+
+const EXAMPLES: &[&str] = &[
+    "hello_server",
+    "hello_client",
+    "clock_server",
+    "consumer",
+    "producer",
+    "consumer_producer",
+    "registration_broadcast",
+    "health_check",
+    "headers_cookies",
+    "remote_address",
+    "recv_timeout",
+    "keepalive",
+];
+
+// ----- Locating and building the examples ---------------------------------------------------
+
+/// `<target>/<profile>`, from this test's path `<target>/<profile>/deps/examples-<hash>`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary not in <target>/<profile>/deps")
+        .to_owned()
+}
+
+fn example_path(name: &str) -> PathBuf {
+    profile_dir()
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Builds the examples once per test process; every test waits for it.
+fn ensure_built() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        // Tests run inside a runtime: build from a thread with its own.
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(build_examples())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the build thread panicked".to_owned()))
+    });
+    if let Err(e) = built {
+        panic!("cannot build the examples: {e}");
+    }
+}
+
+async fn build_examples() -> Result<(), String> {
+    let profile = profile_dir();
+    let target_dir = profile.parent().ok_or("no target directory")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    if profile.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    for name in EXAMPLES {
+        cmd.args(["--example", name]);
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    let out = timeout(BUILD, cmd.output())
+        .await
+        .map_err(|_| "cargo build timed out".to_owned())?
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+// ----- Running a server example --------------------------------------------------------------
+
+/// A running server example. Dropping it kills the process (`kill_on_drop`).
+struct Server {
+    _child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts example `name` on `127.0.0.1:0` with `args` after the address, and waits for
+    /// its `listening on ws://ADDR/` line.
+    async fn start(name: &str, args: &[&str]) -> Server {
+        ensure_built();
+        let mut child = Command::new(example_path(name))
+            .arg("127.0.0.1:0")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut server = Server {
+            _child: child,
+            stdout: BufReader::new(stdout).lines(),
+            addr: ([0, 0, 0, 0], 0).into(),
+        };
+        let line = server.line().await;
+        server.addr = line
+            .strip_prefix("listening on ws://")
+            .and_then(|rest| rest.strip_suffix('/'))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"));
+        assert_ne!(server.addr.port(), 0, "{name} printed port 0");
+        server
+    }
+
+    fn uri(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// The next line the server prints.
+    async fn line(&mut self) -> String {
+        timeout(STEP, self.stdout.next_line())
+            .await
+            .expect("timed out waiting for the server's output")
+            .expect("cannot read the server's output")
+            .expect("the server exited")
+    }
+
+    async fn connect(&self) -> ClientConnection {
+        let ws = timeout(STEP, sockeye::connect(&self.uri()))
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        ws
+    }
+}
+
+// ----- Helpers -------------------------------------------------------------------------------
+
+/// The next message, which must be text.
+async fn recv_text(ws: &ClientConnection) -> String {
+    let message = timeout(STEP, ws.recv())
+        .await
+        .expect("timed out waiting for a message")
+        .expect("recv failed")
+        .expect("the connection closed instead of sending a message");
+    message.as_text().expect("a text message").to_owned()
+}
+
+/// Waits for the server to close the connection normally.
+async fn expect_closed(ws: &ClientConnection) {
+    let next = timeout(STEP, ws.recv())
+        .await
+        .expect("timed out waiting for the close");
+    assert!(
+        matches!(next, Ok(None)),
+        "expected a normal close: {next:?}"
+    );
+}
+
+async fn close(ws: &ClientConnection) {
+    timeout(STEP, ws.close(CloseCode::NORMAL, ""))
+        .await
+        .expect("close timed out")
+        .expect("close failed");
+}
+
+/// A plain HTTP GET; returns the head and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = timeout(STEP, exchange)
+        .await
+        .expect("HTTP request timed out")
+        .expect("HTTP request failed");
+    let response = String::from_utf8(response).expect("UTF-8 response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete HTTP response");
+    (head.to_owned(), body.to_owned())
+}
+
+/// Whether `s` looks like `2024-05-01T12:34:56.789Z`.
+fn is_utc_timestamp(s: &str) -> bool {
+    let shape = "dddd-dd-ddTdd:dd:dd.dddZ";
+    s.len() == shape.len()
+        && s.chars().zip(shape.chars()).all(|(c, p)| match p {
+            'd' => c.is_ascii_digit(),
+            p => c == p,
+        })
+}
+
+// ----- The tests -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn hello_server_greets_and_closes() {
+    let mut server = Server::start("hello_server", &[]).await;
+    let ws = server.connect().await;
+    ws.send("Alice").await.unwrap();
+    assert_eq!(recv_text(&ws).await, "Hello Alice!");
+    // The handler returned: the server closes the connection normally.
+    expect_closed(&ws).await;
+    assert_eq!(ws.close_code(), CloseCode::NORMAL);
+    assert_eq!(server.line().await, "<<< Alice");
+    assert_eq!(server.line().await, ">>> Hello Alice!");
+}
+
+#[tokio::test]
+async fn hello_client_talks_to_hello_server() {
+    let server = Server::start("hello_server", &[]).await;
+    for (args, expected) in [
+        (
+            vec![server.uri(), "Bob".to_owned()],
+            ">>> Bob\n<<< Hello Bob!\n",
+        ),
+        (vec![server.uri()], ">>> World\n<<< Hello World!\n"),
+    ] {
+        let run = Command::new(example_path("hello_client"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = timeout(STEP, run)
+            .await
+            .expect("hello_client timed out")
+            .expect("cannot run hello_client");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "hello_client {args:?} failed: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout, expected, "hello_client {args:?}");
+    }
+}
+
+#[tokio::test]
+async fn clock_server_serves_the_page_and_the_time() {
+    let server = Server::start("clock_server", &[]).await;
+
+    // A browser's plain GET / gets the page.
+    let (head, body) = http_get(server.addr, "/").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html"),
+        "{head}"
+    );
+    assert!(body.contains("new WebSocket("), "{body}");
+
+    // Its WebSocket receives the time, once a second.
+    let ws = server.connect().await;
+    let first = recv_text(&ws).await;
+    let second = recv_text(&ws).await;
+    assert!(is_utc_timestamp(&first), "{first:?}");
+    assert!(is_utc_timestamp(&second), "{second:?}");
+    assert!(first < second, "{first:?} then {second:?}");
+    close(&ws).await;
+}
+
+#[tokio::test]
+async fn health_check_answers_200_and_serves_websockets() {
+    let server = Server::start("health_check", &[]).await;
+    let (head, body) = http_get(server.addr, "/healthz").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "OK\n");
+
+    // Every other path is the echo server.
+    let ws = server.connect().await;
+    ws.send("echo?").await.unwrap();
+    assert_eq!(recv_text(&ws).await, "echo?");
+    close(&ws).await;
+}
+
+#[tokio::test]
+async fn headers_cookies_rejects_without_credentials() {
+    let mut server = Server::start("headers_cookies", &[]).await;
+    let uri = server.uri();
+
+    // No cookie, no token: 401, and no connection.
+    let refused = timeout(STEP, sockeye::connect(&uri))
+        .await
+        .expect("connect timed out");
+    match refused {
+        Err(Error::Handshake(HandshakeError::UnexpectedStatus(response))) => {
+            assert_eq!(response.status, 401);
+        }
+        other => panic!("expected a 401: {other:?}"),
+    }
+
+    // A session cookie among others: accepted, and the handler sees it in `ws.request()`.
+    let with_cookie = sockeye::ClientBuilder::default()
+        .header("cookie", "theme=dark; session=alice")
+        .unwrap()
+        .connect(&uri);
+    let ws = timeout(STEP, with_cookie).await.unwrap().unwrap();
+    assert_eq!(recv_text(&ws).await, "Hello alice!");
+    expect_closed(&ws).await;
+    let line = server.line().await;
+    assert!(line.starts_with("alice connected with sockeye/"), "{line}");
+
+    // A bearer token works too.
+    let with_token = sockeye::ClientBuilder::default()
+        .header("authorization", "Bearer bob")
+        .unwrap()
+        .connect(&uri);
+    let ws = timeout(STEP, with_token).await.unwrap().unwrap();
+    assert_eq!(recv_text(&ws).await, "Hello bob!");
+    expect_closed(&ws).await;
+}
+
+#[tokio::test]
+async fn registration_broadcast_reaches_every_client() {
+    let server = Server::start("registration_broadcast", &[]).await;
+    let alice = server.connect().await;
+    // Receiving the announcement proves the client is registered.
+    assert_eq!(recv_text(&alice).await, "users: 1");
+    let bob = server.connect().await;
+    assert_eq!(recv_text(&bob).await, "users: 2");
+    assert_eq!(recv_text(&alice).await, "users: 2");
+
+    alice.send("hi everyone").await.unwrap();
+    assert_eq!(recv_text(&alice).await, "hi everyone");
+    assert_eq!(recv_text(&bob).await, "hi everyone");
+
+    // Unregistered on close.
+    close(&bob).await;
+    assert_eq!(recv_text(&alice).await, "users: 1");
+    close(&alice).await;
+}
+
+#[tokio::test]
+async fn consumer_consumes_every_message() {
+    let mut server = Server::start("consumer", &[]).await;
+    let ws = server.connect().await;
+    ws.send("one").await.unwrap();
+    ws.send("two").await.unwrap();
+    ws.send(vec![1u8, 2, 3]).await.unwrap();
+    close(&ws).await;
+    assert_eq!(server.line().await, "<<< one");
+    assert_eq!(server.line().await, "<<< two");
+    assert_eq!(server.line().await, "<<< 3 bytes");
+    assert_eq!(server.line().await, "connection closed");
+}
+
+#[tokio::test]
+async fn producer_produces_ticks() {
+    let server = Server::start("producer", &[]).await;
+    let ws = server.connect().await;
+    assert_eq!(recv_text(&ws).await, "tick 1");
+    assert_eq!(recv_text(&ws).await, "tick 2");
+    close(&ws).await;
+}
+
+#[tokio::test]
+async fn consumer_producer_does_both_and_stops_both() {
+    let mut server = Server::start("consumer_producer", &[]).await;
+    let ws = server.connect().await;
+    assert_eq!(recv_text(&ws).await, "tick 1");
+    ws.send("hello while ticking").await.unwrap();
+    assert_eq!(server.line().await, "<<< hello while ticking");
+    close(&ws).await;
+    // Usually the consumer finishes (the client closed); the producer may if it was sending
+    // right then. Either way the other one is cancelled.
+    let line = server.line().await;
+    assert!(line.ends_with("cancelled"), "{line}");
+}
+
+#[tokio::test]
+async fn remote_address_is_the_client_address() {
+    let mut server = Server::start("remote_address", &[]).await;
+    let ws = server.connect().await;
+    let local = ws.local_addr().expect("the client's address");
+    assert_eq!(recv_text(&ws).await, format!("you are {local}"));
+    assert_eq!(
+        server.line().await,
+        format!("connection from {} (port {})", local.ip(), local.port())
+    );
+    expect_closed(&ws).await;
+}
+
+#[tokio::test]
+async fn recv_timeout_closes_idle_connections() {
+    let mut server = Server::start("recv_timeout", &["0.5"]).await;
+    let ws = server.connect().await;
+    ws.send("still there").await.unwrap();
+    assert_eq!(recv_text(&ws).await, "still there");
+    // Then stay silent: the server gives up after 0.5 s.
+    expect_closed(&ws).await;
+    assert_eq!(ws.close_code(), CloseCode::NORMAL);
+    assert_eq!(ws.close_reason(), "idle timeout");
+    assert_eq!(server.line().await, "closing an idle connection");
+}
+
+#[tokio::test]
+async fn keepalive_reports_latency() {
+    let server = Server::start("keepalive", &[]).await;
+    let ws = server.connect().await;
+    ws.send("latency?").await.unwrap();
+    let reply = recv_text(&ws).await;
+    let ms = reply
+        .strip_prefix("latency: ")
+        .and_then(|r| r.strip_suffix(" ms"))
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("unexpected reply {reply:?}"));
+    assert!((0.0..STEP.as_secs_f64() * 1000.0).contains(&ms), "{ms}");
+    // Binary messages get an answer too.
+    ws.send(Message::from(vec![0u8])).await.unwrap();
+    assert!(recv_text(&ws).await.starts_with("latency: "));
+    close(&ws).await;
+}
