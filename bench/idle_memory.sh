@@ -8,7 +8,7 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p sockeye-cli
 cargo build --release -q -p sockeye --example idle_clients
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/release/sockeye serve --echo "127.0.0.1:$port" 2>/dev/null &
+./target/release/sockeye serve --echo "127.0.0.1:$port" ${SERVE_FLAGS:-} 2>/dev/null &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done

@@ -45,9 +45,10 @@ pub enum State {
 pub enum Event {
     /// Server: a handshake request arrived. Answer it with [`Protocol::accept`] (or
     /// [`Protocol::reject`]) and [`Protocol::send_response`].
-    Request(Request<()>),
+    /// Boxed: handshake events are rare, and a small `Event` keeps the event queue small.
+    Request(Box<Request<()>>),
     /// Client: the server accepted the handshake; the connection is open.
-    Response(Response<()>),
+    Response(Box<Response<()>>),
     /// A whole message.
     Message(Message),
     /// A piece of a message, in [`Config::stream_fragments`] mode.
@@ -372,7 +373,7 @@ impl Protocol {
                     Ok(Some((request, n))) => {
                         self.recv.advance(n);
                         self.handshake = Handshake::AwaitAnswer(None);
-                        self.events.push_back(Event::Request(request));
+                        self.events.push_back(Event::Request(Box::new(request)));
                         Ok(())
                     }
                     Err(e) => {
@@ -394,7 +395,7 @@ impl Protocol {
                     let accept = handshake::check_response(&response, key, offered, &self.config)?;
                     self.handshake = Handshake::Done;
                     self.set_open(accept.subprotocol, accept.deflate);
-                    self.events.push_back(Event::Response(response));
+                    self.events.push_back(Event::Response(Box::new(response)));
                     return self.process_frames();
                 }
                 let (parts, ()) = response.into_parts();

@@ -106,7 +106,7 @@ impl ClientBuilder {
             remote_addr: stream.peer_addr().ok(),
             subprotocol: proto.subprotocol().map(str::to_owned),
             request,
-            response,
+            response: *response,
         };
         let (conn, driver) = Connection::new(proto, stream, Vec::new(), self.options.limits, info);
         let span = tracing::info_span!(target: "sockeye::client", "conn", id = conn.id());

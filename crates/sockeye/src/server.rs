@@ -449,7 +449,7 @@ where
         return Ok(None);
     }
     let (parts, _) = response.into_parts();
-    Ok(Some((request, Response::from_parts(parts, ()))))
+    Ok(Some((*request, Response::from_parts(parts, ()))))
 }
 
 /// Reads and feeds the core until it produces an event (the handshake request or response),
