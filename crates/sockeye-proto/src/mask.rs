@@ -14,6 +14,14 @@ const BLOCK: usize = 64;
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     // Rotate the key so that byte 0 of `buf` lines up with key byte `offset % 4`.
     let key = rotate(key, offset);
+    if buf.len() < BLOCK {
+        // Short payloads (most control frames and chat messages): widening the key would
+        // cost more than the XOR itself.
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b ^= key[i & 3];
+        }
+        return;
+    }
     let mut wide = [0u8; BLOCK];
     for (i, b) in wide.iter_mut().enumerate() {
         *b = key[i % 4];
