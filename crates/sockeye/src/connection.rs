@@ -100,14 +100,89 @@ impl Inner {
 /// closing handshake in the background).
 pub struct Connection {
     inner: Arc<Inner>,
+    /// The `recv` in progress when the connection is used as a `Stream`. In a `Mutex` only
+    /// to be `Sync` without `unsafe`: it is reached through `&mut self` (`get_mut`), never
+    /// locked.
+    stream_recv: Mutex<Option<BoxFuture<Result<Option<Message>>>>>,
+    /// The `send` in progress when the connection is used as a `Sink` (same remark).
+    sink_send: Mutex<Option<BoxFuture<Result<()>>>>,
+    stream_done: bool,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+fn get<T>(m: &mut Mutex<T>) -> &mut T {
+    m.get_mut().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Clone for Connection {
+    /// Another handle to the same connection (a `Stream`/`Sink` operation in progress on
+    /// this handle is not shared).
     fn clone(&self) -> Self {
         self.inner.handles.fetch_add(1, Ordering::Relaxed);
-        Connection {
-            inner: self.inner.clone(),
+        Connection::from_inner(self.inner.clone())
+    }
+}
+
+impl futures_core::Stream for Connection {
+    type Item = Result<Message>;
+
+    /// The messages received, as [`Connection::recv`] gives them; the stream ends after a
+    /// normal close, or after yielding the error of any other end.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.stream_done {
+            return Poll::Ready(None);
         }
+        let conn = self.clone();
+        let slot = get(&mut self.stream_recv);
+        let fut = slot.get_or_insert_with(|| Box::pin(async move { conn.recv().await }));
+        let result = std::task::ready!(fut.as_mut().poll(cx));
+        *slot = None;
+        Poll::Ready(match result {
+            Ok(Some(m)) => Some(Ok(m)),
+            Ok(None) => {
+                self.stream_done = true;
+                None
+            }
+            Err(e) => {
+                self.stream_done = true;
+                Some(Err(e))
+            }
+        })
+    }
+}
+
+impl futures_sink::Sink<Message> for Connection {
+    type Error = Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.poll_pending_send(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<()> {
+        let conn = self.clone();
+        let message = item;
+        *get(&mut self.sink_send) = Some(Box::pin(async move { conn.send(message).await }));
+        Ok(())
+    }
+
+    /// Completes the `send` in progress (the message is in the output buffer; the driver
+    /// writes it as soon as the transport takes it).
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.poll_pending_send(cx)
+    }
+
+    /// Completes the `send` in progress, then closes the connection with 1000.
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        std::task::ready!(self.poll_pending_send(cx))?;
+        if get(&mut self.sink_send).is_none() {
+            let conn = self.clone();
+            *get(&mut self.sink_send) =
+                Some(Box::pin(
+                    async move { conn.close(CloseCode::NORMAL, "").await },
+                ));
+        }
+        self.poll_pending_send(cx)
     }
 }
 
@@ -143,6 +218,27 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    fn from_inner(inner: Arc<Inner>) -> Connection {
+        Connection {
+            inner,
+            stream_recv: Mutex::new(None),
+            sink_send: Mutex::new(None),
+            stream_done: false,
+        }
+    }
+
+    fn poll_pending_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let slot = get(&mut self.sink_send);
+        match slot.as_mut() {
+            None => Poll::Ready(Ok(())),
+            Some(fut) => {
+                let result = std::task::ready!(fut.as_mut().poll(cx));
+                *slot = None;
+                Poll::Ready(result)
+            }
+        }
+    }
+
     /// Wraps an open protocol and its transport: returns the handle and the driver future,
     /// which must be polled (spawned, or joined with the handler) for anything to happen.
     pub(crate) fn new<S>(
@@ -191,7 +287,7 @@ impl Connection {
             // response, or pipelined behind the request) are waiting in the core already.
             dispatch(&inner, sh);
         }
-        (Connection { inner }, driver)
+        (Connection::from_inner(inner), driver)
     }
 
     /// Receives the next message.

@@ -107,3 +107,27 @@ async fn dropping_the_last_client_handle_closes_with_1000() {
     assert_eq!(end, "1 then Ok(None)");
     server.close().await;
 }
+
+#[tokio::test]
+async fn connection_is_a_stream_and_a_sink_of_messages() {
+    use futures_util::{SinkExt, StreamExt};
+    let (server, uri) = echo_server().await;
+    let mut ws = sockeye::connect(&uri).await.unwrap();
+    SinkExt::send(&mut ws, Message::from("one")).await.unwrap();
+    SinkExt::send(&mut ws, Message::from(vec![2u8]))
+        .await
+        .unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::from("one"));
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::from(vec![2u8]));
+    // Closing the sink runs the closing handshake; the stream then ends.
+    SinkExt::close(&mut ws).await.unwrap();
+    assert!(ws.next().await.is_none());
+    assert!(ws.closed().unwrap().is_ok());
+    // Forwarding a stream into a sink, the ecosystem way.
+    let mut ws = sockeye::connect(&uri).await.unwrap();
+    let mut source = futures_util::stream::iter(["a", "b", "c"].map(|s| Ok(Message::from(s))));
+    ws.send_all(&mut source).await.unwrap();
+    let got: Vec<_> = ws.by_ref().take(3).map(|m| m.unwrap()).collect().await;
+    assert_eq!(got, ["a", "b", "c"].map(Message::from));
+    server.close().await;
+}
