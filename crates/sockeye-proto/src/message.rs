@@ -219,3 +219,43 @@ pub struct Fragment {
     /// Whether this is the last piece of the message.
     pub fin: bool,
 }
+
+/// A message serialised once, to be sent to many connections (broadcast, pub/sub).
+///
+/// Server connections without compression copy the ready frame into their output buffer; a
+/// connection that must mask (client) or compress the message encodes it itself, from the
+/// same payload.
+#[derive(Debug, Clone)]
+pub struct PreparedMessage {
+    message: Message,
+    frame: Bytes,
+}
+
+impl PreparedMessage {
+    /// Serialises `message` as one unmasked, uncompressed frame.
+    pub fn new(message: impl Into<Message>) -> PreparedMessage {
+        let message = message.into();
+        let opcode = match message.kind() {
+            MessageKind::Text => crate::frame::OpCode::Text,
+            MessageKind::Binary => crate::frame::OpCode::Binary,
+        };
+        let payload = message.as_bytes();
+        let mut frame = Vec::with_capacity(payload.len() + crate::frame::MAX_HEADER_LEN);
+        crate::frame::FrameHeader::encode(&mut frame, true, false, opcode, None, payload.len());
+        frame.extend_from_slice(payload);
+        PreparedMessage {
+            message,
+            frame: Bytes::from(frame),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The serialised frame (unmasked, uncompressed).
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+}

@@ -22,7 +22,7 @@ use crate::extensions::deflate::{Deflate, DeflateParams};
 use crate::frame::{encode_payload, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
 use crate::handshake::{self, ServerAccept};
 use crate::mask::apply_mask;
-use crate::message::{Fragment, Message, MessageKind, Utf8Bytes};
+use crate::message::{Fragment, Message, MessageKind, PreparedMessage, Utf8Bytes};
 use crate::rng::Rng;
 use crate::utf8::Utf8Validator;
 use crate::Side;
@@ -850,6 +850,26 @@ impl Protocol {
     /// Sends a message.
     pub fn send(&mut self, message: &Message) -> Result<(), Error> {
         self.send_message(message.kind(), message.as_bytes())
+    }
+
+    /// Sends a message serialised once for many connections: a server connection without
+    /// compression copies the ready frame; others encode the message as [`Protocol::send`].
+    pub fn send_prepared(&mut self, prepared: &PreparedMessage) -> Result<(), Error> {
+        if self.side == Side::Client || self.deflate.is_some() {
+            return self.send(prepared.message());
+        }
+        self.check_can_send()?;
+        if self.sending.is_some() {
+            return Err(Error::Misuse("a fragmented message is being sent"));
+        }
+        let message = prepared.message();
+        let opcode = match message.kind() {
+            MessageKind::Text => OpCode::Text,
+            MessageKind::Binary => OpCode::Binary,
+        };
+        log_frame(self.side, '>', opcode, message.as_bytes(), true, false);
+        self.out.extend_from_slice(prepared.frame());
+        Ok(())
     }
 
     fn send_message(&mut self, kind: MessageKind, data: &[u8]) -> Result<(), Error> {

@@ -1125,3 +1125,45 @@ mod rfc7692_deflate {
         );
     }
 }
+
+// ----- Prepared messages (broadcast) ---------------------------------------------------------
+
+mod prepared {
+    use super::*;
+    use sockeye_proto::PreparedMessage;
+
+    #[test]
+    fn server_copies_the_prepared_frame_exactly_as_send_would_write_it() {
+        let prepared = PreparedMessage::new("hello everyone");
+        let mut a = server_open();
+        let mut b = server_open();
+        a.send_prepared(&prepared).unwrap();
+        b.send_text("hello everyone").unwrap();
+        assert_eq!(a.pending_output(), b.pending_output());
+        assert_eq!(a.pending_output(), &prepared.frame()[..]);
+    }
+
+    #[test]
+    fn compressing_and_client_connections_encode_it_themselves() {
+        let prepared = PreparedMessage::new("{\"x\": 1} ".repeat(20));
+        let mut pair = Pair::handshake(Config::new(), Config::new());
+        pair.server.send_prepared(&prepared).unwrap();
+        assert_ne!(pair.server.pending_output()[0] & 0x40, 0, "RSV1: compressed");
+        pair.client.send_prepared(&prepared).unwrap();
+        assert_ne!(pair.client.pending_output()[1] & 0x80, 0, "masked");
+        pair.s2c().unwrap();
+        pair.c2s().unwrap();
+        assert_eq!(messages(&mut pair.client), vec![prepared.message().clone()]);
+        assert_eq!(messages(&mut pair.server), vec![prepared.message().clone()]);
+    }
+
+    #[test]
+    fn prepared_respects_the_connection_state() {
+        let mut server = server_open();
+        server.close(CloseCode::NORMAL, "").unwrap();
+        assert_eq!(
+            server.send_prepared(&PreparedMessage::new("late")),
+            Err(Error::ConnectionClosed)
+        );
+    }
+}

@@ -34,7 +34,9 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Closed, Error, Result};
-use crate::proto::{self, CloseCode, Event, Message, MessageKind, PingId, Protocol, Side, State};
+use crate::proto::{
+    self, CloseCode, Event, Message, MessageKind, PingId, PreparedMessage, Protocol, Side, State,
+};
 
 /// Per-connection settings that belong to the front end rather than the core.
 #[derive(Debug, Clone, Copy)]
@@ -549,7 +551,7 @@ impl Connection {
 
     /// Sends a message without waiting, for broadcast: refused (returns `false`) when the
     /// connection is not open or more than `write_limit` bytes already wait.
-    pub(crate) fn try_send_frame(&self, message: &Message) -> bool {
+    pub(crate) fn try_send_prepared(&self, message: &PreparedMessage) -> bool {
         let mut sh = self.inner.lock();
         if sh.done
             || sh.proto.state() != State::Open
@@ -558,7 +560,7 @@ impl Connection {
             return false;
         }
         let was_idle = sh.proto.pending_output_len() == 0;
-        if sh.proto.send(message).is_err() {
+        if sh.proto.send_prepared(message).is_err() {
             return false;
         }
         drop(sh);
@@ -864,17 +866,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
     }
 }
 
-/// Sends `message` to every connection in `connections` without waiting: encoded once per
-/// connection into its output buffer. Connections that are not open, or have more than
+/// Sends `message` to every connection in `connections` without waiting: serialised once
+/// (a [`PreparedMessage`]) and copied into each connection's output buffer (connections
+/// that compress encode it themselves). Connections that are not open, or have more than
 /// `write_limit` bytes waiting, are skipped; they are returned so the caller can act on them.
 pub fn broadcast<'a, I>(connections: I, message: impl Into<Message>) -> Vec<Connection>
 where
     I: IntoIterator<Item = &'a Connection>,
 {
-    let message = message.into();
+    let message = PreparedMessage::new(message);
     let mut skipped = Vec::new();
     for c in connections {
-        if !c.try_send_frame(&message) {
+        if !c.try_send_prepared(&message) {
             skipped.push(c.clone());
         }
     }
