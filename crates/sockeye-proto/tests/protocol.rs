@@ -1148,7 +1148,11 @@ mod prepared {
         let prepared = PreparedMessage::new("{\"x\": 1} ".repeat(20));
         let mut pair = Pair::handshake(Config::new(), Config::new());
         pair.server.send_prepared(&prepared).unwrap();
-        assert_ne!(pair.server.pending_output()[0] & 0x40, 0, "RSV1: compressed");
+        assert_ne!(
+            pair.server.pending_output()[0] & 0x40,
+            0,
+            "RSV1: compressed"
+        );
         pair.client.send_prepared(&prepared).unwrap();
         assert_ne!(pair.client.pending_output()[1] & 0x80, 0, "masked");
         pair.s2c().unwrap();

@@ -1,0 +1,206 @@
+//! The `sockeye` command, run as a process over loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SOCKEYE: &str = env!("CARGO_BIN_EXE_sockeye");
+
+/// A `sockeye serve` process, killed on drop.
+struct Served {
+    child: Child,
+    addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Served {
+    /// Starts `sockeye serve ARGS 127.0.0.1:0` (through `sh` when a shell prefix such as a
+    /// `ulimit` is given) and waits for its "ws://ADDR/" line on stderr.
+    fn start(args: &[&str], shell_prefix: Option<&str>) -> Served {
+        let mut cmd = match shell_prefix {
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                let line = format!("{prefix}; exec \"$0\" serve {} 127.0.0.1:0", args.join(" "));
+                c.arg("-c").arg(line).arg(SOCKEYE);
+                c
+            }
+            None => {
+                let mut c = Command::new(SOCKEYE);
+                c.arg("serve").args(args).arg("127.0.0.1:0");
+                c
+            }
+        };
+        let mut child = cmd
+            .env("RUST_LOG", "sockeye=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
+            if line.contains("server on ws://") {
+                let rest = line.split("ws://").nth(1).unwrap();
+                break rest.split('/').next().unwrap().to_owned();
+            }
+        };
+        // Keep draining stderr (so the server never blocks on a full pipe) into a log.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Served { child, addr, log }
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+        // utime and stime, fields 14 and 15 of the whole line (11 and 12 after the name).
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `sockeye connect URI` with `input` on stdin; returns (status ok, stdout, stderr).
+fn connect(uri: &str, input: &str) -> (bool, String, String) {
+    let mut child = Command::new(SOCKEYE)
+        .args(["connect", uri])
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(20));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn connect_sends_stdin_lines_and_prints_what_comes_back() {
+    let server = Served::start(&["--echo"], None);
+    let (ok, stdout, stderr) = connect(&format!("ws://{}/", server.addr), "hello\nκόσμε\n");
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "< hello\n< κόσμε\n");
+    assert!(stderr.contains("Connection closed: 1000 (OK)"), "{stderr}");
+}
+
+#[test]
+fn connect_reports_a_refused_handshake_with_non_zero_status() {
+    let server = Served::start(&["--echo"], None);
+    // /healthz answers 200 instead of upgrading.
+    let (ok, _, stderr) = connect(&format!("ws://{}/healthz", server.addr), "");
+    assert!(!ok);
+    assert!(stderr.contains("HTTP 200"), "{stderr}");
+}
+
+#[test]
+fn healthz_answers_200() {
+    let server = Served::start(&[], None);
+    let response = http_get(&server.addr, "/healthz");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("\r\n\r\nOK\n"), "{response}");
+}
+
+#[test]
+fn relay_delivers_to_the_other_clients_of_the_same_topic() {
+    let server = Served::start(&[], None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let room = |path: &str| format!("ws://{}/{path}", server.addr);
+        let a = sockeye::connect(&room("room1")).await.unwrap();
+        let b = sockeye::connect(&room("room1")).await.unwrap();
+        let c = sockeye::connect(&room("room2")).await.unwrap();
+        a.send("from a").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), b.recv()).await;
+        assert_eq!(got.unwrap().unwrap(), Some("from a".into()));
+        c.send("from c").await.unwrap();
+        b.send("from b").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), a.recv()).await;
+        assert_eq!(got.unwrap().unwrap(), Some("from b".into()));
+        // Nothing crossed topics, and c is alone on room2: its own message is not echoed.
+        let nothing = tokio::time::timeout(Duration::from_millis(200), c.recv()).await;
+        assert!(nothing.is_err(), "room2 received {nothing:?}");
+    });
+}
+
+#[test]
+fn accept_loop_survives_running_out_of_file_descriptors() {
+    // 40 descriptors: a few for the runtime, the rest for connections.
+    let server = Served::start(&["--echo"], Some("ulimit -n 40"));
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        // The kernel completes TCP handshakes into the backlog even when accept() fails.
+        held.push(TcpStream::connect(&server.addr).unwrap());
+    }
+    let cpu_before = server.cpu_seconds();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = server.cpu_seconds() - cpu_before;
+    let wall = start.elapsed().as_secs_f64();
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains("accept failed"),
+        "no accept error logged:\n{log}"
+    );
+    // Out of descriptors, the accept loop backs off instead of spinning on EMFILE.
+    assert!(
+        cpu < 0.5 * wall,
+        "accept loop spins: {cpu:.2} s CPU in {wall:.2} s"
+    );
+    // Free descriptors: the server accepts again and serves a WebSocket connection.
+    held.clear();
+    let (ok, stdout, stderr) = connect(&format!("ws://{}/", server.addr), "still alive\n");
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "< still alive\n");
+}
