@@ -573,8 +573,10 @@ impl Protocol {
                 return Ok(());
             }
             let Some(h) = FrameHeader::parse(&self.recv, self.config.max_frame_size)? else {
-                if self.recv.is_empty() && self.recv.capacity() > 0 {
-                    // Idle connections keep no receive buffer.
+                if self.recv.is_empty() {
+                    // Idle connections keep no receive buffer. (`capacity()` of a fully
+                    // consumed BytesMut can be 0 while it still holds its allocation, so
+                    // replace it unconditionally; `BytesMut::new` does not allocate.)
                     self.recv = BytesMut::new();
                 }
                 return Ok(());
