@@ -18,6 +18,7 @@ pub struct Config {
     pub(crate) max_headers: usize,
     pub(crate) max_handshake_size: usize,
     pub(crate) compression: Option<DeflateConfig>,
+    pub(crate) fallback_offers: Vec<DeflateConfig>,
     pub(crate) subprotocols: Vec<String>,
     pub(crate) origins: Option<Vec<Option<String>>>,
     pub(crate) user_agent: Option<String>,
@@ -43,6 +44,7 @@ impl Default for Config {
             max_headers: 128,
             max_handshake_size: 64 * 1024,
             compression: Some(DeflateConfig::default()),
+            fallback_offers: Vec::new(),
             subprotocols: Vec::new(),
             origins: None,
             user_agent: Some(DEFAULT_AGENT.to_owned()),
@@ -120,7 +122,24 @@ impl Config {
     /// Default: on, with [`DeflateConfig::default`].
     pub fn compression(&mut self, deflate: Option<DeflateConfig>) -> &mut Self {
         self.compression = deflate;
+        self.fallback_offers.clear();
         self
+    }
+
+    /// Client: several permessage-deflate offers, in order of preference (RFC 7692 §5 lets a
+    /// client offer more than one set of parameters; the server accepts at most one). The
+    /// first is also what [`Config::compression`] sets; an empty list turns compression off.
+    /// A server only uses the first.
+    pub fn deflate_offers(&mut self, offers: Vec<DeflateConfig>) -> &mut Self {
+        let mut offers = offers.into_iter();
+        self.compression = offers.next();
+        self.fallback_offers = offers.collect();
+        self
+    }
+
+    /// The permessage-deflate offers a client makes, in order.
+    pub fn deflate_offer_list(&self) -> impl Iterator<Item = &DeflateConfig> {
+        self.compression.iter().chain(self.fallback_offers.iter())
     }
 
     /// Subprotocols supported, in order of preference. Default: none.

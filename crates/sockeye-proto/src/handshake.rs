@@ -578,8 +578,9 @@ pub fn build_request(uri: &Uri, key: &str, config: &Config) -> Result<Request<()
     headers.append(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
 
     // RFC 6455 §4.1 client requirement 11, RFC 7692 §5.
-    if let Some(deflate) = &config.compression {
-        let value = format_extensions(&[deflate.offer()]);
+    if config.compression.is_some() {
+        let offers: Vec<Extension> = config.deflate_offer_list().map(|d| d.offer()).collect();
+        let value = format_extensions(&offers);
         headers.append(
             SEC_WEBSOCKET_EXTENSIONS,
             header_value("Sec-WebSocket-Extensions", &value)?,
@@ -659,17 +660,35 @@ pub fn check_response(
                 ext.name
             )));
         }
-        let Some(dc) = &config.compression else {
+        if config.compression.is_none() {
             return Err(HandshakeError::Negotiation(
                 "server accepted permessage-deflate, which was not offered".to_owned(),
             ));
-        };
+        }
         if deflate.is_some() {
             return Err(HandshakeError::Negotiation(
                 "server accepted permessage-deflate more than once".to_owned(),
             ));
         }
-        deflate = Some(dc.accept_response(&ext.params)?);
+        // RFC 7692 §5: the response accepts one of the offers; the first offer whose
+        // parameters the response fits is the one accepted.
+        let mut first_error = None;
+        for dc in config.deflate_offer_list() {
+            match dc.accept_response(&ext.params) {
+                Ok(params) => {
+                    deflate = Some(params);
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if deflate.is_none() {
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
     }
 
     // Item 6: the subprotocol must be one the client offered.

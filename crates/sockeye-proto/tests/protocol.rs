@@ -1062,6 +1062,49 @@ mod rfc7692_deflate {
     }
 
     #[test]
+    fn several_offers_are_sent_in_order_and_the_accepted_one_applies() {
+        let second = DeflateConfig {
+            client_no_context_takeover: true,
+            ..DeflateConfig::default()
+        };
+        let mut c = Config::new();
+        c.deflate_offers(vec![DeflateConfig::default(), second]);
+        let mut client = Protocol::client(Arc::new(c));
+        let request = client
+            .connect_request(&"ws://localhost/".parse().unwrap())
+            .unwrap();
+        let offer = request.headers()["sec-websocket-extensions"]
+            .to_str()
+            .unwrap();
+        assert_eq!(
+            offer,
+            "permessage-deflate; client_max_window_bits, \
+             permessage-deflate; client_no_context_takeover; client_max_window_bits"
+        );
+        // A server that wants the client to reset its context: the response fits.
+        let mut s = Config::new();
+        s.compression(Some(DeflateConfig {
+            client_no_context_takeover: true,
+            ..DeflateConfig::default()
+        }));
+        let mut server = Protocol::server(Arc::new(s));
+        client.send_request(&request).unwrap();
+        let mut wire = Vec::new();
+        client.poll_transmit(&mut wire);
+        server.receive_data(&wire).unwrap();
+        let Some(Event::Request(req)) = server.poll_event() else {
+            panic!()
+        };
+        let response = server.accept(&req);
+        server.send_response(&response).unwrap();
+        wire.clear();
+        server.poll_transmit(&mut wire);
+        client.receive_data(&wire).unwrap();
+        assert!(client.deflate_params().unwrap().client_no_context_takeover);
+        assert_eq!(client.deflate_params(), server.deflate_params());
+    }
+
+    #[test]
     fn inflating_past_max_size_fails_with_1009() {
         let mut small = Config::new();
         small.max_size(64 * 1024);

@@ -25,11 +25,19 @@ fn case_timeout() -> Duration {
 }
 
 fn builder() -> ClientBuilder {
+    // Two permessage-deflate offers (RFC 7692 §5): the default one, then one that also
+    // accepts client_no_context_takeover, so that servers that want the client to reset its
+    // context (Autobahn 13.2, 13.5, 13.6) can accept the second.
+    let no_context = sockeye::proto::DeflateConfig {
+        client_no_context_takeover: true,
+        ..Default::default()
+    };
     ClientBuilder::default()
         .max_size(33_554_432)
         .max_fragments(1 << 20)
         // The fuzzing server decides when a case is over; no keepalive traffic of our own.
         .ping_interval(None)
+        .deflate_offers(vec![Default::default(), no_context])
 }
 
 async fn case_count(base: &str) -> Result<u32, sockeye::Error> {

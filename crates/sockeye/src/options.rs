@@ -92,6 +92,13 @@ macro_rules! option_setters {
                 self
             }
 
+            /// Several permessage-deflate offers, in order of preference (a client may
+            /// offer more than one set of parameters, RFC 7692 §5; a server uses the first).
+            pub fn deflate_offers(mut self, offers: Vec<crate::proto::DeflateConfig>) -> Self {
+                self.options.config.deflate_offers(offers);
+                self
+            }
+
             /// Largest HTTP head in the opening handshake (default 64 KiB); over it, 431.
             pub fn max_handshake_size(mut self, bytes: usize) -> Self {
                 self.options.config.max_handshake_size(bytes);
