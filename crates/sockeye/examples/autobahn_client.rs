@@ -40,7 +40,9 @@ async fn case_count(base: &str) -> Result<u32, sockeye::Error> {
     };
     // Wait for the server's close; the count is all we need.
     while let Ok(Some(_)) = ws.recv().await {}
-    count.ok_or(sockeye::Error::Misuse("getCaseCount did not answer a number"))
+    count.ok_or(sockeye::Error::Misuse(
+        "getCaseCount did not answer a number",
+    ))
 }
 
 async fn echo(ws: &Connection) -> Result<(), sockeye::Error> {
