@@ -200,6 +200,31 @@ fn handler_return_closes_with_1000() {
 }
 
 #[test]
+fn dropping_the_last_handle_closes_with_1000() {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let server = sync::serve("127.0.0.1:0", move |ws| {
+        let r = ws.recv();
+        tx.lock().unwrap().send((r, ws.closed())).unwrap();
+        Ok(())
+    })
+    .unwrap();
+    let ws = sync::connect(&uri_of(&server)).unwrap();
+    let clone = ws.clone();
+    drop(ws);
+    assert_eq!(
+        clone.state(),
+        State::Open,
+        "a clone keeps the connection open"
+    );
+    drop(clone);
+    let (r, closed) = rx.recv_timeout(GUARD).unwrap();
+    assert_eq!(r.unwrap(), None);
+    assert_eq!(closed.unwrap().code(), CloseCode::NORMAL);
+    server.shutdown();
+}
+
+#[test]
 fn handler_error_closes_with_1011() {
     let server = sync::serve("127.0.0.1:0", |_ws| Err("boom".into())).unwrap();
     let ws = sync::connect(&uri_of(&server)).unwrap();
@@ -876,4 +901,22 @@ fn tokio_client_talks_to_sync_server() {
         assert!(ws.closed().unwrap().is_ok());
     });
     server.shutdown();
+}
+
+#[test]
+fn open_timeout_when_the_server_never_answers() {
+    // A listener that accepts (the kernel does) and never answers the handshake.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("ws://{}/", listener.local_addr().unwrap());
+    let start = Instant::now();
+    let result = ClientBuilder::default()
+        .open_timeout(Some(Duration::from_millis(100)))
+        .connect(&uri);
+    assert!(matches!(result, Err(Error::OpenTimeout)), "{result:?}");
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(90) && elapsed < GUARD,
+        "{elapsed:?}"
+    );
+    drop(listener);
 }

@@ -77,12 +77,14 @@ impl ClientBuilder {
             }
             _ => return Err(Error::InvalidUri(format!("{uri}: scheme must be ws"))),
         };
-        let open_timeout = self.options.config_open_timeout();
-        let deadline = open_timeout.map(|t| Instant::now() + t);
+        let start = Instant::now();
+        let deadline = self.options.config_open_timeout().map(|t| start + t);
         let mut stream = tcp_connect(&host, port, deadline)?;
         let _ = stream.set_nodelay(true);
         let config = std::sync::Arc::new(self.options.config.clone());
         let mut proto = Protocol::client(config);
+        // The core's open timeout counts from here: TCP connect and handshake together.
+        proto.handle_timeout(start);
         let mut request = proto.connect_request(&uri)?;
         for (name, value) in &self.headers {
             request.headers_mut().append(name.clone(), value.clone());
@@ -91,7 +93,6 @@ impl ClientBuilder {
         let mut out = Vec::new();
         proto.poll_transmit(&mut out);
         stream.write_all(&out)?;
-        // The core times the handshake itself (open_timeout from its first clock reading).
         let response = match read_until_event(&mut stream, &mut proto)? {
             Some(Event::Response(r)) => r,
             _ => return Err(Error::Misuse("handshake ended without a response")),

@@ -196,6 +196,7 @@ impl Server {
             return;
         }
         // `accept` cannot be interrupted in std: wake it with a connection of our own.
+        let mut woken = false;
         if let Some(addr) = self.inner.local_addr {
             let mut wake = addr;
             if wake.ip().is_unspecified() {
@@ -204,10 +205,14 @@ impl Server {
                     SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
                 });
             }
-            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+            woken = TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok();
         }
+        // Without the wake-up connection the accept thread ends at the next connection
+        // (which it drops); do not wait for it then.
         if let Some(accept) = lock(&self.inner.accept_thread).take() {
-            let _ = accept.join();
+            if woken {
+                let _ = accept.join();
+            }
         }
         for c in self.connections() {
             let _ = c.start_close(CloseCode::GOING_AWAY, "");
