@@ -29,6 +29,10 @@ enum Command {
         /// Echo every message back instead of relaying it.
         #[arg(long)]
         echo: bool,
+        /// With --echo: run the blocking echo server (`sockeye::sync`, a thread per
+        /// connection) instead of the tokio one.
+        #[arg(long, requires = "echo")]
+        sync: bool,
         /// Largest message accepted, in bytes.
         #[arg(long, default_value_t = 1 << 20)]
         max_size: usize,
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
             Command::Serve {
                 addr,
                 echo,
+                sync,
                 max_size,
                 max_fragments,
                 no_compression,
@@ -81,6 +86,14 @@ fn main() -> ExitCode {
             } => {
                 let interval = (ping_interval > 0.0)
                     .then(|| std::time::Duration::from_secs_f64(ping_interval));
+                if sync {
+                    let builder = sockeye::sync::Server::builder()
+                        .max_size(max_size)
+                        .max_fragments(max_fragments)
+                        .compression(!no_compression)
+                        .ping_interval(interval);
+                    return serve_sync_echo(builder, &addr).await;
+                }
                 let builder = sockeye::Server::builder()
                     .max_size(max_size)
                     .max_fragments(max_fragments)
@@ -132,6 +145,31 @@ async fn serve(
     shutdown_signal().await;
     eprintln!("shutting down");
     server.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The blocking echo server (`serve --echo --sync`): its threads serve; this task waits for
+/// the signal to stop.
+async fn serve_sync_echo(
+    builder: sockeye::sync::ServerBuilder,
+    addr: &str,
+) -> Result<ExitCode, sockeye::BoxError> {
+    let server = builder
+        .process_request(|request| {
+            (request.uri().path() == "/healthz").then(|| sockeye::respond(StatusCode::OK, "OK\n"))
+        })
+        .serve(addr, |ws| {
+            while let Some(message) = ws.recv()? {
+                ws.send(message)?;
+            }
+            Ok(())
+        })?;
+    if let Some(addr) = server.local_addr() {
+        eprintln!("sockeye echo server (blocking) on ws://{addr}/ (Ctrl-C to stop)");
+    }
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    tokio::task::spawn_blocking(move || server.shutdown()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

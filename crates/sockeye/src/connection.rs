@@ -47,6 +47,12 @@ pub(crate) struct Limits {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A new number, unique within the process: connection ids and ping payloads (both front
+/// ends).
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// What is known about a connection once it is open.
 #[derive(Debug)]
 pub(crate) struct Info {

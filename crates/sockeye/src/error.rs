@@ -27,6 +27,9 @@ pub enum Error {
     ConcurrentRecv,
     /// The caller used the API in a way it does not allow.
     Misuse(&'static str),
+    /// A blocking wait with a time limit ran out: `sockeye::sync`'s `recv_timeout` got no
+    /// message, or `PongWaiter::wait` no pong, in time. The connection is still usable.
+    RecvTimeout,
 }
 
 /// How a connection ended.
@@ -87,6 +90,7 @@ impl fmt::Display for Error {
                 "cannot call recv while another task is already waiting for the next message",
             ),
             Error::Misuse(m) => write!(f, "API misuse: {m}"),
+            Error::RecvTimeout => f.write_str("timed out waiting"),
         }
     }
 }

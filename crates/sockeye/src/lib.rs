@@ -51,6 +51,7 @@ mod connection;
 mod error;
 mod options;
 mod server;
+pub mod sync;
 
 /// The `bytes` crate, re-exported: payloads are `Bytes`.
 pub use bytes;

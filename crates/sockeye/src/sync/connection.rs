@@ -1,0 +1,770 @@
+//! A blocking WebSocket connection: the handle applications use, and the I/O thread that
+//! moves bytes between the socket and the sans-I/O core.
+//!
+//! Each connection has one background I/O thread. It owns reading: it blocks in `read` with
+//! a read timeout set to the core's next deadline ([`Protocol::poll_timeout`]), feeds what it
+//! reads to the core, calls [`Protocol::handle_timeout`], moves messages to the receive queue
+//! and writes what the core produced. Handles share the core behind a mutex held only for
+//! short, non-blocking sections.
+//!
+//! Writing: whichever thread finds output in the core and takes the write lock first writes
+//! it, the core's output buffer keeping frames in order. A thread that finds the write lock
+//! taken leaves its output to the holder, which looks again before it lets the lock go. So a
+//! `send` usually writes its own frame, in its own thread, while the I/O thread keeps reading.
+//!
+//! Timers: the I/O thread wakes at the core's deadline. A thread waiting in `recv`, `close`,
+//! `send` (backpressure) or [`PongWaiter::wait`] also wakes at the deadline and fires it: a
+//! deadline moved earlier while the I/O thread sleeps in `read` (the close timeout started by
+//! `close`) is still honoured.
+//!
+//! Every protocol rule lives in the core; this module only moves bytes and wakes threads.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+
+use crate::connection::{Info, Limits};
+use crate::error::{Closed, Error, Result};
+use crate::proto::{self, CloseCode, Event, Message, MessageKind, PingId, Protocol, Side, State};
+
+/// Size of the I/O thread's read buffer.
+const READ_BUF: usize = 16 * 1024;
+
+struct Shared {
+    proto: Protocol,
+    queue: VecDeque<Message>,
+    /// Pings sent by [`Connection::ping`], with the round-trip time once answered.
+    pings: Vec<(PingId, Option<Duration>)>,
+    /// Bytes taken from the core by the writing thread and not written yet.
+    inflight: usize,
+    done: bool,
+    io_error: Option<Arc<io::Error>>,
+}
+
+struct Writer {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+struct Inner {
+    shared: Mutex<Shared>,
+    /// Signalled on every change waiters may care about: a message queued, a message taken
+    /// (reading may resume), output written, a pong, the end of the connection.
+    cond: Condvar,
+    writer: Mutex<Writer>,
+    /// Kept to shut the socket down from any thread.
+    stream: TcpStream,
+    io_thread: Mutex<Option<JoinHandle<()>>>,
+    recv_busy: AtomicBool,
+    /// Live `Connection` handles; the last one dropped closes the connection.
+    handles: AtomicUsize,
+    limits: Limits,
+    info: Info,
+}
+
+fn relock<T>(r: std::sync::LockResult<T>) -> T {
+    // A panic while holding a lock can only come from a bug in this module; every section
+    // leaves the state consistent, so go on with it.
+    r.unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        relock(self.shared.lock())
+    }
+
+    /// Waits on the condvar until `until` or the core's next deadline, whichever is first.
+    /// Fires the core's timers when its deadline passed. Returns the guard, relocked.
+    fn wait<'a>(
+        &'a self,
+        sh: MutexGuard<'a, Shared>,
+        until: Option<Instant>,
+    ) -> MutexGuard<'a, Shared> {
+        let core = sh.proto.poll_timeout();
+        let deadline = match (core, until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut sh = match deadline {
+            None => relock(self.cond.wait(sh)),
+            Some(d) => {
+                let timeout = d.saturating_duration_since(Instant::now());
+                relock(self.cond.wait_timeout(sh, timeout)).0
+            }
+        };
+        if core.is_some_and(|c| Instant::now() >= c) && !sh.done {
+            sh.proto.handle_timeout(Instant::now());
+            self.dispatch(&mut sh);
+            drop(sh);
+            self.flush();
+            sh = self.lock();
+        }
+        sh
+    }
+
+    /// Delivers the core's events: messages to the queue, pongs to their waiters.
+    fn dispatch(&self, sh: &mut Shared) {
+        let mut notify = false;
+        while let Some(event) = sh.proto.poll_event() {
+            match event {
+                Event::Message(m) => {
+                    sh.queue.push_back(m);
+                    notify = true;
+                }
+                Event::Pong {
+                    acked: Some(id), ..
+                } => {
+                    let latency = sh.proto.latency().unwrap_or_default();
+                    for (pid, slot) in sh.pings.iter_mut() {
+                        if *pid <= id && slot.is_none() {
+                            *slot = Some(latency);
+                            notify = true;
+                        }
+                    }
+                }
+                Event::Close(_) => notify = true,
+                Event::Fragment(f) => {
+                    tracing::warn!(target: "sockeye", "unexpected fragment of {} bytes", f.data.len());
+                }
+                Event::Ping(_) | Event::Pong { .. } | Event::Request(_) | Event::Response(_) => {}
+            }
+        }
+        if notify {
+            self.cond.notify_all();
+        }
+    }
+
+    /// Writes what the core has to send, unless another thread is writing: that thread
+    /// looks for more output before it stops. Shuts the socket down when the core says so
+    /// and everything is written.
+    fn flush(&self) {
+        loop {
+            let mut w = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            self.flush_locked(&mut w);
+            drop(w);
+            // Output queued by a thread that found the lock taken, just before it was
+            // released, is ours to write.
+            let sh = self.lock();
+            if sh.proto.pending_output_len() == 0 || sh.done {
+                return;
+            }
+        }
+    }
+
+    fn flush_locked(&self, w: &mut Writer) {
+        loop {
+            let mut sh = self.lock();
+            w.buf.clear();
+            sh.proto.poll_transmit(&mut w.buf);
+            if w.buf.is_empty() {
+                let close = sh.proto.should_close_transport() && !sh.done;
+                drop(sh);
+                if close {
+                    // Wakes the I/O thread from its read (it sees the end of stream).
+                    let _ = self.stream.shutdown(Shutdown::Both);
+                }
+                if w.buf.capacity() > 64 * 1024 {
+                    w.buf = Vec::new();
+                }
+                return;
+            }
+            sh.inflight = w.buf.len();
+            drop(sh);
+            let result = w.stream.write_all(&w.buf);
+            let mut sh = self.lock();
+            sh.inflight = 0;
+            if let Err(e) = result {
+                let _ = sh.proto.receive_eof();
+                if sh.io_error.is_none() {
+                    sh.io_error = Some(Arc::new(e));
+                }
+                drop(sh);
+                let _ = self.stream.shutdown(Shutdown::Both);
+                self.cond.notify_all();
+                return;
+            }
+            drop(sh);
+            self.cond.notify_all();
+        }
+    }
+
+    /// Marks the connection finished and wakes every waiter.
+    fn finish(&self, error: Option<io::Error>) {
+        let mut sh = self.lock();
+        if sh.done {
+            return;
+        }
+        sh.done = true;
+        sh.inflight = 0;
+        if let Some(e) = error {
+            sh.io_error.get_or_insert(Arc::new(e));
+        }
+        let code = sh.proto.close_code();
+        drop(sh);
+        let id = self.info.id;
+        match self.info.side {
+            Side::Server => {
+                tracing::info!(target: "sockeye::server", id, "connection closed ({})", code)
+            }
+            Side::Client => {
+                tracing::info!(target: "sockeye::client", id, "connection closed ({})", code)
+            }
+        }
+        self.cond.notify_all();
+    }
+
+    /// The I/O thread: reads, fires timers, writes, until the transport is closed.
+    fn run(self: Arc<Self>, mut reader: TcpStream) {
+        let mut buf = vec![0u8; READ_BUF];
+        let mut eof = false;
+        loop {
+            {
+                let mut sh = self.lock();
+                sh.proto.handle_timeout(Instant::now());
+                self.dispatch(&mut sh);
+            }
+            self.flush();
+            let deadline = {
+                let sh = self.lock();
+                if sh.done {
+                    return;
+                }
+                let drained = sh.proto.pending_output_len() == 0 && sh.inflight == 0;
+                if sh.proto.should_close_transport() && drained {
+                    drop(sh);
+                    let _ = self.stream.shutdown(Shutdown::Both);
+                    self.finish(None);
+                    return;
+                }
+                let deadline = sh.proto.poll_timeout();
+                if eof
+                    || sh.proto.should_close_transport()
+                    || sh.queue.len() >= self.limits.max_queue
+                {
+                    // Backpressure, or waiting for output to drain: no reading.
+                    drop(self.wait(sh, None));
+                    continue;
+                }
+                deadline
+            };
+            let timeout = deadline.map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            });
+            if reader.set_read_timeout(timeout).is_err() {
+                // Only fails for a zero duration, which max() rules out.
+                continue;
+            }
+            match reader.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    let mut sh = self.lock();
+                    let _ = sh.proto.receive_eof();
+                    self.dispatch(&mut sh);
+                }
+                Ok(n) => {
+                    let mut sh = self.lock();
+                    sh.proto.handle_timeout(Instant::now());
+                    if let Err(e) = sh.proto.receive_data(&buf[..n]) {
+                        tracing::debug!(target: "sockeye", id = self.info.id, "connection failed: {e}");
+                    }
+                    self.dispatch(&mut sh);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    {
+                        let mut sh = self.lock();
+                        let _ = sh.proto.receive_eof();
+                        self.dispatch(&mut sh);
+                    }
+                    let _ = self.stream.shutdown(Shutdown::Both);
+                    self.finish(Some(e));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A blocking WebSocket connection: the same type on the server (handed to the handler) and
+/// the client (returned by [`connect`](super::connect)).
+///
+/// Cheap to clone: clones are handles to one connection, and may be used from many threads.
+/// `send`, `ping` and `close` may be called from many threads at once (frames never
+/// interleave), also while another thread is blocked in `recv`. One thread at a time may
+/// wait in `recv` (a second gets [`Error::ConcurrentRecv`]).
+///
+/// When the last handle is dropped, the connection closes with 1000 (the closing handshake
+/// finishes in the background).
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl Clone for Connection {
+    fn clone(&self) -> Self {
+        self.inner.handles.fetch_add(1, Ordering::Relaxed);
+        Connection {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.inner.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let mut sh = self.inner.lock();
+        if sh.done || sh.proto.state() != State::Open {
+            return;
+        }
+        sh.proto.handle_timeout(Instant::now());
+        let _ = sh.proto.close(CloseCode::NORMAL, "");
+        drop(sh);
+        self.inner.flush();
+        // The I/O thread may sleep in `read` without a deadline: a short-lived thread waits
+        // for the closing handshake and fires its timeout.
+        let inner = self.inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sockeye-close".into())
+            .spawn(move || wait_done(&inner, None));
+        if spawned.is_err() {
+            let _ = self.inner.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Waits until the connection is done or `until` passes; returns whether it is done.
+fn wait_done(inner: &Inner, until: Option<Instant>) -> bool {
+    let mut sh = inner.lock();
+    loop {
+        if sh.done {
+            return true;
+        }
+        if until.is_some_and(|u| Instant::now() >= u) {
+            return false;
+        }
+        sh = inner.wait(sh, until);
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.inner.info.id)
+            .field("side", &self.inner.info.side)
+            .field("remote_addr", &self.inner.info.remote_addr)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Wraps an open protocol and its socket, and starts the connection's I/O thread.
+    pub(crate) fn new(
+        proto: Protocol,
+        stream: TcpStream,
+        limits: Limits,
+        mut info: Info,
+    ) -> io::Result<Connection> {
+        info.id = crate::connection::next_id();
+        let reader = stream.try_clone()?;
+        let writer = stream.try_clone()?;
+        // Reads time out at the core's deadlines; writes block (backpressure).
+        stream.set_write_timeout(None)?;
+        let inner = Arc::new(Inner {
+            shared: Mutex::new(Shared {
+                proto,
+                queue: VecDeque::new(),
+                pings: Vec::new(),
+                inflight: 0,
+                done: false,
+                io_error: None,
+            }),
+            cond: Condvar::new(),
+            writer: Mutex::new(Writer {
+                stream: writer,
+                buf: Vec::new(),
+            }),
+            stream,
+            io_thread: Mutex::new(None),
+            recv_busy: AtomicBool::new(false),
+            handles: AtomicUsize::new(1),
+            limits,
+            info,
+        });
+        {
+            let mut sh = inner.lock();
+            sh.proto.handle_timeout(Instant::now());
+            // Messages that arrived with the handshake are waiting in the core already.
+            inner.dispatch(&mut sh);
+        }
+        let io = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("sockeye-io-{}", inner.info.id))
+            .spawn(move || io.run(reader))?;
+        *relock(inner.io_thread.lock()) = Some(handle);
+        Ok(Connection { inner })
+    }
+
+    /// Waits for the I/O thread to end (after the connection is done).
+    pub(crate) fn join_io_thread(&self) {
+        let handle = relock(self.inner.io_thread.lock()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Receives the next message, waiting as long as it takes.
+    ///
+    /// Returns `Ok(None)` once the connection closed normally (1000 or 1001 both ways), and
+    /// [`Error::ConnectionClosed`] with the close frames when it ended any other way.
+    /// Messages that arrived before the close are returned first.
+    pub fn recv(&self) -> Result<Option<Message>> {
+        self.recv_until(None)
+    }
+
+    /// Like [`Connection::recv`], waiting at most `timeout`: [`Error::RecvTimeout`] when no
+    /// message came in time. The connection stays usable after a timeout.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Message>> {
+        self.recv_until(Some(Instant::now() + timeout))
+    }
+
+    fn recv_until(&self, until: Option<Instant>) -> Result<Option<Message>> {
+        if self.inner.recv_busy.swap(true, Ordering::Acquire) {
+            return Err(Error::ConcurrentRecv);
+        }
+        let _busy = BusyGuard(&self.inner.recv_busy);
+        let mut sh = self.inner.lock();
+        loop {
+            if let Some(m) = sh.queue.pop_front() {
+                if sh.queue.len() + 1 == self.inner.limits.max_queue {
+                    // Reading was paused for backpressure: resume it.
+                    self.inner.cond.notify_all();
+                }
+                return Ok(Some(m));
+            }
+            if sh.done {
+                let closed = closed_of(&sh);
+                return if closed.is_ok() {
+                    Ok(None)
+                } else {
+                    Err(Error::ConnectionClosed(closed))
+                };
+            }
+            if until.is_some_and(|u| Instant::now() >= u) {
+                return Err(Error::RecvTimeout);
+            }
+            sh = self.inner.wait(sh, until);
+        }
+    }
+
+    /// Sends a message: text for `&str`/`String`, binary for `Vec<u8>`/`Bytes`/`&[u8]`.
+    ///
+    /// Waits while more than `write_limit` bytes are waiting to be written (backpressure),
+    /// and usually writes the frame itself before it returns.
+    pub fn send(&self, message: impl Into<Message>) -> Result<()> {
+        let message = message.into();
+        self.send_with(|sh| sh.proto.send(&message))
+    }
+
+    /// Sends a message in fragments (RFC 6455 §5.4), one frame per item of `fragments`.
+    /// Other messages wait until it is complete; pings and pongs may go between fragments.
+    pub fn send_fragmented<I, B>(&self, kind: MessageKind, fragments: I) -> Result<()>
+    where
+        I: IntoIterator<Item = B>,
+        B: AsRef<[u8]>,
+    {
+        let mut iter = fragments.into_iter().peekable();
+        if iter.peek().is_none() {
+            return self.send_with(|sh| sh.proto.send_fragment(kind, &[], true));
+        }
+        while let Some(chunk) = iter.next() {
+            let fin = iter.peek().is_none();
+            self.send_with(|sh| sh.proto.send_fragment(kind, chunk.as_ref(), fin))?;
+        }
+        Ok(())
+    }
+
+    fn send_with(
+        &self,
+        op: impl FnOnce(&mut Shared) -> std::result::Result<(), proto::Error>,
+    ) -> Result<()> {
+        let mut sh = self.inner.lock();
+        loop {
+            if sh.done {
+                return Err(Error::ConnectionClosed(closed_of(&sh)));
+            }
+            if sh.proto.pending_output_len() + sh.inflight <= self.inner.limits.write_limit {
+                break;
+            }
+            sh = self.inner.wait(sh, None);
+        }
+        sh.proto.handle_timeout(Instant::now());
+        if let Err(e) = op(&mut sh) {
+            return Err(match e {
+                proto::Error::ConnectionClosed => Error::ConnectionClosed(closed_of(&sh)),
+                e => e.into(),
+            });
+        }
+        drop(sh);
+        self.inner.flush();
+        Ok(())
+    }
+
+    /// Sends a ping with a random payload; [`PongWaiter::wait`] for the round-trip time.
+    pub fn ping(&self) -> Result<PongWaiter> {
+        let mut payload = [0u8; 4];
+        loop {
+            // Distinct from any ping still waiting; the core refuses duplicates.
+            let n = crate::connection::next_id() as u32 ^ 0x5a5a_5a5a;
+            payload.copy_from_slice(&n.to_be_bytes());
+            match self.ping_with(&payload) {
+                Err(Error::Misuse(_)) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Sends a ping with this payload (at most 125 bytes).
+    pub fn ping_with(&self, payload: &[u8]) -> Result<PongWaiter> {
+        let mut id = None;
+        // The waiter is registered under the same lock as the ping is queued, so the pong
+        // cannot be processed in between.
+        self.send_with(|sh| {
+            let pid = sh.proto.send_ping(payload)?;
+            sh.pings.push((pid, None));
+            id = Some(pid);
+            Ok(())
+        })?;
+        let id = id.ok_or(Error::Misuse("ping not sent"))?;
+        Ok(PongWaiter {
+            inner: self.inner.clone(),
+            id,
+        })
+    }
+
+    /// Closes the connection with this code and reason, and waits until the closing
+    /// handshake is over and the socket closed (at most `close_timeout`). Closing a
+    /// connection that is already closed does nothing.
+    pub fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
+        self.start_close(code, reason)?;
+        self.wait_closed();
+        Ok(())
+    }
+
+    /// Starts the closing handshake without waiting for it.
+    pub(crate) fn start_close(&self, code: CloseCode, reason: &str) -> Result<()> {
+        {
+            let mut sh = self.inner.lock();
+            if sh.done {
+                return Ok(());
+            }
+            sh.proto.handle_timeout(Instant::now());
+            sh.proto.close(code, reason)?;
+        }
+        self.inner.flush();
+        Ok(())
+    }
+
+    /// Fails the connection with this code (1011 when a handler fails).
+    pub(crate) fn fail(&self, code: CloseCode, reason: &str) {
+        {
+            let mut sh = self.inner.lock();
+            if sh.done {
+                return;
+            }
+            sh.proto.handle_timeout(Instant::now());
+            sh.proto.fail(code, reason);
+        }
+        self.inner.flush();
+    }
+
+    /// Waits until the connection is closed.
+    pub fn wait_closed(&self) {
+        wait_done(&self.inner, None);
+    }
+
+    /// The state of the connection.
+    pub fn state(&self) -> State {
+        let sh = self.inner.lock();
+        if sh.done {
+            State::Closed
+        } else {
+            sh.proto.state()
+        }
+    }
+
+    /// How the connection ended, once it has.
+    pub fn closed(&self) -> Option<Closed> {
+        let sh = self.inner.lock();
+        sh.done.then(|| closed_of(&sh))
+    }
+
+    /// The peer's close code (1006 if none was received).
+    pub fn close_code(&self) -> CloseCode {
+        self.inner.lock().proto.close_code()
+    }
+
+    /// The peer's close reason (empty if none).
+    pub fn close_reason(&self) -> String {
+        self.inner.lock().proto.close_reason().to_owned()
+    }
+
+    /// The round-trip time measured by the last ping answered (keepalive pings included).
+    pub fn latency(&self) -> Option<Duration> {
+        self.inner.lock().proto.latency()
+    }
+
+    /// A number that identifies this connection in logs, unique within the process (shared
+    /// with the tokio front end's numbering).
+    pub fn id(&self) -> u64 {
+        self.inner.info.id
+    }
+
+    /// Which side of the connection this is.
+    pub fn side(&self) -> Side {
+        self.inner.info.side
+    }
+
+    /// The local address of the socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.info.local_addr
+    }
+
+    /// The remote address of the socket.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.info.remote_addr
+    }
+
+    /// The handshake request (received by a server, sent by a client).
+    pub fn request(&self) -> &Request<()> {
+        &self.inner.info.request
+    }
+
+    /// The handshake response (sent by a server, received by a client).
+    pub fn response(&self) -> &Response<()> {
+        &self.inner.info.response
+    }
+
+    /// The subprotocol negotiated, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.inner.info.subprotocol.as_deref()
+    }
+
+    /// How many bytes wait to be written.
+    pub fn buffered_amount(&self) -> usize {
+        let sh = self.inner.lock();
+        sh.proto.pending_output_len() + sh.inflight
+    }
+
+    /// Queues a message without waiting, for broadcast: refused (returns `false`) when the
+    /// connection is not open or more than `write_limit` bytes already wait.
+    fn try_queue(&self, message: &Message) -> bool {
+        let mut sh = self.inner.lock();
+        if sh.done
+            || sh.proto.state() != State::Open
+            || sh.proto.pending_output_len() + sh.inflight > self.inner.limits.write_limit
+        {
+            return false;
+        }
+        sh.proto.send(message).is_ok()
+    }
+}
+
+fn closed_of(sh: &Shared) -> Closed {
+    Closed {
+        received: sh.proto.close_received().cloned(),
+        sent: sh.proto.close_sent().cloned(),
+    }
+}
+
+struct BusyGuard<'a>(&'a AtomicBool);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The answer to a [`Connection::ping`]: [`PongWaiter::wait`] gives the round-trip time.
+pub struct PongWaiter {
+    inner: Arc<Inner>,
+    id: PingId,
+}
+
+impl std::fmt::Debug for PongWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PongWaiter").field("id", &self.id).finish()
+    }
+}
+
+impl PongWaiter {
+    /// Waits at most `timeout` for the pong: the round-trip time, [`Error::RecvTimeout`] when
+    /// it did not come in time (the waiter can wait again), or [`Error::ConnectionClosed`]
+    /// if the connection ended first.
+    pub fn wait(&self, timeout: Duration) -> Result<Duration> {
+        let until = Instant::now() + timeout;
+        let mut sh = self.inner.lock();
+        loop {
+            if let Some((_, Some(rtt))) = sh.pings.iter().find(|(id, _)| *id == self.id) {
+                return Ok(*rtt);
+            }
+            if sh.done {
+                return Err(Error::ConnectionClosed(closed_of(&sh)));
+            }
+            if Instant::now() >= until {
+                return Err(Error::RecvTimeout);
+            }
+            sh = self.inner.wait(sh, Some(until));
+        }
+    }
+}
+
+impl Drop for PongWaiter {
+    fn drop(&mut self) {
+        let mut sh = self.inner.lock();
+        sh.pings.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Sends `message` to every connection in `connections`, encoded once per connection into
+/// its output buffer, then writes it in the calling thread. Connections that are not open,
+/// or have more than `write_limit` bytes waiting, are skipped and returned so the caller can
+/// act on them. A connection whose socket buffer is full makes the call wait while its share
+/// is written (unless another thread is writing to it already).
+pub fn broadcast<'a, I>(connections: I, message: impl Into<Message>) -> Vec<Connection>
+where
+    I: IntoIterator<Item = &'a Connection>,
+{
+    let message = message.into();
+    let mut skipped = Vec::new();
+    let mut queued = Vec::new();
+    for c in connections {
+        if c.try_queue(&message) {
+            queued.push(c);
+        } else {
+            skipped.push(c.clone());
+        }
+    }
+    for c in queued {
+        c.inner.flush();
+    }
+    skipped
+}

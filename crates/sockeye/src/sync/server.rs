@@ -1,0 +1,431 @@
+//! The blocking server: `serve(addr, handler)`, a thread per connection.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+
+use super::connection::Connection;
+use crate::connection::Info;
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::proto::{self, CloseCode, Event, Protocol, Side};
+use crate::server::{BoxError, ProcessRequest, ProcessResponse};
+
+/// The handler type of the blocking server, boxed.
+type Handler = dyn Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync;
+
+/// Builds a blocking server with options other than the defaults: the same options, with the
+/// same defaults, as [`crate::ServerBuilder`].
+#[derive(Clone, Default)]
+pub struct ServerBuilder {
+    options: Options,
+    process_request: Option<ProcessRequest>,
+    process_response: Option<ProcessResponse>,
+}
+
+crate::options::option_setters!(ServerBuilder);
+
+impl ServerBuilder {
+    /// Subprotocols the server supports, in order of preference.
+    pub fn subprotocols<I, S>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.options.config.subprotocols(protocols);
+        self
+    }
+
+    /// `Origin` values accepted (`None` in the list accepts requests without one); others
+    /// get 403. Default: any.
+    pub fn origins(mut self, origins: Option<Vec<Option<String>>>) -> Self {
+        self.options.config.origins(origins);
+        self
+    }
+
+    /// The `Server` header, or `None` for none. Default `sockeye/VERSION`.
+    pub fn server_header(mut self, value: Option<String>) -> Self {
+        self.options.config.server_header(value);
+        self
+    }
+
+    /// Installs a `process_request` hook (see [`crate::ProcessRequest`]).
+    pub fn process_request<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Request<()>) -> Option<Response<Bytes>> + Send + Sync + 'static,
+    {
+        self.process_request = Some(Arc::new(hook));
+        self
+    }
+
+    /// Installs a `process_response` hook (see [`crate::ProcessResponse`]).
+    pub fn process_response<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Request<()>, &mut Response<Bytes>) + Send + Sync + 'static,
+    {
+        self.process_response = Some(Arc::new(hook));
+        self
+    }
+
+    /// Binds `addr` and serves in background threads: `handler` runs once per connection,
+    /// in the connection's own thread, and the connection closes (1000) when it returns, or
+    /// fails (1011, logged at ERROR) when it returns an error or panics.
+    pub fn serve<A, H>(self, addr: A, handler: H) -> Result<Server>
+    where
+        A: ToSocketAddrs,
+        H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(addr)?;
+        self.serve_listener(listener, handler)
+    }
+
+    /// Serves on a listener bound elsewhere.
+    pub fn serve_listener<H>(self, listener: TcpListener, handler: H) -> Result<Server>
+    where
+        H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+    {
+        let local_addr = listener.local_addr().ok();
+        let inner = Arc::new(ServerInner {
+            local_addr,
+            connections: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            accept_thread: Mutex::new(None),
+            closed: Mutex::new(false),
+            closed_cond: Condvar::new(),
+        });
+        if let Some(addr) = local_addr {
+            tracing::info!(target: "sockeye::server", "server listening on {addr}");
+        }
+        let shared = Arc::new(Shared {
+            config: Arc::new(self.options.config.clone()),
+            options: self.options,
+            process_request: self.process_request,
+            process_response: self.process_response,
+            handler: Box::new(handler),
+        });
+        let server = inner.clone();
+        let accept = std::thread::Builder::new()
+            .name("sockeye-accept".into())
+            .spawn(move || accept_loop(listener, server, shared))?;
+        *lock(&inner.accept_thread) = Some(accept);
+        Ok(Server { inner })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Shared {
+    options: Options,
+    config: Arc<proto::Config>,
+    process_request: Option<ProcessRequest>,
+    process_response: Option<ProcessResponse>,
+    handler: Box<Handler>,
+}
+
+struct ServerInner {
+    local_addr: Option<SocketAddr>,
+    connections: Mutex<HashMap<u64, Connection>>,
+    closing: AtomicBool,
+    /// Connection threads (handshake, then handler), finished ones pruned as new ones start.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    accept_thread: Mutex<Option<JoinHandle<()>>>,
+    closed: Mutex<bool>,
+    closed_cond: Condvar,
+}
+
+/// A running blocking server. Dropping it does not stop it; call [`Server::shutdown`].
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<ServerInner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+impl Server {
+    /// A builder, to change options.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr
+    }
+
+    /// The open connections.
+    pub fn connections(&self) -> Vec<Connection> {
+        lock(&self.inner.connections).values().cloned().collect()
+    }
+
+    /// Blocks until [`Server::shutdown`] is called (from another thread) and has finished.
+    pub fn serve_forever(&self) -> Result<()> {
+        let mut closed = lock(&self.inner.closed);
+        while !*closed {
+            closed = self
+                .inner
+                .closed_cond
+                .wait(closed)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        Ok(())
+    }
+
+    /// Shuts the server down gracefully: stops accepting connections, answers handshakes in
+    /// progress with 503, closes open connections with 1001 (going away), and waits for
+    /// every handler to return and every connection thread to end.
+    pub fn shutdown(&self) {
+        if self.inner.closing.swap(true, Ordering::AcqRel) {
+            // Another thread is shutting down: wait for it.
+            let _ = self.serve_forever();
+            return;
+        }
+        // `accept` cannot be interrupted in std: wake it with a connection of our own.
+        let mut woken = false;
+        if let Some(addr) = self.inner.local_addr {
+            let mut wake = addr;
+            if wake.ip().is_unspecified() {
+                wake.set_ip(match addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            woken = TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok();
+        }
+        // Without the wake-up connection the accept thread ends at the next connection
+        // (which it drops); do not wait for it then.
+        if let Some(accept) = lock(&self.inner.accept_thread).take() {
+            if woken {
+                let _ = accept.join();
+            }
+        }
+        for c in self.connections() {
+            let _ = c.start_close(CloseCode::GOING_AWAY, "");
+        }
+        let threads = std::mem::take(&mut *lock(&self.inner.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+        *lock(&self.inner.closed) = true;
+        self.inner.closed_cond.notify_all();
+        tracing::info!(target: "sockeye::server", "server closed");
+    }
+}
+
+/// Starts a blocking server with the default options. See [`ServerBuilder::serve`].
+pub fn serve<A, H>(addr: A, handler: H) -> Result<Server>
+where
+    A: ToSocketAddrs,
+    H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+{
+    ServerBuilder::default().serve(addr, handler)
+}
+
+fn accept_loop(listener: TcpListener, server: Arc<ServerInner>, shared: Arc<Shared>) {
+    loop {
+        let accepted = listener.accept();
+        if server.closing.load(Ordering::Acquire) {
+            return;
+        }
+        match accepted {
+            Ok((stream, peer)) => {
+                let srv = server.clone();
+                let shared = shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("sockeye-conn".into())
+                    .spawn(move || {
+                        let span =
+                            tracing::info_span!(target: "sockeye::server", "conn", remote = %peer);
+                        let _enter = span.enter();
+                        handle_connection(stream, peer, &srv, &shared);
+                    });
+                match spawned {
+                    Ok(t) => {
+                        let mut threads = lock(&server.threads);
+                        threads.retain(|t| !t.is_finished());
+                        threads.push(t);
+                    }
+                    Err(e) => {
+                        tracing::error!(target: "sockeye::server", "cannot start a connection thread: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS...: the listener is fine, the process is out of
+                // something. Log and wait a little instead of spinning on the error.
+                tracing::error!(target: "sockeye::server", "accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn handle_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    server: &Arc<ServerInner>,
+    shared: &Shared,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
+    let mut proto = Protocol::server(shared.config.clone());
+    let (request, response) = match server_handshake(&mut stream, &mut proto, shared, server) {
+        Ok(Some(pair)) => pair,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::info!(target: "sockeye::server", "opening handshake failed: {e}");
+            return;
+        }
+    };
+    let info = Info {
+        id: 0,
+        side: Side::Server,
+        local_addr: local,
+        remote_addr: Some(peer),
+        subprotocol: proto.subprotocol().map(str::to_owned),
+        request,
+        response,
+    };
+    let conn = match Connection::new(proto, stream, shared.options.limits, info) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(target: "sockeye::server", "cannot start the connection: {e}");
+            return;
+        }
+    };
+    let id = conn.id();
+    tracing::info!(target: "sockeye::server", id, "connection open");
+    lock(&server.connections).insert(id, conn.clone());
+    if server.closing.load(Ordering::Acquire) {
+        let _ = conn.start_close(CloseCode::GOING_AWAY, "");
+    }
+    let handler_conn = conn.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (shared.handler)(handler_conn)
+    }));
+    match result {
+        Ok(Ok(())) => {
+            let _ = conn.start_close(CloseCode::NORMAL, "");
+        }
+        Ok(Err(e)) => {
+            let closed = matches!(e.downcast_ref::<Error>(), Some(Error::ConnectionClosed(_)));
+            if !closed {
+                tracing::error!(target: "sockeye::server", id, "connection handler failed: {e}");
+            }
+            conn.fail(CloseCode::INTERNAL_ERROR, "");
+        }
+        Err(_) => {
+            tracing::error!(target: "sockeye::server", id, "connection handler panicked");
+            conn.fail(CloseCode::INTERNAL_ERROR, "");
+        }
+    }
+    // The closing handshake runs here (its timeout fired by this wait), then the I/O thread
+    // ends: when this thread ends, the connection is over.
+    conn.wait_closed();
+    conn.join_io_thread();
+    lock(&server.connections).remove(&id);
+}
+
+/// Runs the server side of the opening handshake. `Ok(None)`: answered without opening.
+fn server_handshake(
+    stream: &mut TcpStream,
+    proto: &mut Protocol,
+    shared: &Shared,
+    server: &ServerInner,
+) -> Result<Option<(Request<()>, Response<()>)>> {
+    let request = match read_until_event(stream, proto)? {
+        Some(Event::Request(r)) => r,
+        _ => return Ok(None),
+    };
+    let mut response = if server.closing.load(Ordering::Acquire) {
+        proto.reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server is shutting down.\n",
+        )
+    } else if let Some(r) = shared.process_request.as_ref().and_then(|h| h(&request)) {
+        r
+    } else {
+        proto.accept(&request)
+    };
+    if let Some(hook) = &shared.process_response {
+        hook(&request, &mut response);
+    }
+    let status = response.status();
+    proto.send_response(&response)?;
+    let mut out = Vec::new();
+    proto.poll_transmit(&mut out);
+    stream.write_all(&out)?;
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        tracing::info!(target: "sockeye::server", "handshake rejected ({})", status);
+        let _ = stream.shutdown(Shutdown::Write);
+        return Ok(None);
+    }
+    let (parts, _) = response.into_parts();
+    Ok(Some((*request, Response::from_parts(parts, ()))))
+}
+
+/// Reads and feeds the core until it produces an event (the handshake request or response),
+/// with read timeouts at the core's deadline (its open timeout). Writes error responses the
+/// core queues.
+pub(crate) fn read_until_event(
+    stream: &mut TcpStream,
+    proto: &mut Protocol,
+) -> Result<Option<Event>> {
+    let mut buf = [0u8; 4096];
+    proto.handle_timeout(Instant::now());
+    loop {
+        if let Some(event) = proto.poll_event() {
+            stream.set_read_timeout(None)?;
+            return Ok(Some(event));
+        }
+        let timeout = proto.poll_timeout().map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        stream.set_read_timeout(timeout)?;
+        let result = match stream.read(&mut buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                proto.handle_timeout(Instant::now());
+                match proto.error() {
+                    Some(e) => Err(e.clone()),
+                    None => continue,
+                }
+            }
+            Err(e) => return Err(e.into()),
+            Ok(0) => proto.receive_eof(),
+            Ok(n) => proto.receive_data(&buf[..n]),
+        };
+        if let Err(e) = result {
+            // An HTTP error response may be queued: send it before closing.
+            let mut out = Vec::new();
+            proto.poll_transmit(&mut out);
+            if !out.is_empty() {
+                let _ = stream.write_all(&out);
+            }
+            let _ = stream.shutdown(Shutdown::Write);
+            return Err(e.into());
+        }
+    }
+}
