@@ -19,6 +19,8 @@
 #   PARALLELISM     kosoku -p for the server side (default 1)
 #   CASE_TIMEOUT    seconds the client testee gives one case before abandoning it (default 30;
 #                   the slowest case takes about 15 s)
+#   FRONT           tokio (default) or sync: which front end is the testee (sync runs
+#                   `sockeye serve --echo --sync` and examples/autobahn_client_sync)
 #   CARGO_TARGET_DIR  as usual (default: target/ of the workspace)
 set -uo pipefail
 
@@ -98,22 +100,31 @@ fi
 # --- build --------------------------------------------------------------------------------
 T0="$(now)"
 log "building release binaries"
-(cd "$ROOT" && cargo build --release --quiet -p sockeye-cli && cargo build --release --quiet -p sockeye --example autobahn_client) || {
+FRONT="${FRONT:-tokio}"
+case "$FRONT" in
+tokio) EXAMPLE=autobahn_client SERVE_FLAGS=() SUFFIX="" ;;
+sync) EXAMPLE=autobahn_client_sync SERVE_FLAGS=(--sync) SUFFIX="-sync" ;;
+*)
+    echo "FRONT must be tokio or sync" >&2
+    exit 2
+    ;;
+esac
+(cd "$ROOT" && cargo build --release --quiet -p sockeye-cli && cargo build --release --quiet -p sockeye --example "$EXAMPLE") || {
     log "build failed"
     exit 2
 }
 SOCKEYE="$TARGET/release/sockeye"
-CLIENT="$TARGET/release/examples/autobahn_client"
+CLIENT="$TARGET/release/examples/$EXAMPLE"
 log "build: $(elapsed "$T0") s"
 
 STATUS=0
 SUMMARY=()
 
 run_server_side() {
-    local out="$REPORTS/server" port spid t0 rc
+    local out="$REPORTS/server$SUFFIX" port spid t0 rc
     rm -rf "$out" && mkdir -p "$out"
     port="$(free_port)"
-    "$SOCKEYE" serve --echo --max-size 33554432 --max-fragments 1048576 --ping-interval 0 \
+    "$SOCKEYE" serve --echo "${SERVE_FLAGS[@]}" --max-size 33554432 --max-fragments 1048576 --ping-interval 0 \
         "127.0.0.1:$port" 2>"$out/testee.log" &
     spid=$!
     PIDS+=("$spid")
@@ -123,7 +134,7 @@ run_server_side() {
         STATUS=1
         return
     fi
-    log "server side: kosoku -> sockeye serve --echo on 127.0.0.1:$port ($TOTAL cases)"
+    log "server side ($FRONT): kosoku -> sockeye serve --echo ${SERVE_FLAGS[*]} on 127.0.0.1:$port ($TOTAL cases)"
     t0="$(now)"
     timeout --kill-after=10 "$SIDE_TIMEOUT" "$KOSOKU" -p "$PARALLELISM" -o "$out" \
         "ws://127.0.0.1:$port" >"$out/kosoku.log" 2>&1 &
@@ -136,13 +147,13 @@ run_server_side() {
     [[ $rc -eq 124 || $rc -eq 137 ]] && log "server side: kosoku timed out after $SIDE_TIMEOUT s"
     kill "$spid" 2>/dev/null
     wait "$spid" 2>/dev/null
-    python3 "$HERE/summarize.py" server "$out" "$TOTAL" | tee "$out/summary.txt"
+    python3 "$HERE/summarize.py" "server$SUFFIX" "$out" "$TOTAL" | tee "$out/summary.txt"
     [[ ${PIPESTATUS[0]} -ne 0 || $rc -ne 0 ]] && STATUS=1
     SUMMARY+=("$(tail -n 1 "$out/summary.txt") (kosoku exit $rc, wall $wall s)")
 }
 
 run_client_side() {
-    local out="$REPORTS/client" port kpid t0 rc crc
+    local out="$REPORTS/client$SUFFIX" port kpid t0 rc crc
     rm -rf "$out" && mkdir -p "$out"
     port="$(free_port)"
     timeout --kill-after=10 "$SIDE_TIMEOUT" "$KOSOKU" -m fuzzingserver -o "$out" \
@@ -155,7 +166,7 @@ run_client_side() {
         STATUS=1
         return
     fi
-    log "client side: autobahn_client -> kosoku fuzzingserver on 127.0.0.1:$port"
+    log "client side ($FRONT): $EXAMPLE -> kosoku fuzzingserver on 127.0.0.1:$port"
     t0="$(now)"
     AUTOBAHN_CASE_TIMEOUT="$CASE_TIMEOUT" timeout --kill-after=10 "$SIDE_TIMEOUT" \
         "$CLIENT" "ws://127.0.0.1:$port" sockeye >"$out/testee.log" 2>&1 &
@@ -177,7 +188,7 @@ run_client_side() {
     rc=$?
     local wall
     wall="$(elapsed "$t0")"
-    python3 "$HERE/summarize.py" client "$out" "$TOTAL" | tee "$out/summary.txt"
+    python3 "$HERE/summarize.py" "client$SUFFIX" "$out" "$TOTAL" | tee "$out/summary.txt"
     [[ ${PIPESTATUS[0]} -ne 0 || $rc -ne 0 || $crc -ne 0 ]] && STATUS=1
     SUMMARY+=("$(tail -n 1 "$out/summary.txt") (kosoku exit $rc, testee exit $crc, wall $wall s)")
 }

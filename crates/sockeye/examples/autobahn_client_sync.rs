@@ -27,11 +27,17 @@ fn case_timeout() -> Duration {
 }
 
 fn builder() -> ClientBuilder {
+    // Two permessage-deflate offers, as examples/autobahn_client.rs explains.
+    let no_context = sockeye::proto::DeflateConfig {
+        client_no_context_takeover: true,
+        ..Default::default()
+    };
     ClientBuilder::default()
         .max_size(33_554_432)
         .max_fragments(1 << 20)
         // The fuzzing server decides when a case is over; no keepalive traffic of our own.
         .ping_interval(None)
+        .deflate_offers(vec![Default::default(), no_context])
 }
 
 fn case_count(base: &str) -> Result<u32, sockeye::Error> {
