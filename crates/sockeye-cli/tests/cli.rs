@@ -42,7 +42,7 @@ impl Served {
         let addr = loop {
             line.clear();
             assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
-            if line.contains("server on ws://") {
+            if line.contains(" on ws://") {
                 let rest = line.split("ws://").nth(1).unwrap();
                 break rest.split('/').next().unwrap().to_owned();
             }
@@ -76,8 +76,10 @@ impl Drop for Served {
     }
 }
 
-/// Runs `sockeye connect URI` with `input` on stdin; returns (status ok, stdout, stderr).
-fn connect(uri: &str, input: &str) -> (bool, String, String) {
+/// Runs `sockeye connect URI` with `input` on stdin, keeps stdin open until `replies` lines
+/// were printed (so that the closing handshake does not race the replies), then closes it.
+/// Returns (status ok, stdout, stderr).
+fn connect_expect(uri: &str, input: &str, replies: usize) -> (bool, String, String) {
     let mut child = Command::new(SOCKEYE)
         .args(["connect", uri])
         .env("RUST_LOG", "off")
@@ -86,18 +88,48 @@ fn connect(uri: &str, input: &str) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = wait_with_timeout(child, Duration::from_secs(20));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut line = String::new();
+        let mut seen = 0;
+        while stdout.read_line(&mut line).unwrap_or(0) > 0 {
+            all.push_str(&line);
+            line.clear();
+            seen += 1;
+            if seen == replies {
+                let _ = tx.send(None);
+            }
+        }
+        let _ = tx.send(Some(all));
+    });
+    let mut out = None;
+    if replies > 0 {
+        // Either the replies came, or stdout ended (the connection failed) first.
+        out = rx.recv_timeout(Duration::from_secs(20)).expect("no reply");
+    }
+    drop(stdin);
+    let status = wait_with_timeout(child, Duration::from_secs(20));
+    let stdout = match out {
+        Some(all) => all,
+        None => rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .unwrap_or_default(),
+    };
     (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.status.success(),
+        stdout,
+        String::from_utf8_lossy(&status.stderr).into_owned(),
     )
+}
+
+/// `connect_expect` for input with no replies to wait for.
+fn connect(uri: &str, input: &str) -> (bool, String, String) {
+    connect_expect(uri, input, 0)
 }
 
 fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
@@ -126,7 +158,8 @@ fn http_get(addr: &str, path: &str) -> String {
 #[test]
 fn connect_sends_stdin_lines_and_prints_what_comes_back() {
     let server = Served::start(&["--echo"], None);
-    let (ok, stdout, stderr) = connect(&format!("ws://{}/", server.addr), "hello\nκόσμε\n");
+    let (ok, stdout, stderr) =
+        connect_expect(&format!("ws://{}/", server.addr), "hello\nκόσμε\n", 2);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "< hello\n< κόσμε\n");
     assert!(stderr.contains("Connection closed: 1000 (OK)"), "{stderr}");
@@ -200,7 +233,19 @@ fn accept_loop_survives_running_out_of_file_descriptors() {
     );
     // Free descriptors: the server accepts again and serves a WebSocket connection.
     held.clear();
-    let (ok, stdout, stderr) = connect(&format!("ws://{}/", server.addr), "still alive\n");
+    let (ok, stdout, stderr) =
+        connect_expect(&format!("ws://{}/", server.addr), "still alive\n", 1);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "< still alive\n");
+}
+
+#[test]
+fn blocking_echo_server_with_sync_flag() {
+    let server = Served::start(&["--echo", "--sync"], None);
+    let (ok, stdout, stderr) =
+        connect_expect(&format!("ws://{}/", server.addr), "hello\nworld\n", 2);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "< hello\n< world\n");
+    let response = http_get(&server.addr, "/healthz");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
 }
