@@ -30,6 +30,8 @@ const BUILD: Duration = Duration::from_secs(600);
 const EXAMPLES: &[&str] = &[
     "hello_server",
     "hello_client",
+    "hello_server_sync",
+    "hello_client_sync",
     "clock_server",
     "consumer",
     "producer",
@@ -236,20 +238,35 @@ fn is_utc_timestamp(s: &str) -> bool {
 
 #[tokio::test]
 async fn hello_server_greets_and_closes() {
-    let mut server = Server::start("hello_server", &[]).await;
-    let ws = server.connect().await;
-    ws.send("Alice").await.unwrap();
-    assert_eq!(recv_text(&ws).await, "Hello Alice!");
-    // The handler returned: the server closes the connection normally.
-    expect_closed(&ws).await;
-    assert_eq!(ws.close_code(), CloseCode::NORMAL);
-    assert_eq!(server.line().await, "<<< Alice");
-    assert_eq!(server.line().await, ">>> Hello Alice!");
+    // The tokio and the blocking versions behave the same.
+    for example in ["hello_server", "hello_server_sync"] {
+        let mut server = Server::start(example, &[]).await;
+        let ws = server.connect().await;
+        ws.send("Alice").await.unwrap();
+        assert_eq!(recv_text(&ws).await, "Hello Alice!", "{example}");
+        // The handler returned: the server closes the connection normally.
+        expect_closed(&ws).await;
+        assert_eq!(ws.close_code(), CloseCode::NORMAL, "{example}");
+        assert_eq!(server.line().await, "<<< Alice", "{example}");
+        assert_eq!(server.line().await, ">>> Hello Alice!", "{example}");
+    }
 }
 
 #[tokio::test]
 async fn hello_client_talks_to_hello_server() {
-    let server = Server::start("hello_server", &[]).await;
+    // Every pairing of the tokio and blocking clients and servers.
+    for (server_example, client_example) in [
+        ("hello_server", "hello_client"),
+        ("hello_server", "hello_client_sync"),
+        ("hello_server_sync", "hello_client"),
+        ("hello_server_sync", "hello_client_sync"),
+    ] {
+        hello_pair(server_example, client_example).await;
+    }
+}
+
+async fn hello_pair(server_example: &str, client_example: &str) {
+    let server = Server::start(server_example, &[]).await;
     for (args, expected) in [
         (
             vec![server.uri(), "Bob".to_owned()],
@@ -257,7 +274,7 @@ async fn hello_client_talks_to_hello_server() {
         ),
         (vec![server.uri()], ">>> World\n<<< Hello World!\n"),
     ] {
-        let run = Command::new(example_path("hello_client"))
+        let run = Command::new(example_path(client_example))
             .args(&args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -273,7 +290,10 @@ async fn hello_client_talks_to_hello_server() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(stdout, expected, "hello_client {args:?}");
+        assert_eq!(
+            stdout, expected,
+            "{client_example} {args:?} against {server_example}"
+        );
     }
 }
 
