@@ -1147,6 +1147,11 @@ impl Protocol {
                 self.fail_with(Error::Timeout(crate::error::Timeout::KeepalivePing));
             }
         }
+        if self.state != State::Open {
+            // Keepalive only runs while open; a stale deadline would make front ends that
+            // sleep until poll_timeout() spin.
+            self.clear_keepalive();
+        }
         if self.next_ping.is_some_and(|d| now >= d) && self.state == State::Open {
             let interval = self.config.ping_interval.unwrap_or(Duration::MAX);
             self.next_ping = now.checked_add(interval);
