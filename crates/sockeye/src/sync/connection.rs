@@ -31,7 +31,9 @@ use http::{Request, Response};
 
 use crate::connection::{Info, Limits};
 use crate::error::{Closed, Error, Result};
-use crate::proto::{self, CloseCode, Event, Message, MessageKind, PingId, Protocol, Side, State};
+use crate::proto::{
+    self, CloseCode, Event, Message, MessageKind, PingId, PreparedMessage, Protocol, Side, State,
+};
 
 /// Size of the I/O thread's read buffer.
 const READ_BUF: usize = 16 * 1024;
@@ -676,7 +678,7 @@ impl Connection {
 
     /// Queues a message without waiting, for broadcast: refused (returns `false`) when the
     /// connection is not open or more than `write_limit` bytes already wait.
-    fn try_queue(&self, message: &Message) -> bool {
+    fn try_queue(&self, message: &PreparedMessage) -> bool {
         let mut sh = self.inner.lock();
         if sh.done
             || sh.proto.state() != State::Open
@@ -684,7 +686,7 @@ impl Connection {
         {
             return false;
         }
-        sh.proto.send(message).is_ok()
+        sh.proto.send_prepared(message).is_ok()
     }
 }
 
@@ -753,7 +755,8 @@ pub fn broadcast<'a, I>(connections: I, message: impl Into<Message>) -> Vec<Conn
 where
     I: IntoIterator<Item = &'a Connection>,
 {
-    let message = message.into();
+    // Serialised once for every connection (see the tokio `broadcast`).
+    let message = PreparedMessage::new(message);
     let mut skipped = Vec::new();
     let mut queued = Vec::new();
     for c in connections {
