@@ -73,6 +73,10 @@ struct Shared {
     inflight: usize,
     done: bool,
     io_error: Option<Arc<io::Error>>,
+    /// Run once when the connection is over (the hub's automatic unsubscribe).
+    close_hooks: Vec<Box<dyn FnOnce() + Send>>,
+    /// The driver took the hooks to run them: later ones run at once.
+    hooks_taken: bool,
 }
 
 struct Inner {
@@ -268,6 +272,8 @@ impl Connection {
                 inflight: 0,
                 done: false,
                 io_error: None,
+                close_hooks: Vec::new(),
+                hooks_taken: false,
             }),
             readers: Notify::new(),
             writers: Notify::new(),
@@ -483,6 +489,17 @@ impl Connection {
         }
     }
 
+    /// Runs `hook` once the connection is over (at once if it already is).
+    pub fn on_close(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut sh = self.inner.lock();
+        if sh.done || sh.hooks_taken {
+            drop(sh);
+            hook();
+        } else {
+            sh.close_hooks.push(Box::new(hook));
+        }
+    }
+
     /// The state of the connection.
     pub fn state(&self) -> State {
         let sh = self.inner.lock();
@@ -670,6 +687,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     fn finish(&mut self, error: Option<io::Error>) {
         self.finished = true;
+        // Close hooks run before the connection reports itself closed, so that whoever
+        // waits for the close (wait_closed, recv) sees their effects.
+        let hooks = {
+            let mut sh = self.inner.lock();
+            sh.hooks_taken = true;
+            std::mem::take(&mut sh.close_hooks)
+        };
+        for hook in hooks {
+            hook();
+        }
         {
             let mut sh = self.inner.lock();
             sh.done = true;

@@ -49,6 +49,7 @@
 mod client;
 mod connection;
 mod error;
+pub mod hub;
 mod options;
 mod server;
 pub mod sync;
@@ -64,6 +65,7 @@ pub use connection::{
     binary, broadcast, text, ClientConnection, Connection, Pong, ServerConnection,
 };
 pub use error::{Closed, Error, Result};
+pub use hub::{Hub, Published};
 pub use proto::{CloseCode, CloseFrame, Message, MessageKind, State};
 pub use server::{
     respond, serve, BoxError, ProcessRequest, ProcessResponse, Server, ServerBuilder,
