@@ -1,10 +1,8 @@
 //! The `sockeye` command: `serve` (a relay or echo server) and `connect` (a client).
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 use http::StatusCode;
@@ -113,8 +111,6 @@ fn main() -> ExitCode {
     }
 }
 
-type Topics = Arc<Mutex<HashMap<String, Vec<Connection>>>>;
-
 async fn serve(
     builder: sockeye::ServerBuilder,
     addr: &str,
@@ -133,9 +129,9 @@ async fn serve(
             })
             .await?
     } else {
-        let topics: Topics = Arc::default();
+        let hub = sockeye::Hub::new();
         builder
-            .serve(addr, move |ws| relay(ws, topics.clone()))
+            .serve(addr, move |ws| relay(ws, hub.clone()))
             .await?
     };
     let mode = if echo { "echo" } else { "relay" };
@@ -173,35 +169,15 @@ async fn serve_sync_echo(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn relay(ws: Connection, topics: Topics) -> Result<(), sockeye::BoxError> {
+/// The relay: a client at `/<path>` joins topic `<path>`; what it sends goes to the other
+/// clients of the topic. Closed connections leave their topic by themselves.
+async fn relay(ws: Connection, hub: sockeye::Hub) -> Result<(), sockeye::BoxError> {
     let topic = ws.request().uri().path().to_owned();
-    topics
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(topic.clone())
-        .or_default()
-        .push(ws.clone());
-    let result = async {
-        while let Some(message) = ws.recv().await? {
-            let others: Vec<Connection> = topics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&topic)
-                .map(|v| v.iter().filter(|c| c.id() != ws.id()).cloned().collect())
-                .unwrap_or_default();
-            sockeye::broadcast(&others, message);
-        }
-        Ok::<(), sockeye::BoxError>(())
+    hub.subscribe(&ws, &topic);
+    while let Some(message) = ws.recv().await? {
+        hub.publish_except(&topic, message, &ws);
     }
-    .await;
-    let mut map = topics.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(list) = map.get_mut(&topic) {
-        list.retain(|c| c.id() != ws.id());
-        if list.is_empty() {
-            map.remove(&topic);
-        }
-    }
-    result
+    Ok(())
 }
 
 async fn shutdown_signal() {
