@@ -20,39 +20,9 @@ pub struct ClientBuilder {
 }
 
 crate::options::option_setters!(ClientBuilder);
+crate::options::client_setters!(ClientBuilder);
 
 impl ClientBuilder {
-    /// A header to add to the handshake request.
-    pub fn header(mut self, name: &str, value: &str) -> Result<Self> {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| Error::Misuse("invalid header name"))?;
-        let value =
-            HeaderValue::from_str(value).map_err(|_| Error::Misuse("invalid header value"))?;
-        self.headers.push((name, value));
-        Ok(self)
-    }
-
-    /// The `Origin` header to send.
-    pub fn origin(self, origin: &str) -> Result<Self> {
-        self.header("origin", origin)
-    }
-
-    /// The `User-Agent` header, or `None` for none. Default `sockeye/VERSION`.
-    pub fn user_agent(mut self, agent: Option<String>) -> Self {
-        self.options.config.user_agent(agent);
-        self
-    }
-
-    /// Subprotocols to offer, in order of preference.
-    pub fn subprotocols<I, S>(mut self, protocols: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.options.config.subprotocols(protocols);
-        self
-    }
-
     /// Connects to a `ws://` URI and runs the opening handshake.
     pub async fn connect(self, uri: &str) -> Result<Connection> {
         let uri: Uri = uri.parse().map_err(|_| Error::InvalidUri(uri.to_owned()))?;

@@ -110,6 +110,104 @@ macro_rules! option_setters {
 
 pub(crate) use option_setters;
 
+/// The server-only setters, shared by the tokio and blocking server builders (fields
+/// `options`, `process_request`, `process_response`).
+macro_rules! server_setters {
+    ($builder:ty) => {
+        impl $builder {
+            /// Subprotocols the server supports, in order of preference.
+            pub fn subprotocols<I, S>(mut self, protocols: I) -> Self
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<String>,
+            {
+                self.options.config.subprotocols(protocols);
+                self
+            }
+
+            /// `Origin` values accepted (`None` in the list accepts requests without one);
+            /// others get 403. Default: any.
+            pub fn origins(mut self, origins: Option<Vec<Option<String>>>) -> Self {
+                self.options.config.origins(origins);
+                self
+            }
+
+            /// The `Server` header, or `None` for none. Default `sockeye/VERSION`.
+            pub fn server_header(mut self, value: Option<String>) -> Self {
+                self.options.config.server_header(value);
+                self
+            }
+
+            /// Installs a `process_request` hook (see [`crate::ProcessRequest`]).
+            pub fn process_request<F>(mut self, hook: F) -> Self
+            where
+                F: Fn(&http::Request<()>) -> Option<http::Response<bytes::Bytes>>
+                    + Send
+                    + Sync
+                    + 'static,
+            {
+                self.process_request = Some(std::sync::Arc::new(hook));
+                self
+            }
+
+            /// Installs a `process_response` hook (see [`crate::ProcessResponse`]).
+            pub fn process_response<F>(mut self, hook: F) -> Self
+            where
+                F: Fn(&http::Request<()>, &mut http::Response<bytes::Bytes>)
+                    + Send
+                    + Sync
+                    + 'static,
+            {
+                self.process_response = Some(std::sync::Arc::new(hook));
+                self
+            }
+        }
+    };
+}
+
+pub(crate) use server_setters;
+
+/// The client-only setters, shared by the tokio and blocking client builders (fields
+/// `options`, `headers`).
+macro_rules! client_setters {
+    ($builder:ty) => {
+        impl $builder {
+            /// A header to add to the handshake request.
+            pub fn header(mut self, name: &str, value: &str) -> crate::Result<Self> {
+                let name = http::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| crate::Error::Misuse("invalid header name"))?;
+                let value = http::header::HeaderValue::from_str(value)
+                    .map_err(|_| crate::Error::Misuse("invalid header value"))?;
+                self.headers.push((name, value));
+                Ok(self)
+            }
+
+            /// The `Origin` header to send.
+            pub fn origin(self, origin: &str) -> crate::Result<Self> {
+                self.header("origin", origin)
+            }
+
+            /// The `User-Agent` header, or `None` for none. Default `sockeye/VERSION`.
+            pub fn user_agent(mut self, agent: Option<String>) -> Self {
+                self.options.config.user_agent(agent);
+                self
+            }
+
+            /// Subprotocols to offer, in order of preference.
+            pub fn subprotocols<I, S>(mut self, protocols: I) -> Self
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<String>,
+            {
+                self.options.config.subprotocols(protocols);
+                self
+            }
+        }
+    };
+}
+
+pub(crate) use client_setters;
+
 impl Options {
     pub(crate) fn config_open_timeout(&self) -> Option<std::time::Duration> {
         self.config.open_timeout_value()

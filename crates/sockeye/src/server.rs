@@ -51,49 +51,9 @@ pub struct ServerBuilder {
 }
 
 crate::options::option_setters!(ServerBuilder);
+crate::options::server_setters!(ServerBuilder);
 
 impl ServerBuilder {
-    /// Subprotocols the server supports, in order of preference.
-    pub fn subprotocols<I, S>(mut self, protocols: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.options.config.subprotocols(protocols);
-        self
-    }
-
-    /// `Origin` values accepted (`None` in the list accepts requests without one); others
-    /// get 403. Default: any.
-    pub fn origins(mut self, origins: Option<Vec<Option<String>>>) -> Self {
-        self.options.config.origins(origins);
-        self
-    }
-
-    /// The `Server` header, or `None` for none. Default `sockeye/VERSION`.
-    pub fn server_header(mut self, value: Option<String>) -> Self {
-        self.options.config.server_header(value);
-        self
-    }
-
-    /// Installs a `process_request` hook.
-    pub fn process_request<F>(mut self, hook: F) -> Self
-    where
-        F: Fn(&Request<()>) -> Option<Response<Bytes>> + Send + Sync + 'static,
-    {
-        self.process_request = Some(Arc::new(hook));
-        self
-    }
-
-    /// Installs a `process_response` hook.
-    pub fn process_response<F>(mut self, hook: F) -> Self
-    where
-        F: Fn(&Request<()>, &mut Response<Bytes>) + Send + Sync + 'static,
-    {
-        self.process_response = Some(Arc::new(hook));
-        self
-    }
-
     /// Binds `addr` and serves: `handler` runs once per connection, and the connection
     /// closes (1000) when it returns, or fails (1011, logged at ERROR) when it returns an
     /// error.
