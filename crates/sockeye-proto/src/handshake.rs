@@ -509,6 +509,43 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// Where a WebSocket URI points: host, port and whether TLS is needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The host, without the brackets of an IPv6 literal.
+    pub host: String,
+    /// The port: the URI's, else 80 for `ws` and 443 for `wss` (RFC 6455 §3).
+    pub port: u16,
+    /// Whether the scheme is `wss` (TLS).
+    pub secure: bool,
+}
+
+impl Target {
+    /// Reads the target of a `ws://` or `wss://` URI (RFC 6455 §3); any other scheme, or a
+    /// URI without a host, is an error.
+    pub fn from_uri(uri: &Uri) -> Result<Target, HandshakeError> {
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => {
+                return Err(HandshakeError::InvalidHttp(format!(
+                    "{uri}: the scheme must be ws or wss"
+                )))
+            }
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| HandshakeError::InvalidHttp(format!("{uri}: no host")))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        Ok(Target { host, port, secure })
+    }
+}
+
 /// Builds a client's opening handshake request for a `ws://` or `wss://` URI (RFC 6455 §4.1).
 ///
 /// `key` is the `Sec-WebSocket-Key` (see [`generate_key`]). The request's URI is `uri` itself;
@@ -1194,5 +1231,35 @@ mod tests {
         out.push(b' ');
         write_header_name(&HeaderName::from_static("x-"), &mut out);
         assert_eq!(out, b"Sec-WebSocket-Accept WWW-Authenticate X-");
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    #[test]
+    fn targets_of_ws_uris() {
+        let t = |u: &str| Target::from_uri(&u.parse().unwrap());
+        assert_eq!(
+            t("ws://example.com/chat").unwrap(),
+            Target {
+                host: "example.com".into(),
+                port: 80,
+                secure: false
+            }
+        );
+        assert_eq!(
+            t("wss://example.com:8443/").unwrap(),
+            Target {
+                host: "example.com".into(),
+                port: 8443,
+                secure: true
+            }
+        );
+        assert_eq!(t("wss://[::1]/").unwrap().host, "::1");
+        assert_eq!(t("wss://[::1]/").unwrap().port, 443);
+        assert!(t("http://example.com/").is_err());
+        assert!(t("/just/a/path").is_err());
     }
 }

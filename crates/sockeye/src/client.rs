@@ -25,23 +25,7 @@ crate::options::client_setters!(ClientBuilder);
 impl ClientBuilder {
     /// Connects to a `ws://` URI and runs the opening handshake.
     pub async fn connect(self, uri: &str) -> Result<Connection> {
-        let uri: Uri = uri.parse().map_err(|_| Error::InvalidUri(uri.to_owned()))?;
-        let scheme = uri.scheme_str().unwrap_or("");
-        let host = uri
-            .host()
-            .ok_or_else(|| Error::InvalidUri(uri.to_string()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = match scheme {
-            "ws" => uri.port_u16().unwrap_or(80),
-            "wss" => {
-                return Err(Error::InvalidUri(format!(
-                    "{uri}: wss:// (TLS) is not supported by this version"
-                )))
-            }
-            _ => return Err(Error::InvalidUri(format!("{uri}: scheme must be ws"))),
-        };
+        let (uri, host, port) = plain_target(uri)?;
         let config = std::sync::Arc::new(self.options.config.clone());
         let open = async {
             let mut stream = TcpStream::connect((host.as_str(), port)).await?;
@@ -84,6 +68,20 @@ impl ClientBuilder {
         tokio::spawn(driver.instrument(span));
         Ok(conn)
     }
+}
+
+/// Parses a `ws://` URI into what both front ends connect to; `wss://` is refused until TLS
+/// lands (the core's [`Target`](crate::proto::handshake::Target) knows its default port).
+pub(crate) fn plain_target(uri: &str) -> Result<(Uri, String, u16)> {
+    let uri: Uri = uri.parse().map_err(|_| Error::InvalidUri(uri.to_owned()))?;
+    let target = crate::proto::handshake::Target::from_uri(&uri)
+        .map_err(|e| Error::InvalidUri(e.to_string()))?;
+    if target.secure {
+        return Err(Error::InvalidUri(format!(
+            "{uri}: wss:// (TLS) is not supported by this version"
+        )));
+    }
+    Ok((uri, target.host, target.port))
 }
 
 /// Connects to a `ws://` URI with the default options. See [`ClientBuilder::connect`].

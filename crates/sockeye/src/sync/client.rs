@@ -5,7 +5,6 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use http::header::{HeaderName, HeaderValue};
-use http::Uri;
 
 use super::connection::Connection;
 use super::server::read_until_event;
@@ -30,23 +29,7 @@ impl ClientBuilder {
     /// connection is open (at most `open_timeout` for TCP connect and handshake together).
     /// Starts the connection's I/O thread.
     pub fn connect(self, uri: &str) -> Result<Connection> {
-        let uri: Uri = uri.parse().map_err(|_| Error::InvalidUri(uri.to_owned()))?;
-        let scheme = uri.scheme_str().unwrap_or("");
-        let host = uri
-            .host()
-            .ok_or_else(|| Error::InvalidUri(uri.to_string()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = match scheme {
-            "ws" => uri.port_u16().unwrap_or(80),
-            "wss" => {
-                return Err(Error::InvalidUri(format!(
-                    "{uri}: wss:// (TLS) is not supported by this version"
-                )))
-            }
-            _ => return Err(Error::InvalidUri(format!("{uri}: scheme must be ws"))),
-        };
+        let (uri, host, port) = crate::client::plain_target(uri)?;
         let start = Instant::now();
         let deadline = self.options.config_open_timeout().map(|t| start + t);
         let mut stream = tcp_connect(&host, port, deadline)?;
