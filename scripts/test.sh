@@ -9,6 +9,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Real components: redis-server (cross-process pub/sub, tests start their own on a free
+# loopback port) and Debian's chromium (the demo page, driven by playwright-core from npm).
+apt_missing=()
+command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || apt_missing+=(chromium)
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+    echo "installing ${apt_missing[*]} (Debian packages)" >&2
+    sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+BROWSER_TESTS=crates/sockeye-cli/tests/browser
+if [ ! -d "$BROWSER_TESTS/node_modules/playwright-core" ]; then
+    (cd "$BROWSER_TESTS" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 # Independent peers for the interop tests: python-websockets (PyPI) in a local venv.
 PY_PEERS="websockets==17.4"
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import websockets' 2>/dev/null; then

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod connect;
+mod demo;
 mod serve;
 
 #[derive(Parser)]

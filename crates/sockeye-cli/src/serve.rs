@@ -6,18 +6,19 @@ use std::process::ExitCode;
 use http::StatusCode;
 use sockeye::Connection;
 
-use crate::shutdown_signal;
+use crate::{demo, shutdown_signal};
 
 pub(crate) async fn serve(
     builder: sockeye::ServerBuilder,
     addr: &str,
     echo: bool,
 ) -> Result<ExitCode, sockeye::BoxError> {
-    let builder = builder.process_request(|request| {
-        (request.uri().path() == "/healthz").then(|| sockeye::respond(StatusCode::OK, "OK\n"))
-    });
     let server = if echo {
         builder
+            .process_request(|request| {
+                (request.uri().path() == "/healthz")
+                    .then(|| sockeye::respond(StatusCode::OK, "OK\n"))
+            })
             .serve(addr, |ws| async move {
                 while let Some(message) = ws.recv().await? {
                     ws.send(message).await?;
@@ -28,12 +29,29 @@ pub(crate) async fn serve(
     } else {
         let hub = sockeye::Hub::new();
         builder
-            .serve(addr, move |ws| relay(ws, hub.clone()))
+            .process_request(|request| match request.uri().path() {
+                "/healthz" => Some(sockeye::respond(StatusCode::OK, "OK\n")),
+                "/" if !demo::is_upgrade(request) => Some(demo::page()),
+                _ => None,
+            })
+            .serve(addr, move |ws| {
+                let hub = hub.clone();
+                async move {
+                    if ws.request().uri().path() == demo::CLOCK_PATH {
+                        demo::clock(ws).await
+                    } else {
+                        relay(ws, hub).await
+                    }
+                }
+            })
             .await?
     };
     let mode = if echo { "echo" } else { "relay" };
     if let Some(addr) = server.local_addr() {
         eprintln!("sockeye {mode} server on ws://{addr}/ (Ctrl-C to stop)");
+        if !echo {
+            eprintln!("demo page: http://{addr}/");
+        }
     }
     shutdown_signal().await;
     eprintln!("shutting down");

@@ -249,3 +249,146 @@ fn blocking_echo_server_with_sync_flag() {
     let response = http_get(&server.addr, "/healthz");
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
 }
+
+#[test]
+fn demo_page_at_root_while_websocket_clients_of_root_still_join_topic_root() {
+    let server = Served::start(&[], None);
+    let response = http_get(&server.addr, "/");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(
+        response.contains("Content-Type: text/html; charset=utf-8\r\n"),
+        "{response}"
+    );
+    assert!(response.contains("<title>sockeye demo</title>"));
+    assert!(response.contains("/_sockeye/clock"));
+    // The echo server has no page: a plain GET is told to upgrade.
+    let echo = Served::start(&["--echo"], None);
+    let response = http_get(&echo.addr, "/");
+    assert!(
+        response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+        "{response}"
+    );
+    // ws://ADDR/ is topic "/".
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let uri = format!("ws://{}/", server.addr);
+        let a = sockeye::connect(&uri).await.unwrap();
+        let b = sockeye::connect(&uri).await.unwrap();
+        a.send("on the root topic").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), b.recv()).await;
+        assert_eq!(got.unwrap().unwrap(), Some("on the root topic".into()));
+    });
+}
+
+#[test]
+fn clock_pushes_the_server_time_every_second() {
+    let server = Served::start(&[], None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ws = sockeye::connect(&format!("ws://{}/_sockeye/clock", server.addr))
+            .await
+            .unwrap();
+        let mut times = Vec::new();
+        for _ in 0..2 {
+            let got = tokio::time::timeout(Duration::from_secs(5), ws.recv()).await;
+            let Some(sockeye::Message::Text(t)) = got.unwrap().unwrap() else {
+                panic!("expected a text message");
+            };
+            let t = t.to_string();
+            // YYYY-MM-DDTHH:MM:SSZ
+            assert_eq!(t.len(), 20, "{t}");
+            assert!(
+                t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T",
+                "{t}"
+            );
+            times.push(t);
+        }
+        // One second apart: the second is later (string order is time order here).
+        assert!(times[1] > times[0], "{times:?}");
+        // What the clock's client sends is not relayed anywhere, and the clock keeps going.
+        ws.send("ignored").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.recv()).await;
+        assert!(matches!(got, Ok(Ok(Some(sockeye::Message::Text(_))))));
+        ws.close(sockeye::CloseCode::NORMAL, "").await.unwrap();
+    });
+}
+
+/// What the browser test needs: node, Debian's chromium, and playwright-core installed in
+/// tests/browser (scripts/test.sh installs all three). Missing pieces fail the test under CI
+/// and skip it, loudly, elsewhere.
+fn browser_tools() -> Option<(std::path::PathBuf, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let mut missing = Vec::new();
+    if Command::new("node").arg("--version").output().is_err() {
+        missing.push("node".to_owned());
+    }
+    if !std::path::Path::new(&chromium).exists() {
+        missing.push(chromium.clone());
+    }
+    if !dir.join("node_modules/playwright-core").is_dir() {
+        missing.push("playwright-core (npm ci in tests/browser)".to_owned());
+    }
+    if missing.is_empty() {
+        return Some((dir, chromium));
+    }
+    let what = format!(
+        "browser test needs {} (scripts/test.sh installs them)",
+        missing.join(", ")
+    );
+    assert!(std::env::var_os("CI").is_none(), "{what}");
+    eprintln!("SKIPPED: {what}");
+    None
+}
+
+#[test]
+fn demo_page_in_headless_chromium_clock_and_chat() {
+    let Some((dir, chromium)) = browser_tools() else {
+        return;
+    };
+    let server = Served::start(&[], None);
+    let artifacts = std::env::var_os("SOCKEYE_ARTIFACTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/artifacts")
+        });
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("demo-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let child = Command::new("node")
+        .current_dir(&dir)
+        .arg("demo.mjs")
+        .arg(format!("http://{}/", server.addr))
+        .arg(&screenshot)
+        .env("CHROMIUM", chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
+    for check in [
+        "ok: the page is served at GET /",
+        "ok: the clock moves",
+        "ok: bob's page shows alice's message",
+        "ok: alice's page shows bob's answer",
+        "ok: rooms are separate topics",
+    ] {
+        assert!(stdout.contains(check), "missing {check:?} in:\n{stdout}");
+    }
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
+    println!("screenshot: {}", screenshot.display());
+}
