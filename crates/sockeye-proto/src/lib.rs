@@ -118,7 +118,7 @@ pub use error::{
 };
 pub use extensions::deflate::{DeflateConfig, DeflateParams};
 pub use frame::{Frame, OpCode};
-pub use message::{Fragment, Message, MessageKind, PreparedMessage, Utf8Bytes};
+pub use message::{Assembler, Fragment, Message, MessageKind, PreparedMessage, Utf8Bytes};
 pub use protocol::{Event, PingId, Protocol, State};
 
 /// Which end of the connection this is.

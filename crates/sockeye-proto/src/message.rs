@@ -220,6 +220,99 @@ pub struct Fragment {
     pub fin: bool,
 }
 
+/// Joins fragments back into whole messages.
+///
+/// A front end that runs its [`Protocol`](crate::Protocol) in stream mode (so that its
+/// application may take any message fragment by fragment) uses it when the application asks
+/// for a whole message instead. A message of one fragment is passed through without a copy.
+///
+/// Fragments must come in order, as the core delivers them. A fragment that continues a
+/// message whose start this assembler did not see (the application streamed the start, then
+/// asked for whole messages) is discarded, with the rest of that message.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    /// The kind of the message in progress, if any.
+    kind: Option<MessageKind>,
+    /// Its fragments so far.
+    buf: Vec<u8>,
+    /// Discarding the rest of a message whose start was not seen.
+    discarding: bool,
+}
+
+impl Assembler {
+    /// An assembler with no message in progress.
+    pub fn new() -> Assembler {
+        Assembler::default()
+    }
+
+    /// Adds a fragment; returns the message once its last fragment (`fin`) is in.
+    ///
+    /// Text is checked again as a whole (`simdutf8`, many GB/s): the core has checked it,
+    /// but a `Fragment` can be made by anyone.
+    pub fn push(&mut self, fragment: Fragment) -> Result<Option<Message>, crate::utf8::Utf8Error> {
+        let Fragment {
+            kind,
+            data,
+            first,
+            fin,
+        } = fragment;
+        if first {
+            // A new message; a message in progress that never ended is dropped.
+            self.discarding = false;
+            self.buf.clear();
+            if fin {
+                self.kind = None;
+                return message_of(kind, data).map(Some);
+            }
+            self.kind = Some(kind);
+            self.buf.reserve(data.len() * 2);
+            self.buf.extend_from_slice(&data);
+            return Ok(None);
+        }
+        let Some(kind) = self.kind else {
+            // The start went elsewhere: drop this message up to its end.
+            self.discarding = !fin;
+            return Ok(None);
+        };
+        self.buf.extend_from_slice(&data);
+        if !fin {
+            return Ok(None);
+        }
+        self.kind = None;
+        let bytes = Bytes::from(std::mem::take(&mut self.buf));
+        message_of(kind, bytes).map(Some)
+    }
+
+    /// Whether a message is in progress (some of its fragments are in, not its last).
+    pub fn in_progress(&self) -> bool {
+        self.kind.is_some()
+    }
+
+    /// Whether the rest of a message whose start was not seen is being dropped.
+    pub fn discarding(&self) -> bool {
+        self.discarding
+    }
+
+    /// Takes the fragments of the message in progress, joined, as its first fragment, so
+    /// that an application switching to fragments mid-message loses nothing.
+    pub fn take_partial(&mut self) -> Option<Fragment> {
+        let kind = self.kind.take()?;
+        Some(Fragment {
+            kind,
+            data: Bytes::from(std::mem::take(&mut self.buf)),
+            first: true,
+            fin: false,
+        })
+    }
+}
+
+fn message_of(kind: MessageKind, bytes: Bytes) -> Result<Message, crate::utf8::Utf8Error> {
+    Ok(match kind {
+        MessageKind::Text => Message::Text(Utf8Bytes::try_from_bytes(bytes)?),
+        MessageKind::Binary => Message::Binary(bytes),
+    })
+}
+
 /// A message serialised once, to be sent to many connections (broadcast, pub/sub).
 ///
 /// Server connections without compression copy the ready frame into their output buffer; a
@@ -257,5 +350,98 @@ impl PreparedMessage {
     /// The serialised frame (unmasked, uncompressed).
     pub fn frame(&self) -> &Bytes {
         &self.frame
+    }
+}
+
+#[cfg(test)]
+mod assembler_tests {
+    use super::*;
+
+    fn frag(kind: MessageKind, data: &[u8], first: bool, fin: bool) -> Fragment {
+        Fragment {
+            kind,
+            data: Bytes::copy_from_slice(data),
+            first,
+            fin,
+        }
+    }
+
+    #[test]
+    fn one_fragment_passes_through_without_a_copy() {
+        let data = Bytes::from_static(b"whole");
+        let mut a = Assembler::new();
+        let m = a
+            .push(Fragment {
+                kind: MessageKind::Binary,
+                data: data.clone(),
+                first: true,
+                fin: true,
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.as_bytes().as_ptr(), data.as_ptr());
+        assert!(!a.in_progress());
+    }
+
+    #[test]
+    fn joins_text_cut_inside_a_character() {
+        let text = "κόσμε".as_bytes();
+        let mut a = Assembler::new();
+        assert_eq!(
+            a.push(frag(MessageKind::Text, &text[..1], true, false)),
+            Ok(None)
+        );
+        assert!(a.in_progress());
+        assert_eq!(
+            a.push(frag(MessageKind::Text, &text[1..5], false, false)),
+            Ok(None)
+        );
+        let m = a
+            .push(frag(MessageKind::Text, &text[5..], false, true))
+            .unwrap();
+        assert_eq!(m, Some(Message::from("κόσμε")));
+        assert!(!a.in_progress());
+    }
+
+    #[test]
+    fn invalid_text_is_refused() {
+        let mut a = Assembler::new();
+        assert_eq!(
+            a.push(frag(MessageKind::Text, &[0xce], true, false)),
+            Ok(None)
+        );
+        assert!(a.push(frag(MessageKind::Text, b"a", false, true)).is_err());
+    }
+
+    #[test]
+    fn partial_message_can_be_taken_out() {
+        let mut a = Assembler::new();
+        a.push(frag(MessageKind::Binary, b"ab", true, false))
+            .unwrap();
+        a.push(frag(MessageKind::Binary, b"cd", false, false))
+            .unwrap();
+        let p = a.take_partial().unwrap();
+        assert_eq!(p, frag(MessageKind::Binary, b"abcd", true, false));
+        assert!(!a.in_progress());
+        assert!(a.take_partial().is_none());
+    }
+
+    #[test]
+    fn rest_of_a_message_started_elsewhere_is_discarded() {
+        let mut a = Assembler::new();
+        assert_eq!(
+            a.push(frag(MessageKind::Binary, b"x", false, false)),
+            Ok(None)
+        );
+        assert!(a.discarding());
+        assert_eq!(
+            a.push(frag(MessageKind::Binary, b"y", false, true)),
+            Ok(None)
+        );
+        assert!(!a.discarding());
+        let m = a
+            .push(frag(MessageKind::Binary, b"next", true, true))
+            .unwrap();
+        assert_eq!(m, Some(Message::Binary(Bytes::from_static(b"next"))));
     }
 }

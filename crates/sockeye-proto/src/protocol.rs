@@ -99,6 +99,8 @@ struct Incoming {
     fragments: usize,
     size: usize,
     utf8: Utf8Validator,
+    /// Delivered as fragments (decided when the message starts).
+    streaming: bool,
     /// Frames assembled so far (unused when streaming).
     buf: Vec<u8>,
 }
@@ -122,6 +124,9 @@ pub struct Protocol {
     discard: bool,
     close_transport: bool,
     eof_received: bool,
+    /// Deliver data frames as [`Event::Fragment`]s (from the config; see
+    /// [`Protocol::set_stream_fragments`]).
+    stream_fragments: bool,
     subprotocol: Option<String>,
     deflate: Option<Box<Deflate>>,
     deflate_params: Option<DeflateParams>,
@@ -171,6 +176,7 @@ impl Protocol {
 
     fn new(side: Side, config: Arc<Config>, handshake: Handshake) -> Protocol {
         let rng = Rng::new(config.seed);
+        let stream_fragments = config.stream_fragments;
         Protocol {
             side,
             state: State::Connecting,
@@ -184,6 +190,7 @@ impl Protocol {
             discard: false,
             close_transport: false,
             eof_received: false,
+            stream_fragments,
             subprotocol: None,
             deflate: None,
             deflate_params: None,
@@ -220,6 +227,17 @@ impl Protocol {
     /// The configuration.
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+
+    /// Delivers data frames as [`Event::Fragment`]s from now on (`true`), or whole messages
+    /// as [`Event::Message`]s (`false`), whatever the config says
+    /// ([`Config::stream_fragments`]). Takes effect from the next message: one already begun
+    /// is delivered the way it started.
+    ///
+    /// A front end that lets its application choose per message between whole messages and
+    /// fragments turns this on and joins fragments with a [`crate::Assembler`].
+    pub fn set_stream_fragments(&mut self, on: bool) {
+        self.stream_fragments = on;
     }
 
     /// The subprotocol negotiated in the handshake.
@@ -667,6 +685,7 @@ impl Protocol {
                     fragments: 0,
                     size: 0,
                     utf8: Utf8Validator::new(),
+                    streaming: self.stream_fragments,
                     buf: Vec::new(),
                 }));
                 self.data_frame(payload, h.fin)
@@ -694,11 +713,11 @@ impl Protocol {
     fn data_frame(&mut self, payload: Bytes, fin: bool) -> Result<(), Error> {
         let max_size = self.config.max_size;
         let max_fragments = self.config.max_fragments;
-        let streaming = self.config.stream_fragments;
         let inc = self
             .incoming
             .as_mut()
             .ok_or(Error::Protocol(ProtocolError::UnexpectedContinuation))?;
+        let streaming = inc.streaming;
         inc.fragments += 1;
         if inc.fragments > max_fragments {
             return Err(LimitExceeded {

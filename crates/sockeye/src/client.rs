@@ -31,6 +31,9 @@ impl ClientBuilder {
             let mut stream = TcpStream::connect((host.as_str(), port)).await?;
             let _ = stream.set_nodelay(true);
             let mut proto = Protocol::client(config);
+            // Stream mode from the start, so that messages pipelined with the handshake are
+            // fragments too (see Connection::new).
+            proto.set_stream_fragments(true);
             let mut request = proto.connect_request(&uri)?;
             for (name, value) in &self.headers {
                 request.headers_mut().append(name.clone(), value.clone());

@@ -35,7 +35,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::{Closed, Error, Result};
 use crate::proto::{
-    self, CloseCode, Event, Message, MessageKind, PingId, PreparedMessage, Protocol, Side, State,
+    self, Assembler, CloseCode, Event, Fragment, Message, MessageKind, PingId, PreparedMessage,
+    Protocol, Side, State,
 };
 
 /// Per-connection settings that belong to the front end rather than the core.
@@ -65,9 +66,20 @@ pub(crate) struct Info {
     pub(crate) subprotocol: Option<String>,
 }
 
+/// What the driver hands to `recv`: the core runs in stream mode (so that any message may be
+/// taken fragment by fragment), but messages that arrived with the handshake are whole.
+enum Item {
+    Message(Message),
+    Fragment(Fragment),
+}
+
 struct Shared {
     proto: Protocol,
-    queue: VecDeque<Message>,
+    queue: VecDeque<Item>,
+    /// Joins fragments for `recv`; holds a message in progress across cancelled `recv`s.
+    assembler: Assembler,
+    /// The `send_fragmented` call whose message is being sent: other senders wait for it.
+    fragmented_sender: Option<u64>,
     ping_waiters: Vec<(PingId, oneshot::Sender<Duration>)>,
     /// Bytes the driver took from the core and has not written yet.
     inflight: usize,
@@ -264,10 +276,15 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         info.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let mut proto = proto;
+        // Data frames come as fragments: `recv` joins them, `recv_streaming` hands them out.
+        proto.set_stream_fragments(true);
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared {
                 proto,
                 queue: VecDeque::new(),
+                assembler: Assembler::new(),
+                fragmented_sender: None,
                 ping_waiters: Vec::new(),
                 inflight: 0,
                 done: false,
@@ -315,27 +332,85 @@ impl Connection {
             return Err(Error::ConcurrentRecv);
         }
         let _busy = BusyGuard(&self.inner.recv_busy);
+        let got = self
+            .next_item(|sh| {
+                while let Some(item) = sh.queue.pop_front() {
+                    match item {
+                        Item::Message(m) => return Some(Ok(m)),
+                        Item::Fragment(f) => match sh.assembler.push(f) {
+                            Ok(Some(m)) => return Some(Ok(m)),
+                            Ok(None) => {}
+                            Err(_) => return Some(Err(proto::Error::InvalidUtf8.into())),
+                        },
+                    }
+                }
+                None
+            })
+            .await;
+        match got {
+            Ok(message) => message.map(Some),
+            Err(closed) if closed.is_ok() => Ok(None),
+            Err(closed) => Err(Error::ConnectionClosed(closed)),
+        }
+    }
+
+    /// Receives the next message fragment by fragment, as its frames arrive, instead of
+    /// waiting for all of it (python-websockets' `recv_streaming`).
+    ///
+    /// Holds the receiving side like [`recv`](Self::recv) (a concurrent `recv` gets
+    /// [`Error::ConcurrentRecv`]) until the returned [`Fragments`] is dropped. Fragments of a
+    /// text message may end inside a character; together they are valid UTF-8. `max_size`
+    /// still bounds the whole message. If a cancelled `recv` had received part of the
+    /// message, that part comes first, as one fragment.
+    ///
+    /// ```no_run
+    /// # async fn f(ws: sockeye::Connection) -> sockeye::Result<()> {
+    /// let mut fragments = ws.recv_streaming()?;
+    /// while let Some(fragment) = fragments.next().await? {
+    ///     println!("{} bytes, last: {}", fragment.data.len(), fragment.fin);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn recv_streaming(&self) -> Result<Fragments<'_>> {
+        if self.inner.recv_busy.swap(true, Ordering::Acquire) {
+            return Err(Error::ConcurrentRecv);
+        }
+        Ok(Fragments {
+            conn: self,
+            _busy: BusyGuard(&self.inner.recv_busy),
+            state: FragmentsState::Start,
+        })
+    }
+
+    /// Waits until `take` finds what it wants in the queue (it runs under the lock each time
+    /// the queue may have changed), or the connection is over with nothing left for `take`.
+    /// Resumes reading when `take` brought the queue under `max_queue`.
+    async fn next_item<R>(
+        &self,
+        mut take: impl FnMut(&mut Shared) -> Option<R>,
+    ) -> std::result::Result<R, Closed> {
+        let max_queue = self.inner.limits.max_queue;
         loop {
             let notified = self.inner.readers.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut sh = self.inner.lock();
-                if let Some(m) = sh.queue.pop_front() {
-                    if sh.queue.len() + 1 == self.inner.limits.max_queue {
-                        // Reading was paused for backpressure: resume it.
-                        drop(sh);
-                        self.inner.driver.wake();
-                    }
-                    return Ok(Some(m));
+                let before = sh.queue.len();
+                let got = take(&mut sh);
+                let resume = before >= max_queue && sh.queue.len() < max_queue;
+                let done = sh.done;
+                let closed = (got.is_none() && done).then(|| closed_of(&sh));
+                drop(sh);
+                if resume {
+                    // Reading was paused for backpressure: resume it.
+                    self.inner.driver.wake();
                 }
-                if sh.done {
-                    let closed = closed_of(&sh);
-                    return if closed.is_ok() {
-                        Ok(None)
-                    } else {
-                        Err(Error::ConnectionClosed(closed))
-                    };
+                if let Some(r) = got {
+                    return Ok(r);
+                }
+                if let Some(closed) = closed {
+                    return Err(closed);
                 }
             }
             notified.await;
@@ -354,28 +429,79 @@ impl Connection {
     }
 
     /// Sends a message in fragments (RFC 6455 §5.4), one frame per item of `fragments`.
-    /// Other messages wait until it is complete; pings and pongs may go between fragments.
+    ///
+    /// Other messages sent meanwhile (from other tasks) wait until this one is complete;
+    /// pings and pongs may go between fragments. Text may be cut anywhere, even inside a
+    /// character, as long as the whole is valid UTF-8. If this future is dropped before the
+    /// last fragment is sent, the message can never be completed: the connection fails with
+    /// 1011.
     pub async fn send_fragmented<I, B>(&self, kind: MessageKind, fragments: I) -> Result<()>
     where
         I: IntoIterator<Item = B>,
         B: AsRef<[u8]>,
     {
-        let mut iter = fragments.into_iter().peekable();
-        if iter.peek().is_none() {
-            return self
-                .send_with(|sh| sh.proto.send_fragment(kind, &[], true))
-                .await;
-        }
-        while let Some(chunk) = iter.next() {
-            let fin = iter.peek().is_none();
-            self.send_with(|sh| sh.proto.send_fragment(kind, chunk.as_ref(), fin))
+        // One item ahead, so that the last item goes in the last frame.
+        let mut iter = fragments.into_iter();
+        let mut sending = self.start_fragmented(kind);
+        let mut current = iter.next();
+        loop {
+            let following = if current.is_some() { iter.next() } else { None };
+            let fin = following.is_none();
+            sending
+                .send(current.as_ref().map_or(&[], |b| b.as_ref()), fin)
                 .await?;
+            if fin {
+                return Ok(());
+            }
+            current = following;
         }
-        Ok(())
+    }
+
+    /// Sends a message in fragments taken from a [`Stream`](futures_core::Stream), one frame
+    /// per item, each as soon as the stream yields it (a file read in chunks, tokens as a
+    /// model produces them, ...); an empty last frame ends the message when the stream ends.
+    /// The message stays open while the stream waits; otherwise the same rules as
+    /// [`send_fragmented`](Self::send_fragmented).
+    pub async fn send_fragmented_stream<S, B>(&self, kind: MessageKind, fragments: S) -> Result<()>
+    where
+        S: futures_core::Stream<Item = B>,
+        B: AsRef<[u8]>,
+    {
+        let mut fragments = std::pin::pin!(fragments);
+        let mut sending = self.start_fragmented(kind);
+        loop {
+            let item = std::future::poll_fn(|cx| fragments.as_mut().poll_next(cx)).await;
+            let fin = item.is_none();
+            sending
+                .send(item.as_ref().map_or(&[], |b| b.as_ref()), fin)
+                .await?;
+            if fin {
+                return Ok(());
+            }
+        }
+    }
+
+    fn start_fragmented(&self, kind: MessageKind) -> FragmentedSend<'_> {
+        FragmentedSend {
+            conn: self,
+            kind,
+            owner: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            started: false,
+        }
     }
 
     async fn send_with(
         &self,
+        op: impl FnMut(&mut Shared) -> std::result::Result<(), proto::Error>,
+    ) -> Result<()> {
+        self.send_as(Sender::Message, op).await
+    }
+
+    /// `send_with` for a `sender`: a whole message waits while another task's fragmented
+    /// message is being sent; control frames do not.
+    async fn send_as(
+        &self,
+        sender: Sender,
         mut op: impl FnMut(&mut Shared) -> std::result::Result<(), proto::Error>,
     ) -> Result<()> {
         tokio::task::coop::consume_budget().await;
@@ -389,7 +515,12 @@ impl Connection {
                     return Err(Error::ConnectionClosed(closed_of(&sh)));
                 }
                 let pending = sh.proto.pending_output_len() + sh.inflight;
-                if pending <= self.inner.limits.write_limit {
+                let turn = match (sender, sh.fragmented_sender) {
+                    (_, None) | (Sender::Control, _) => true,
+                    (Sender::Fragment(me), Some(owner)) => me == owner,
+                    (Sender::Message, Some(_)) => false,
+                };
+                if turn && pending <= self.inner.limits.write_limit {
                     let was_idle = sh.proto.pending_output_len() == 0;
                     sh.proto.handle_timeout(Instant::now().into_std());
                     if let Err(e) = op(&mut sh) {
@@ -400,9 +531,15 @@ impl Connection {
                             e => e.into(),
                         });
                     }
+                    let fragmented_done =
+                        matches!(sender, Sender::Fragment(_)) && sh.fragmented_sender.is_none();
                     drop(sh);
                     if was_idle {
                         self.inner.driver.wake();
+                    }
+                    if fragmented_done {
+                        // Senders waiting for the fragmented message to end may go.
+                        self.inner.writers.notify_waiters();
                     }
                     return Ok(());
                 }
@@ -432,7 +569,7 @@ impl Connection {
         let mut tx = Some(tx);
         // The waiter is registered under the same lock as the ping is queued, so the pong
         // cannot be processed in between.
-        self.send_with(|sh| {
+        self.send_as(Sender::Control, |sh| {
             let id = sh.proto.send_ping(payload)?;
             if let Some(tx) = tx.take() {
                 sh.ping_waiters.push((id, tx));
@@ -609,6 +746,136 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
+/// The fragments of one message, from [`Connection::recv_streaming`].
+pub struct Fragments<'a> {
+    conn: &'a Connection,
+    _busy: BusyGuard<'a>,
+    state: FragmentsState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FragmentsState {
+    /// No fragment handed out yet.
+    Start,
+    /// Inside the message.
+    Within,
+    /// The last fragment was handed out.
+    Done,
+}
+
+impl Fragments<'_> {
+    /// The next fragment of the message, as soon as it arrives; `Ok(None)` after the last
+    /// one (`fin`), or when the connection closed normally before another message began.
+    /// A connection that ends in the middle of the message gives
+    /// [`Error::ConnectionClosed`]. Cancel-safe.
+    ///
+    /// Dropping `Fragments` before the last fragment discards the rest of the message.
+    pub async fn next(&mut self) -> Result<Option<Fragment>> {
+        if self.state == FragmentsState::Done {
+            return Ok(None);
+        }
+        let state = &mut self.state;
+        let got = self
+            .conn
+            .next_item(|sh| {
+                if *state == FragmentsState::Start {
+                    if let Some(partial) = sh.assembler.take_partial() {
+                        *state = FragmentsState::Within;
+                        return Some(partial);
+                    }
+                }
+                while let Some(item) = sh.queue.pop_front() {
+                    let fragment = match item {
+                        Item::Message(m) => Fragment {
+                            kind: m.kind(),
+                            data: m.into_bytes(),
+                            first: true,
+                            fin: true,
+                        },
+                        // The rest of a message whose start went to a dropped `Fragments`.
+                        Item::Fragment(f) if !f.first && *state == FragmentsState::Start => {
+                            continue
+                        }
+                        Item::Fragment(f) => f,
+                    };
+                    *state = if fragment.fin {
+                        FragmentsState::Done
+                    } else {
+                        FragmentsState::Within
+                    };
+                    return Some(fragment);
+                }
+                None
+            })
+            .await;
+        match got {
+            Ok(fragment) => Ok(Some(fragment)),
+            Err(closed) if closed.is_ok() && self.state == FragmentsState::Start => Ok(None),
+            Err(closed) => Err(Error::ConnectionClosed(closed)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Fragments<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fragments")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who is sending, for [`Connection::send_as`].
+#[derive(Debug, Clone, Copy)]
+enum Sender {
+    /// A whole message.
+    Message,
+    /// A fragment of the message with this id.
+    Fragment(u64),
+    /// A ping.
+    Control,
+}
+
+/// A fragmented message being sent: other senders wait until its last frame. Dropped before
+/// that (its sender cancelled), it fails the connection, since the message can never end.
+struct FragmentedSend<'a> {
+    conn: &'a Connection,
+    kind: MessageKind,
+    owner: u64,
+    started: bool,
+}
+
+impl FragmentedSend<'_> {
+    async fn send(&mut self, data: &[u8], fin: bool) -> Result<()> {
+        let (kind, owner) = (self.kind, self.owner);
+        self.conn
+            .send_as(Sender::Fragment(owner), |sh| {
+                sh.proto.send_fragment(kind, data, fin)?;
+                sh.fragmented_sender = (!fin).then_some(owner);
+                Ok(())
+            })
+            .await?;
+        self.started = !fin;
+        Ok(())
+    }
+}
+
+impl Drop for FragmentedSend<'_> {
+    fn drop(&mut self) {
+        if !self.started {
+            return;
+        }
+        {
+            let mut sh = self.conn.inner.lock();
+            if sh.fragmented_sender == Some(self.owner) {
+                sh.fragmented_sender = None;
+            }
+        }
+        self.conn
+            .fail(CloseCode::INTERNAL_ERROR, "fragmented message interrupted");
+        self.conn.inner.writers.notify_waiters();
+    }
+}
+
 /// The answer to a ping: resolves to the round-trip time when the pong arrives, or to
 /// [`Error::ConnectionClosed`] if the connection ends first.
 pub struct Pong {
@@ -726,7 +993,7 @@ fn dispatch(inner: &Inner, mut sh: MutexGuard<'_, Shared>) {
     while let Some(event) = sh.proto.poll_event() {
         match event {
             Event::Message(m) => {
-                sh.queue.push_back(m);
+                sh.queue.push_back(Item::Message(m));
                 wake_readers = true;
             }
             Event::Pong {
@@ -744,8 +1011,8 @@ fn dispatch(inner: &Inner, mut sh: MutexGuard<'_, Shared>) {
             }
             Event::Close(_) => wake_readers = true,
             Event::Fragment(f) => {
-                // The tokio front end delivers whole messages; stream_fragments is off.
-                tracing::warn!(target: "sockeye", "unexpected fragment of {} bytes", f.data.len());
+                sh.queue.push_back(Item::Fragment(f));
+                wake_readers = true;
             }
             Event::Ping(_) | Event::Pong { .. } | Event::Request(_) | Event::Response(_) => {}
         }

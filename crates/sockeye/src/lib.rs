@@ -62,11 +62,11 @@ pub use sockeye_proto as proto;
 
 pub use client::{connect, ClientBuilder};
 pub use connection::{
-    binary, broadcast, text, ClientConnection, Connection, Pong, ServerConnection,
+    binary, broadcast, text, ClientConnection, Connection, Fragments, Pong, ServerConnection,
 };
 pub use error::{Closed, Error, Result};
 pub use hub::{Hub, Published};
-pub use proto::{CloseCode, CloseFrame, Message, MessageKind, State};
+pub use proto::{CloseCode, CloseFrame, Fragment, Message, MessageKind, State};
 pub use server::{
     respond, serve, BoxError, ProcessRequest, ProcessResponse, Server, ServerBuilder,
 };

@@ -280,6 +280,9 @@ async fn handle_connection<H, Fut>(
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
     let mut proto = Protocol::server(shared.config.clone());
+    // Stream mode from the start, so that messages pipelined with the handshake are
+    // fragments too (see Connection::new).
+    proto.set_stream_fragments(true);
     // Boxed: the handshake's buffers are freed when it completes instead of staying in the
     // task's future for the life of the connection.
     let opened = Box::pin(server_handshake(&mut stream, &mut proto, shared, server)).await;

@@ -1223,3 +1223,280 @@ async fn message_over_max_size_closes_with_1009() {
         guard("server close", server.close()).await;
     }
 }
+
+// ----- 17. Streaming: fragments in, fragments out ---------------------------------------------
+
+/// A stream of fragments fed by the test through a channel.
+fn fed_stream(
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> impl futures_util::Stream<Item = Vec<u8>> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A server whose handler takes each message with `recv_streaming` and reports every
+/// fragment, then `None` at the end of each message.
+async fn streaming_server() -> (
+    Server,
+    String,
+    mpsc::UnboundedReceiver<Option<sockeye::Fragment>>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .serve("127.0.0.1:0", move |ws: Connection| {
+            let tx = tx.clone();
+            async move {
+                loop {
+                    let mut fragments = ws.recv_streaming()?;
+                    let mut any = false;
+                    while let Some(f) = fragments.next().await? {
+                        any = true;
+                        let _ = tx.send(Some(f));
+                    }
+                    if !any {
+                        return Ok(());
+                    }
+                    let _ = tx.send(None);
+                }
+            }
+        })
+        .await
+        .unwrap();
+    let uri = uri_of(&server);
+    (server, uri, rx)
+}
+
+#[tokio::test]
+async fn recv_streaming_hands_out_fragments_as_they_arrive() {
+    for compression in [false, true] {
+        let (server, uri, mut got) = streaming_server().await;
+        let ws = ClientBuilder::default()
+            .compression(compression)
+            .connect(&uri)
+            .await
+            .unwrap();
+        let (feed, rx) = mpsc::unbounded_channel();
+        let sender = {
+            let ws = ws.clone();
+            tokio::spawn(async move {
+                ws.send_fragmented_stream(MessageKind::Text, fed_stream(rx))
+                    .await
+            })
+        };
+        // "κόσμε" cut inside its first character: fragments need not end on a boundary.
+        let text = "aκόσμε";
+        let bytes = text.as_bytes();
+        feed.send(bytes[..2].to_vec()).unwrap();
+        // The server has the first fragment while the message is still open.
+        let first = guard("first fragment", got.recv()).await.unwrap().unwrap();
+        assert!(first.first && !first.fin, "{first:?}");
+        assert_eq!(first.kind, MessageKind::Text);
+        assert_eq!(&first.data[..], &bytes[..2]);
+        feed.send(bytes[2..].to_vec()).unwrap();
+        let second = guard("second fragment", got.recv()).await.unwrap().unwrap();
+        assert!(!second.first && !second.fin, "{second:?}");
+        assert_eq!(&second.data[..], &bytes[2..]);
+        drop(feed);
+        let last = guard("last fragment", got.recv()).await.unwrap().unwrap();
+        assert!(last.fin && last.data.is_empty(), "{last:?}");
+        assert!(guard("end of message", got.recv()).await.unwrap().is_none());
+        guard("sender", sender).await.unwrap().unwrap();
+
+        // A whole message comes as one fragment.
+        ws.send("whole").await.unwrap();
+        let one = guard("whole message", got.recv()).await.unwrap().unwrap();
+        assert!(one.first && one.fin && &one.data[..] == b"whole", "{one:?}");
+        assert!(guard("end of message", got.recv()).await.unwrap().is_none());
+        ws.close(CloseCode::NORMAL, "").await.unwrap();
+        guard("server close", server.close()).await;
+    }
+}
+
+#[tokio::test]
+async fn recv_streaming_and_recv_share_the_receiving_side() {
+    let (feed_tx, feed_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let feed_rx = Arc::new(Mutex::new(Some(feed_rx)));
+    // The server sends one fragmented message fed by the test, then "next".
+    let server = Server::builder()
+        .serve("127.0.0.1:0", move |ws: Connection| {
+            let rx = feed_rx.lock().unwrap().take();
+            async move {
+                if let Some(rx) = rx {
+                    ws.send_fragmented_stream(MessageKind::Binary, fed_stream(rx))
+                        .await?;
+                    ws.send("next").await?;
+                    ws.send_fragmented(MessageKind::Binary, [&b"x"[..], b"y", b"z"])
+                        .await?;
+                    ws.send("last").await?;
+                }
+                ws.wait_closed().await;
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+    feed_tx.send(b"abc".to_vec()).unwrap();
+    // A recv cancelled in the middle of the message keeps what it had received...
+    let partial = timeout(Duration::from_millis(200), ws.recv()).await;
+    assert!(partial.is_err(), "recv returned before the message ended");
+    feed_tx.send(b"def".to_vec()).unwrap();
+    // ...and recv_streaming hands it out first, as one fragment.
+    let mut fragments = ws.recv_streaming().unwrap();
+    assert!(matches!(ws.recv().await, Err(Error::ConcurrentRecv)));
+    assert!(matches!(ws.recv_streaming(), Err(Error::ConcurrentRecv)));
+    let mut data = Vec::new();
+    let first = guard("first", fragments.next()).await.unwrap().unwrap();
+    assert!(first.first && !first.fin);
+    data.extend_from_slice(&first.data);
+    while data.len() < 6 {
+        let f = guard("more", fragments.next()).await.unwrap().unwrap();
+        assert!(!f.first);
+        data.extend_from_slice(&f.data);
+    }
+    assert_eq!(data, b"abcdef");
+    drop(feed_tx);
+    let last = guard("last", fragments.next()).await.unwrap().unwrap();
+    assert!(last.fin);
+    assert!(guard("end", fragments.next()).await.unwrap().is_none());
+    drop(fragments);
+    assert_eq!(ws.recv().await.unwrap(), Some(Message::from("next")));
+    // Dropping Fragments in the middle of a message drops the rest of it.
+    let mut fragments = ws.recv_streaming().unwrap();
+    let x = guard("x", fragments.next()).await.unwrap().unwrap();
+    assert_eq!(&x.data[..], b"x");
+    drop(fragments);
+    assert_eq!(
+        guard("after the dropped rest", ws.recv()).await.unwrap(),
+        Some(Message::from("last"))
+    );
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    guard("server close", server.close()).await;
+}
+
+#[tokio::test]
+async fn other_senders_wait_for_a_fragmented_message_but_pings_do_not() {
+    let (server, uri) = echo_server(Server::builder()).await;
+    let ws = sockeye::connect(&uri).await.unwrap();
+    let (feed, rx) = mpsc::unbounded_channel();
+    let fragmented = {
+        let ws = ws.clone();
+        tokio::spawn(async move {
+            ws.send_fragmented_stream(MessageKind::Text, fed_stream(rx))
+                .await
+        })
+    };
+    feed.send(b"part one, ".to_vec()).unwrap();
+    // Wait until the first fragment is out (the pong proves the frames before it left).
+    let pong = guard("ping while the message is open", ws.ping())
+        .await
+        .unwrap();
+    guard("pong while the message is open", pong).await.unwrap();
+    let whole = {
+        let ws = ws.clone();
+        tokio::spawn(async move { ws.send("sent meanwhile").await })
+    };
+    feed.send(b"part two".to_vec()).unwrap();
+    drop(feed);
+    guard("fragmented", fragmented).await.unwrap().unwrap();
+    guard("whole", whole).await.unwrap().unwrap();
+    // The echo server got the fragmented message whole, and the other one after it.
+    assert_eq!(
+        guard("echo 1", ws.recv()).await.unwrap(),
+        Some(Message::from("part one, part two"))
+    );
+    assert_eq!(
+        guard("echo 2", ws.recv()).await.unwrap(),
+        Some(Message::from("sent meanwhile"))
+    );
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    guard("server close", server.close()).await;
+}
+
+#[tokio::test]
+async fn a_fragmented_send_cancelled_midway_fails_the_connection_with_1011() {
+    let (server, uri) = echo_server(Server::builder()).await;
+    let ws = sockeye::connect(&uri).await.unwrap();
+    let (feed, rx) = mpsc::unbounded_channel();
+    let fragmented = {
+        let ws = ws.clone();
+        tokio::spawn(async move {
+            ws.send_fragmented_stream(MessageKind::Binary, fed_stream(rx))
+                .await
+        })
+    };
+    feed.send(vec![1, 2, 3]).unwrap();
+    let pong = guard("ping", ws.ping()).await.unwrap();
+    guard("pong", pong).await.unwrap();
+    fragmented.abort();
+    let _ = fragmented.await;
+    match guard("recv after the cancelled send", ws.recv()).await {
+        Err(Error::ConnectionClosed(closed)) => {
+            assert_eq!(
+                closed.sent.as_ref().map(|f| f.code),
+                Some(CloseCode::INTERNAL_ERROR),
+                "{closed}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    guard("server close", server.close()).await;
+}
+
+#[tokio::test]
+async fn a_connection_closed_in_the_middle_of_a_streamed_message_is_an_error() {
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _ = addr_tx.send(listener.local_addr().unwrap());
+    let addr = addr_rx.await.unwrap();
+    // A raw server: a binary frame without FIN, then a close frame (allowed between
+    // fragments), then nothing.
+    let peer = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        while find(&buf, b"\r\n\r\n").is_none() {
+            stream.read_buf(&mut buf).await.unwrap();
+        }
+        let head = String::from_utf8_lossy(&buf).to_string();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("sec-websocket-key: ")
+                    .or(l.strip_prefix("Sec-WebSocket-Key: "))
+            })
+            .unwrap()
+            .trim()
+            .to_owned();
+        let accept = sockeye::proto::handshake::accept_key(key.as_bytes());
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        stream.write_all(response.as_bytes()).await.unwrap();
+        stream
+            .write_all(&[0x02, 0x03, b'a', b'b', b'c'])
+            .await
+            .unwrap();
+        stream.write_all(&[0x88, 0x02, 0x03, 0xe8]).await.unwrap();
+        // The client's masked close frame (8 bytes), then the server closes TCP first.
+        let mut close = [0u8; 8];
+        guard("client close frame", stream.read_exact(&mut close))
+            .await
+            .unwrap();
+        assert_eq!(close[0], 0x88);
+    });
+    let ws = sockeye::connect(&format!("ws://{addr}/")).await.unwrap();
+    let mut fragments = ws.recv_streaming().unwrap();
+    let first = guard("first", fragments.next()).await.unwrap().unwrap();
+    assert_eq!(&first.data[..], b"abc");
+    match guard("after the close", fragments.next()).await {
+        Err(Error::ConnectionClosed(closed)) => {
+            assert_eq!(
+                closed.received.as_ref().map(|f| f.code),
+                Some(CloseCode::NORMAL)
+            )
+        }
+        other => panic!("a message cut by the close must be an error: {other:?}"),
+    }
+    drop(fragments);
+    guard("peer", peer).await.unwrap();
+}
