@@ -44,15 +44,12 @@ enum Command {
         #[arg(long, default_value_t = 20.0)]
         ping_interval: f64,
     },
-    /// Connect to a server: each line of standard input is sent as a text message, each
-    /// message received is printed (`< TEXT`, binary as hex).
-    Connect {
-        /// The URI, ws://HOST[:PORT]/PATH.
-        uri: String,
-        /// Extra header for the handshake, `Name: value` (repeatable).
-        #[arg(short = 'H', long = "header")]
-        headers: Vec<String>,
-    },
+    /// Connect to a server: an interactive client on a terminal, else stdin lines are sent.
+    ///
+    /// On a terminal, a `> ` prompt with line editing; otherwise each line of standard input
+    /// is sent. Messages received are printed (`< TEXT`, binary as hex); lines starting with
+    /// `/` are commands (/ping, /close, /binary, /help).
+    Connect(connect::ConnectArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,7 +96,7 @@ fn main() -> ExitCode {
                     .ping_interval(interval);
                 serve::serve(builder, &addr, echo).await
             }
-            Command::Connect { uri, headers } => connect::connect(&uri, &headers).await,
+            Command::Connect(args) => connect::connect(args).await,
         }
     });
     match result {

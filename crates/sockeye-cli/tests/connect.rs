@@ -1,0 +1,553 @@
+//! `sockeye connect` run as a process: driven through standard input, and interactively on a
+//! pseudo-terminal. The servers are `sockeye serve --echo` processes, or a sockeye server
+//! inside the test when it must select a subprotocol, see headers or push messages.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sockeye::{Connection, Message};
+
+const SOCKEYE: &str = env!("CARGO_BIN_EXE_sockeye");
+
+/// A `sockeye serve --echo` process, killed on drop.
+struct Served {
+    child: Child,
+    addr: String,
+}
+
+impl Served {
+    fn echo() -> Served {
+        let mut child = Command::new(SOCKEYE)
+            .args(["serve", "--echo", "127.0.0.1:0"])
+            .env("RUST_LOG", "sockeye=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
+            if let Some(rest) = line.split(" on ws://").nth(1) {
+                break rest.split('/').next().unwrap().to_owned();
+            }
+        };
+        // Keep draining stderr so that the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while stderr.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        Served { child, addr }
+    }
+
+    fn uri(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sockeye server inside the test, on its own runtime: selects the subprotocol "chat",
+/// records the handshake headers and the text messages received, echoes them, fails the
+/// connection (1011) on "fail", and sends what [`TestServer::push`] is given.
+struct TestServer {
+    addr: String,
+    headers: Arc<Mutex<Vec<http::HeaderMap>>>,
+    received: Arc<Mutex<Vec<String>>>,
+    push: tokio::sync::broadcast::Sender<String>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TestServer {
+    fn start() -> TestServer {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let headers = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (push, _) = tokio::sync::broadcast::channel(16);
+        let server = runtime.block_on({
+            let headers = headers.clone();
+            let received = received.clone();
+            let push = push.clone();
+            async move {
+                sockeye::Server::builder()
+                    .subprotocols(["chat"])
+                    .process_request(move |request| {
+                        headers.lock().unwrap().push(request.headers().clone());
+                        None
+                    })
+                    .serve("127.0.0.1:0", move |ws| {
+                        handle(ws, received.clone(), push.subscribe())
+                    })
+                    .await
+                    .unwrap()
+            }
+        });
+        let addr = server.local_addr().unwrap().to_string();
+        TestServer {
+            addr,
+            headers,
+            received,
+            push,
+            runtime: Some(runtime),
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    fn push(&self, text: &str) {
+        self.push.send(text.to_owned()).unwrap();
+    }
+
+    /// Waits (bounded) until the server has received `count` text messages; returns them.
+    fn received(&self, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.received.lock().unwrap().clone();
+            if got.len() >= count || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+async fn handle(
+    ws: Connection,
+    received: Arc<Mutex<Vec<String>>>,
+    mut push: tokio::sync::broadcast::Receiver<String>,
+) -> Result<(), sockeye::BoxError> {
+    loop {
+        tokio::select! {
+            message = ws.recv() => {
+                let Some(message) = message? else { return Ok(()) };
+                if let Message::Text(text) = &message {
+                    received.lock().unwrap().push(text.as_str().to_owned());
+                    if text.as_str() == "fail" {
+                        return Err("asked to fail".into());
+                    }
+                }
+                ws.send(message).await?;
+            }
+            pushed = push.recv() => {
+                if let Ok(text) = pushed {
+                    ws.send(text).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `sockeye connect ARGS` with `input` on stdin, keeps stdin open until `replies` lines
+/// were printed on stdout, then closes it. Returns (exit status ok, stdout, stderr).
+fn run(args: &[&str], input: &str, replies: usize) -> (bool, String, String) {
+    let mut child = Command::new(SOCKEYE)
+        .arg("connect")
+        .args(args)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut line = String::new();
+        let mut seen = 0;
+        while stdout.read_line(&mut line).unwrap_or(0) > 0 {
+            all.push_str(&line);
+            line.clear();
+            seen += 1;
+            if seen == replies {
+                let _ = tx.send(None);
+            }
+        }
+        let _ = tx.send(Some(all));
+    });
+    let mut out = None;
+    if replies > 0 {
+        // Either the replies came, or stdout ended (the connection ended) first.
+        out = rx.recv_timeout(Duration::from_secs(20)).expect("no reply");
+    }
+    drop(stdin);
+    let output = wait_with_timeout(child, Duration::from_secs(20));
+    let stdout = match out {
+        Some(all) => all,
+        None => rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .unwrap_or_default(),
+    };
+    (
+        output.status.success(),
+        stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs `sockeye connect ARGS` with `input` on stdin, which stays open until the client exits
+/// by itself (the server ends the connection). Returns (exit status ok, stdout, stderr).
+fn run_until_closed(args: &[&str], input: &str) -> (bool, String, String) {
+    let mut child = Command::new(SOCKEYE)
+        .arg("connect")
+        .args(args)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    let output = wait_with_timeout(child, Duration::from_secs(20));
+    drop(stdin);
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ----- Driven through standard input ---------------------------------------------------------
+
+#[test]
+fn ping_command_prints_a_pong_line() {
+    let server = Served::echo();
+    let (ok, stdout, stderr) = run(&[&server.uri()], "/ping\n/ping hello\n", 2);
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for line in lines {
+        let ms = line
+            .strip_prefix("< PONG (")
+            .and_then(|l| l.strip_suffix(" ms)"))
+            .unwrap_or_else(|| panic!("not a pong line: {line:?}"));
+        assert!(ms.parse::<f64>().unwrap() >= 0.0, "{line}");
+    }
+    assert!(stderr.contains("Connection closed: 1000 (OK)."), "{stderr}");
+}
+
+#[test]
+fn close_command_closes_with_its_code_and_reason() {
+    let server = Served::echo();
+    let (ok, stdout, stderr) = run(&[&server.uri()], "/close 4000 bye now\nnot sent\n", 0);
+    // 4000 is not a normal close: non-zero exit status.
+    assert!(!ok, "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("Connection closed: 4000 (private use) bye now."),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn close_command_with_1000_exits_zero() {
+    let server = Served::echo();
+    let (ok, _, stderr) = run(&[&server.uri()], "/close 1000 done\n", 0);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Connection closed: 1000 (OK) done."),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_commands_are_reported_and_the_connection_stays_open() {
+    let server = Served::echo();
+    let input = "/close 999\n/close 1006\n/close x\n/binary 0\n/nope\nstill here\n";
+    let (ok, stdout, stderr) = run(&[&server.uri()], input, 1);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "< still here\n");
+    assert!(stderr.contains("invalid close code 999"), "{stderr}");
+    assert!(stderr.contains("invalid close code 1006"), "{stderr}");
+    assert!(stderr.contains("invalid close code \"x\""), "{stderr}");
+    assert!(
+        stderr.contains("/binary: odd number of hex digits"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown command /nope"), "{stderr}");
+    assert!(stderr.contains("Connection closed: 1000 (OK)."), "{stderr}");
+}
+
+#[test]
+fn double_slash_sends_a_line_starting_with_slash() {
+    let server = Served::echo();
+    let (ok, stdout, stderr) = run(&[&server.uri()], "//x\n// y\n", 2);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "< /x\n< / y\n");
+}
+
+#[test]
+fn binary_command_sends_bytes_printed_back_as_hex() {
+    let server = Served::echo();
+    let (ok, stdout, stderr) = run(&[&server.uri()], "/binary 0a0B ff\n", 1);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "< (binary) 0a 0b ff\n");
+}
+
+#[test]
+fn help_command_lists_the_commands() {
+    let server = Served::echo();
+    let (ok, _, stderr) = run(&[&server.uri()], "/help\n", 0);
+    assert!(ok, "{stderr}");
+    for command in ["/ping", "/close", "/binary", "//TEXT", "/help"] {
+        assert!(stderr.contains(command), "{command} missing: {stderr}");
+    }
+}
+
+#[test]
+fn subprotocol_selected_by_the_server_is_printed() {
+    let server = TestServer::start();
+    let uri = server.uri();
+    let args = ["--subprotocol", "other", "--subprotocol", "chat", &uri];
+    let (ok, stdout, stderr) = run(&args, "hi\n", 1);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "< hi\n");
+    assert!(stderr.contains("Subprotocol: chat."), "{stderr}");
+    let headers = server.headers.lock().unwrap();
+    let offered = headers[0]["sec-websocket-protocol"].to_str().unwrap();
+    assert_eq!(offered.replace(' ', ""), "other,chat");
+}
+
+#[test]
+fn header_option_reaches_the_server() {
+    let server = TestServer::start();
+    let uri = server.uri();
+    let args = ["-H", "X-Token: s3cret", "--header", "x-other:two", &uri];
+    let (ok, _, stderr) = run(&args, "", 0);
+    assert!(ok, "{stderr}");
+    let headers = server.headers.lock().unwrap();
+    assert_eq!(headers.len(), 1);
+    assert_eq!(headers[0]["x-token"], "s3cret");
+    assert_eq!(headers[0]["x-other"], "two");
+    // Not offered, so none was selected, and nothing is printed about it.
+    assert!(!stderr.contains("Subprotocol"), "{stderr}");
+}
+
+#[test]
+fn invalid_header_is_refused() {
+    let (ok, _, stderr) = run(&["-H", "no colon", "ws://127.0.0.1:9/"], "", 0);
+    assert!(!ok);
+    assert!(stderr.contains("expected 'Name: value'"), "{stderr}");
+}
+
+#[test]
+fn server_error_close_exits_non_zero() {
+    let server = TestServer::start();
+    let (ok, stdout, stderr) = run_until_closed(&[&server.uri()], "fail\n");
+    assert!(!ok, "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("Connection closed: 1011 (internal error)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn connection_lost_exits_non_zero_with_1006_while_input_is_open() {
+    let mut server = Served::echo();
+    let mut child = Command::new(SOCKEYE)
+        .args(["connect", &server.uri()])
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"ping\n").unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "< ping\n");
+    // The server dies without a closing handshake; stdin stays open all along.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let output = wait_with_timeout(child, Duration::from_secs(20));
+    drop(stdin);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Connection closed: 1006 (abnormal closure)."),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn max_size_and_no_compression_options() {
+    let server = Served::echo();
+    let uri = server.uri();
+    // A reply within the limit, then one over it: the client fails the connection (1009).
+    let (ok, stdout, stderr) = run_until_closed(
+        &["--no-compression", "--max-size", "16", &uri],
+        "short\nthis line is longer than sixteen bytes\n",
+    );
+    assert_eq!(stdout, "< short\n");
+    assert!(!ok, "{stderr}");
+    // The client failed the connection: it sent 1009 and received no close frame.
+    assert!(
+        stderr.contains("Connection closed: 1006 (abnormal closure); sent 1009 (message too big)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wss_reports_that_tls_is_not_built_yet() {
+    let (ok, _, stderr) = run(&["--insecure", "wss://127.0.0.1:9/"], "", 0);
+    assert!(!ok);
+    assert!(stderr.contains("TLS support not built"), "{stderr}");
+}
+
+// ----- Interactive, on a pseudo-terminal --------------------------------------------------------
+
+#[cfg(unix)]
+mod pty {
+    use super::*;
+    use rexpect::process::WaitStatus;
+    use rexpect::session::PtySession;
+
+    fn spawn(uri: &str) -> PtySession {
+        let mut cmd = Command::new(SOCKEYE);
+        cmd.args(["connect", uri])
+            .env("RUST_LOG", "off")
+            .env("TERM", "xterm");
+        rexpect::session::spawn_command(cmd, Some(10_000)).unwrap()
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    fn exit_code(p: &PtySession) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match p.process().status() {
+                Some(WaitStatus::Exited(_, code)) => return code,
+                Some(WaitStatus::StillAlive) | None => {}
+                Some(other) => panic!("not exited normally: {other:?}"),
+            }
+            assert!(Instant::now() < deadline, "the client did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn typed_lines_are_sent_and_a_pushed_message_keeps_the_partial_line() {
+        let server = TestServer::start();
+        let mut p = spawn(&server.uri());
+        p.exp_string("Connected to").unwrap();
+        p.exp_string("> ").unwrap();
+        p.send("first line\r").unwrap();
+        p.flush().unwrap();
+        p.exp_string("< first line").unwrap();
+        p.exp_string("> ").unwrap();
+
+        // Half a line on screen, then the server speaks.
+        p.send("partial").unwrap();
+        p.flush().unwrap();
+        p.exp_string("partial").unwrap();
+        server.push("pushed by the server");
+        p.exp_string("< pushed by the server").unwrap();
+        // Printed above the prompt, which is drawn again with the partial line.
+        p.exp_regex(r"> (\x1b\[[0-9;?]*[A-Za-z])*partial").unwrap();
+
+        // The partial line was kept: finishing it sends the whole line.
+        p.send(" line\r").unwrap();
+        p.flush().unwrap();
+        p.exp_string("< partial line").unwrap();
+        assert_eq!(server.received(2), ["first line", "partial line"]);
+
+        // History: Up brings the last line back.
+        p.send("\x1b[A\r").unwrap();
+        p.flush().unwrap();
+        p.exp_string("< partial line").unwrap();
+        assert_eq!(server.received(3).len(), 3);
+
+        // Ctrl-D on an empty line: closing handshake, 1000, exit status 0.
+        p.send_control('d').unwrap();
+        p.exp_string("Connection closed: 1000 (OK).").unwrap();
+        assert_eq!(exit_code(&p), 0);
+    }
+
+    #[test]
+    fn commands_work_at_the_prompt() {
+        let server = Served::echo();
+        let mut p = spawn(&server.uri());
+        p.exp_string("> ").unwrap();
+        p.send("/ping\r").unwrap();
+        p.flush().unwrap();
+        p.exp_regex(r"< PONG \([0-9.]+ ms\)").unwrap();
+        p.send("/binary 01ff\r").unwrap();
+        p.flush().unwrap();
+        p.exp_string("< (binary) 01 ff").unwrap();
+        p.send("/close 4001 over\r").unwrap();
+        p.flush().unwrap();
+        p.exp_string("Connection closed: 4001 (private use) over.")
+            .unwrap();
+        assert_ne!(exit_code(&p), 0);
+    }
+
+    #[test]
+    fn ctrl_c_closes_cleanly() {
+        let server = Served::echo();
+        let mut p = spawn(&server.uri());
+        p.exp_string("> ").unwrap();
+        p.send("typed but not sent").unwrap();
+        p.flush().unwrap();
+        p.exp_string("typed but not sent").unwrap();
+        p.send_control('c').unwrap();
+        p.exp_string("Connection closed: 1000 (OK).").unwrap();
+        assert_eq!(exit_code(&p), 0);
+    }
+
+    #[test]
+    fn server_failure_while_at_the_prompt_exits_non_zero() {
+        let server = TestServer::start();
+        let mut p = spawn(&server.uri());
+        p.exp_string("> ").unwrap();
+        p.send("fail\r").unwrap();
+        p.flush().unwrap();
+        // The connection ends while the editor waits at the prompt: the client still exits.
+        p.exp_string("Connection closed: 1011 (internal error)")
+            .unwrap();
+        assert_eq!(exit_code(&p), 1);
+    }
+}
