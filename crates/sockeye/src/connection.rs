@@ -16,7 +16,6 @@
 //! Every protocol rule lives in the core; this module only moves bytes and wakes tasks.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -35,9 +34,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::{Closed, Error, Result};
 use crate::proto::{
-    self, Assembler, CloseCode, Event, Fragment, Message, MessageKind, PingId, PreparedMessage,
-    Protocol, Side, State,
+    self, CloseCode, Event, Fragment, Message, MessageKind, PingId, PreparedMessage, Protocol,
+    Side, State,
 };
+use crate::queue::{FragmentsState, Inbox, Item, Sender};
 
 /// Per-connection settings that belong to the front end rather than the core.
 #[derive(Debug, Clone, Copy)]
@@ -66,18 +66,9 @@ pub(crate) struct Info {
     pub(crate) subprotocol: Option<String>,
 }
 
-/// What the driver hands to `recv`: the core runs in stream mode (so that any message may be
-/// taken fragment by fragment), but messages that arrived with the handshake are whole.
-enum Item {
-    Message(Message),
-    Fragment(Fragment),
-}
-
 struct Shared {
     proto: Protocol,
-    queue: VecDeque<Item>,
-    /// Joins fragments for `recv`; holds a message in progress across cancelled `recv`s.
-    assembler: Assembler,
+    queue: Inbox,
     /// The `send_fragmented` call whose message is being sent: other senders wait for it.
     fragmented_sender: Option<u64>,
     ping_waiters: Vec<(PingId, oneshot::Sender<Duration>)>,
@@ -282,8 +273,7 @@ impl Connection {
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared {
                 proto,
-                queue: VecDeque::new(),
-                assembler: Assembler::new(),
+                queue: Inbox::default(),
                 fragmented_sender: None,
                 ping_waiters: Vec::new(),
                 inflight: 0,
@@ -333,19 +323,7 @@ impl Connection {
         }
         let _busy = BusyGuard(&self.inner.recv_busy);
         let got = self
-            .next_item(|sh| {
-                while let Some(item) = sh.queue.pop_front() {
-                    match item {
-                        Item::Message(m) => return Some(Ok(m)),
-                        Item::Fragment(f) => match sh.assembler.push(f) {
-                            Ok(Some(m)) => return Some(Ok(m)),
-                            Ok(None) => {}
-                            Err(_) => return Some(Err(proto::Error::InvalidUtf8.into())),
-                        },
-                    }
-                }
-                None
-            })
+            .next_item(|sh| sh.queue.take_message().map(|r| r.map_err(Error::from)))
             .await;
         match got {
             Ok(message) => message.map(Some),
@@ -515,11 +493,7 @@ impl Connection {
                     return Err(Error::ConnectionClosed(closed_of(&sh)));
                 }
                 let pending = sh.proto.pending_output_len() + sh.inflight;
-                let turn = match (sender, sh.fragmented_sender) {
-                    (_, None) | (Sender::Control, _) => true,
-                    (Sender::Fragment(me), Some(owner)) => me == owner,
-                    (Sender::Message, Some(_)) => false,
-                };
+                let turn = sender.may_send(sh.fragmented_sender);
                 if turn && pending <= self.inner.limits.write_limit {
                     let was_idle = sh.proto.pending_output_len() == 0;
                     sh.proto.handle_timeout(Instant::now().into_std());
@@ -753,16 +727,6 @@ pub struct Fragments<'a> {
     state: FragmentsState,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FragmentsState {
-    /// No fragment handed out yet.
-    Start,
-    /// Inside the message.
-    Within,
-    /// The last fragment was handed out.
-    Done,
-}
-
 impl Fragments<'_> {
     /// The next fragment of the message, as soon as it arrives; `Ok(None)` after the last
     /// one (`fin`), or when the connection closed normally before another message began.
@@ -777,36 +741,7 @@ impl Fragments<'_> {
         let state = &mut self.state;
         let got = self
             .conn
-            .next_item(|sh| {
-                if *state == FragmentsState::Start {
-                    if let Some(partial) = sh.assembler.take_partial() {
-                        *state = FragmentsState::Within;
-                        return Some(partial);
-                    }
-                }
-                while let Some(item) = sh.queue.pop_front() {
-                    let fragment = match item {
-                        Item::Message(m) => Fragment {
-                            kind: m.kind(),
-                            data: m.into_bytes(),
-                            first: true,
-                            fin: true,
-                        },
-                        // The rest of a message whose start went to a dropped `Fragments`.
-                        Item::Fragment(f) if !f.first && *state == FragmentsState::Start => {
-                            continue
-                        }
-                        Item::Fragment(f) => f,
-                    };
-                    *state = if fragment.fin {
-                        FragmentsState::Done
-                    } else {
-                        FragmentsState::Within
-                    };
-                    return Some(fragment);
-                }
-                None
-            })
+            .next_item(|sh| sh.queue.take_fragment(state))
             .await;
         match got {
             Ok(fragment) => Ok(Some(fragment)),
@@ -822,17 +757,6 @@ impl std::fmt::Debug for Fragments<'_> {
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
-}
-
-/// Who is sending, for [`Connection::send_as`].
-#[derive(Debug, Clone, Copy)]
-enum Sender {
-    /// A whole message.
-    Message,
-    /// A fragment of the message with this id.
-    Fragment(u64),
-    /// A ping.
-    Control,
 }
 
 /// A fragmented message being sent: other senders wait until its last frame. Dropped before
@@ -993,7 +917,7 @@ fn dispatch(inner: &Inner, mut sh: MutexGuard<'_, Shared>) {
     while let Some(event) = sh.proto.poll_event() {
         match event {
             Event::Message(m) => {
-                sh.queue.push_back(Item::Message(m));
+                sh.queue.push(Item::Message(m));
                 wake_readers = true;
             }
             Event::Pong {
@@ -1011,7 +935,7 @@ fn dispatch(inner: &Inner, mut sh: MutexGuard<'_, Shared>) {
             }
             Event::Close(_) => wake_readers = true,
             Event::Fragment(f) => {
-                sh.queue.push_back(Item::Fragment(f));
+                sh.queue.push(Item::Fragment(f));
                 wake_readers = true;
             }
             Event::Ping(_) | Event::Pong { .. } | Event::Request(_) | Event::Response(_) => {}

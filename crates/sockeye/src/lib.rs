@@ -51,6 +51,7 @@ mod connection;
 mod error;
 pub mod hub;
 mod options;
+mod queue;
 mod server;
 pub mod sync;
 

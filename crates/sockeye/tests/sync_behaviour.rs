@@ -920,3 +920,131 @@ fn open_timeout_when_the_server_never_answers() {
     );
     drop(listener);
 }
+
+// ----- Streaming: fragments in, fragments out ---------------------------------------------
+
+/// A server whose one connection sends a binary message fragmented from `feed` (a blocking
+/// iterator: the test decides when each item exists), then "next", then x/y/z fragmented,
+/// then "last".
+fn fragmenting_server(feed: mpsc::Receiver<Vec<u8>>) -> (Server, String) {
+    let feed = std::sync::Mutex::new(Some(feed));
+    let server = Server::builder()
+        .serve("127.0.0.1:0", move |ws: Connection| {
+            if let Some(rx) = feed.lock().unwrap().take() {
+                ws.send_fragmented(MessageKind::Binary, rx.iter())?;
+                ws.send("next")?;
+                ws.send_fragmented(MessageKind::Binary, [&b"x"[..], b"y", b"z"])?;
+                ws.send("last")?;
+            }
+            ws.wait_closed();
+            Ok(())
+        })
+        .unwrap();
+    let uri = uri_of(&server);
+    (server, uri)
+}
+
+#[test]
+fn recv_streaming_hands_out_fragments_as_they_arrive() {
+    let (feed, rx) = mpsc::channel();
+    let (server, uri) = fragmenting_server(rx);
+    let ws = sync::connect(&uri).unwrap();
+    // One item ahead: the first frame leaves once the second item exists.
+    feed.send(b"abc".to_vec()).unwrap();
+    feed.send(b"def".to_vec()).unwrap();
+    let mut fragments = ws.recv_streaming().unwrap();
+    assert!(matches!(ws.recv(), Err(Error::ConcurrentRecv)));
+    let first = fragments.next_timeout(GUARD).unwrap().unwrap();
+    assert!(
+        first.first && !first.fin && &first.data[..] == b"abc",
+        "{first:?}"
+    );
+    // The message is still open: nothing more comes until the feed moves.
+    assert!(matches!(
+        fragments.next_timeout(Duration::from_millis(100)),
+        Some(Err(Error::RecvTimeout))
+    ));
+    feed.send(b"ghi".to_vec()).unwrap();
+    let second = fragments.next_timeout(GUARD).unwrap().unwrap();
+    assert!(!second.first && !second.fin && &second.data[..] == b"def");
+    drop(feed);
+    let last = fragments.next_timeout(GUARD).unwrap().unwrap();
+    assert!(last.fin && &last.data[..] == b"ghi", "{last:?}");
+    assert!(fragments.next().is_none());
+    drop(fragments);
+    assert_eq!(recv_guarded(&ws).unwrap(), Some(Message::from("next")));
+    // Dropping Fragments in the middle of a message drops the rest of it.
+    let mut fragments = ws.recv_streaming().unwrap();
+    let x = fragments.next_timeout(GUARD).unwrap().unwrap();
+    assert_eq!(&x.data[..], b"x");
+    drop(fragments);
+    assert_eq!(recv_guarded(&ws).unwrap(), Some(Message::from("last")));
+    ws.close(CloseCode::NORMAL, "").unwrap();
+    server.shutdown();
+}
+
+#[test]
+fn a_timed_out_recv_keeps_its_partial_message_for_recv_streaming() {
+    let (feed, rx) = mpsc::channel();
+    let (server, uri) = fragmenting_server(rx);
+    let ws = sync::connect(&uri).unwrap();
+    feed.send(b"abc".to_vec()).unwrap();
+    feed.send(b"def".to_vec()).unwrap();
+    // "abc" arrives; recv times out in the middle of the message...
+    assert!(matches!(
+        ws.recv_timeout(Duration::from_millis(300)),
+        Err(Error::RecvTimeout)
+    ));
+    drop(feed);
+    // ...and recv_streaming hands out what recv had, then the rest. (Whether "def" came
+    // before the timeout or not, the bytes add up.)
+    let mut data = Vec::new();
+    for (i, fragment) in ws.recv_streaming().unwrap().enumerate() {
+        let fragment = fragment.unwrap();
+        assert_eq!(fragment.first, i == 0);
+        data.extend_from_slice(&fragment.data);
+    }
+    assert_eq!(data, b"abcdef");
+    assert_eq!(recv_guarded(&ws).unwrap(), Some(Message::from("next")));
+    // recv joins fragmented messages as before.
+    assert_eq!(
+        recv_guarded(&ws).unwrap(),
+        Some(Message::Binary(bytes::Bytes::from_static(b"xyz")))
+    );
+    ws.close(CloseCode::NORMAL, "").unwrap();
+    server.shutdown();
+}
+
+#[test]
+fn other_senders_wait_for_a_fragmented_message_but_pings_do_not() {
+    let (server, uri) = echo_server(Server::builder());
+    let ws = sync::connect(&uri).unwrap();
+    let (feed, rx) = mpsc::channel::<Vec<u8>>();
+    let fragmented = {
+        let ws = ws.clone();
+        std::thread::spawn(move || ws.send_fragmented(MessageKind::Text, rx.iter()))
+    };
+    feed.send(b"part one, ".to_vec()).unwrap();
+    feed.send(b"part two".to_vec()).unwrap();
+    // The first fragment is out once the ping that follows it is answered.
+    let started = Instant::now();
+    ws.ping().unwrap().wait(GUARD).unwrap();
+    assert!(started.elapsed() < GUARD);
+    let whole = {
+        let ws = ws.clone();
+        std::thread::spawn(move || ws.send("sent meanwhile"))
+    };
+    drop(feed);
+    fragmented.join().unwrap().unwrap();
+    whole.join().unwrap().unwrap();
+    assert_eq!(
+        recv_guarded(&ws).unwrap(),
+        Some(Message::from("part one, part two"))
+    );
+    assert_eq!(
+        recv_guarded(&ws).unwrap(),
+        Some(Message::from("sent meanwhile"))
+    );
+    ws.close(CloseCode::NORMAL, "").unwrap();
+    server.shutdown();
+}

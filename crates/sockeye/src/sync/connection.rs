@@ -19,7 +19,6 @@
 //!
 //! Every protocol rule lives in the core; this module only moves bytes and wakes threads.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,15 +31,19 @@ use http::{Request, Response};
 use crate::connection::{Info, Limits};
 use crate::error::{Closed, Error, Result};
 use crate::proto::{
-    self, CloseCode, Event, Message, MessageKind, PingId, PreparedMessage, Protocol, Side, State,
+    self, CloseCode, Event, Fragment, Message, MessageKind, PingId, PreparedMessage, Protocol,
+    Side, State,
 };
+use crate::queue::{FragmentsState, Inbox, Item, Sender};
 
 /// Size of the I/O thread's read buffer.
 const READ_BUF: usize = 16 * 1024;
 
 struct Shared {
     proto: Protocol,
-    queue: VecDeque<Message>,
+    queue: Inbox,
+    /// The fragmented message being sent (`send_fragmented`): other senders wait for it.
+    fragmented_sender: Option<u64>,
     /// Pings sent by [`Connection::ping`], with the round-trip time once answered.
     pings: Vec<(PingId, Option<Duration>)>,
     /// Bytes taken from the core by the writing thread and not written yet.
@@ -116,7 +119,7 @@ impl Inner {
         while let Some(event) = sh.proto.poll_event() {
             match event {
                 Event::Message(m) => {
-                    sh.queue.push_back(m);
+                    sh.queue.push(Item::Message(m));
                     notify = true;
                 }
                 Event::Pong {
@@ -132,7 +135,8 @@ impl Inner {
                 }
                 Event::Close(_) => notify = true,
                 Event::Fragment(f) => {
-                    tracing::warn!(target: "sockeye", "unexpected fragment of {} bytes", f.data.len());
+                    sh.queue.push(Item::Fragment(f));
+                    notify = true;
                 }
                 Event::Ping(_) | Event::Pong { .. } | Event::Request(_) | Event::Response(_) => {}
             }
@@ -390,10 +394,14 @@ impl Connection {
         let writer = stream.try_clone()?;
         // Reads time out at the core's deadlines; writes block (backpressure).
         stream.set_write_timeout(None)?;
+        let mut proto = proto;
+        // Data frames come as fragments: `recv` joins them, `recv_streaming` hands them out.
+        proto.set_stream_fragments(true);
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared {
                 proto,
-                queue: VecDeque::new(),
+                queue: Inbox::default(),
+                fragmented_sender: None,
                 pings: Vec::new(),
                 inflight: 0,
                 done: false,
@@ -453,22 +461,67 @@ impl Connection {
             return Err(Error::ConcurrentRecv);
         }
         let _busy = BusyGuard(&self.inner.recv_busy);
+        match self.next_item(until, |sh| sh.queue.take_message())? {
+            Ok(Some(message)) => Ok(Some(message?)),
+            Ok(None) => Ok(None),
+            Err(closed) if closed.is_ok() => Ok(None),
+            Err(closed) => Err(Error::ConnectionClosed(closed)),
+        }
+    }
+
+    /// Receives the next message fragment by fragment, as its frames arrive, instead of
+    /// waiting for all of it (python-websockets' `recv_streaming`); iterate over the
+    /// returned [`Fragments`].
+    ///
+    /// Holds the receiving side like [`recv`](Self::recv) (a concurrent `recv` gets
+    /// [`Error::ConcurrentRecv`]) until the `Fragments` is dropped. Fragments of a text
+    /// message may end inside a character; together they are valid UTF-8. If a timed-out
+    /// `recv_timeout` had received part of the message, that part comes first, as one
+    /// fragment. Dropping `Fragments` before the last fragment discards the rest of the
+    /// message.
+    ///
+    /// ```no_run
+    /// # fn f(ws: sockeye::sync::Connection) -> sockeye::Result<()> {
+    /// for fragment in ws.recv_streaming()? {
+    ///     let fragment = fragment?;
+    ///     println!("{} bytes, last: {}", fragment.data.len(), fragment.fin);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn recv_streaming(&self) -> Result<Fragments<'_>> {
+        if self.inner.recv_busy.swap(true, Ordering::Acquire) {
+            return Err(Error::ConcurrentRecv);
+        }
+        Ok(Fragments {
+            conn: self,
+            _busy: BusyGuard(&self.inner.recv_busy),
+            state: FragmentsState::Start,
+        })
+    }
+
+    /// Waits until `take` finds what it wants in the queue (it runs under the lock each time
+    /// the queue may have changed): `Ok(Ok(Some(r)))`; or the connection is over with nothing
+    /// left for `take`: `Ok(Err(closed))`; or `until` passed: `Err(RecvTimeout)`. Resumes
+    /// reading when `take` brought the queue under `max_queue`.
+    fn next_item<R>(
+        &self,
+        until: Option<Instant>,
+        mut take: impl FnMut(&mut Shared) -> Option<R>,
+    ) -> Result<std::result::Result<Option<R>, Closed>> {
+        let max_queue = self.inner.limits.max_queue;
         let mut sh = self.inner.lock();
         loop {
-            if let Some(m) = sh.queue.pop_front() {
-                if sh.queue.len() + 1 == self.inner.limits.max_queue {
-                    // Reading was paused for backpressure: resume it.
-                    self.inner.cond.notify_all();
-                }
-                return Ok(Some(m));
+            let before = sh.queue.len();
+            let got = take(&mut sh);
+            if before >= max_queue && sh.queue.len() < max_queue {
+                // Reading was paused for backpressure: resume it.
+                self.inner.cond.notify_all();
+            }
+            if got.is_some() {
+                return Ok(Ok(got));
             }
             if sh.done {
-                let closed = closed_of(&sh);
-                return if closed.is_ok() {
-                    Ok(None)
-                } else {
-                    Err(Error::ConnectionClosed(closed))
-                };
+                return Ok(Err(closed_of(&sh)));
             }
             if until.is_some_and(|u| Instant::now() >= u) {
                 return Err(Error::RecvTimeout);
@@ -493,19 +546,45 @@ impl Connection {
         I: IntoIterator<Item = B>,
         B: AsRef<[u8]>,
     {
-        let mut iter = fragments.into_iter().peekable();
-        if iter.peek().is_none() {
-            return self.send_with(|sh| sh.proto.send_fragment(kind, &[], true));
+        // One item ahead, so that the last item goes in the last frame. The iterator may
+        // block (reading a file, say): the message stays open meanwhile.
+        let owner = crate::connection::next_id();
+        let mut sending = FragmentedSend {
+            conn: self,
+            owner,
+            started: false,
+        };
+        let mut iter = fragments.into_iter();
+        let mut current = iter.next();
+        loop {
+            let following = if current.is_some() { iter.next() } else { None };
+            let fin = following.is_none();
+            let data: &[u8] = current.as_ref().map_or(&[], |b| b.as_ref());
+            self.send_as(Sender::Fragment(owner), |sh| {
+                sh.proto.send_fragment(kind, data, fin)?;
+                sh.fragmented_sender = (!fin).then_some(owner);
+                Ok(())
+            })?;
+            sending.started = !fin;
+            if fin {
+                return Ok(());
+            }
+            current = following;
         }
-        while let Some(chunk) = iter.next() {
-            let fin = iter.peek().is_none();
-            self.send_with(|sh| sh.proto.send_fragment(kind, chunk.as_ref(), fin))?;
-        }
-        Ok(())
     }
 
     fn send_with(
         &self,
+        op: impl FnOnce(&mut Shared) -> std::result::Result<(), proto::Error>,
+    ) -> Result<()> {
+        self.send_as(Sender::Message, op)
+    }
+
+    /// `send_with` for a `sender`: a whole message waits while another thread's fragmented
+    /// message is being sent; control frames do not.
+    fn send_as(
+        &self,
+        sender: Sender,
         op: impl FnOnce(&mut Shared) -> std::result::Result<(), proto::Error>,
     ) -> Result<()> {
         let mut sh = self.inner.lock();
@@ -513,7 +592,9 @@ impl Connection {
             if sh.done {
                 return Err(Error::ConnectionClosed(closed_of(&sh)));
             }
-            if sh.proto.pending_output_len() + sh.inflight <= self.inner.limits.write_limit {
+            if sender.may_send(sh.fragmented_sender)
+                && sh.proto.pending_output_len() + sh.inflight <= self.inner.limits.write_limit
+            {
                 break;
             }
             sh = self.inner.wait(sh, None);
@@ -525,7 +606,13 @@ impl Connection {
                 e => e.into(),
             });
         }
+        let fragmented_done =
+            matches!(sender, Sender::Fragment(_)) && sh.fragmented_sender.is_none();
         drop(sh);
+        if fragmented_done {
+            // Senders waiting for the fragmented message to end may go.
+            self.inner.cond.notify_all();
+        }
         self.inner.flush();
         Ok(())
     }
@@ -549,7 +636,7 @@ impl Connection {
         let mut id = None;
         // The waiter is registered under the same lock as the ping is queued, so the pong
         // cannot be processed in between.
-        self.send_with(|sh| {
+        self.send_as(Sender::Control, |sh| {
             let pid = sh.proto.send_ping(payload)?;
             sh.pings.push((pid, None));
             id = Some(pid);
@@ -694,6 +781,84 @@ fn closed_of(sh: &Shared) -> Closed {
     Closed {
         received: sh.proto.close_received().cloned(),
         sent: sh.proto.close_sent().cloned(),
+    }
+}
+
+/// The fragments of one message, from [`Connection::recv_streaming`]: an iterator that
+/// waits for each fragment as it arrives. It ends after the last fragment (`fin`), or when
+/// the connection closed normally before another message began; a connection that ends in
+/// the middle of the message yields [`Error::ConnectionClosed`].
+pub struct Fragments<'a> {
+    conn: &'a Connection,
+    _busy: BusyGuard<'a>,
+    state: FragmentsState,
+}
+
+impl Fragments<'_> {
+    /// Like [`Iterator::next`], waiting at most `timeout`: `Some(Err(RecvTimeout))` when no
+    /// fragment came in time (the message can still be read on).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<Fragment>> {
+        self.next_until(Some(Instant::now() + timeout))
+    }
+
+    fn next_until(&mut self, until: Option<Instant>) -> Option<Result<Fragment>> {
+        if self.state == FragmentsState::Done {
+            return None;
+        }
+        let state = &mut self.state;
+        match self
+            .conn
+            .next_item(until, |sh| sh.queue.take_fragment(state))
+        {
+            Ok(Ok(fragment)) => fragment.map(Ok),
+            Ok(Err(closed)) if closed.is_ok() && self.state == FragmentsState::Start => None,
+            Ok(Err(closed)) => {
+                self.state = FragmentsState::Done;
+                Some(Err(Error::ConnectionClosed(closed)))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl Iterator for Fragments<'_> {
+    type Item = Result<Fragment>;
+
+    fn next(&mut self) -> Option<Result<Fragment>> {
+        self.next_until(None)
+    }
+}
+
+impl std::fmt::Debug for Fragments<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fragments")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fragmented message being sent; dropped before its last frame (the iterator panicked),
+/// it fails the connection, since the message can never end.
+struct FragmentedSend<'a> {
+    conn: &'a Connection,
+    owner: u64,
+    started: bool,
+}
+
+impl Drop for FragmentedSend<'_> {
+    fn drop(&mut self) {
+        if !self.started {
+            return;
+        }
+        {
+            let mut sh = self.conn.inner.lock();
+            if sh.fragmented_sender == Some(self.owner) {
+                sh.fragmented_sender = None;
+            }
+        }
+        self.conn
+            .fail(CloseCode::INTERNAL_ERROR, "fragmented message interrupted");
+        self.conn.inner.cond.notify_all();
     }
 }
 

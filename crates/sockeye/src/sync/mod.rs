@@ -64,5 +64,5 @@ mod connection;
 mod server;
 
 pub use client::{connect, ClientBuilder};
-pub use connection::{broadcast, Connection, PongWaiter};
+pub use connection::{broadcast, Connection, Fragments, PongWaiter};
 pub use server::{serve, Server, ServerBuilder};
