@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use sockeye::hub::RedisBuilder;
 use sockeye::{ClientConnection, CloseCode, Connection, Hub, Message, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -172,6 +173,14 @@ impl Node {
     }
 }
 
+/// A Redis server and two nodes on it, or `None` when the test is skipped.
+async fn two_nodes() -> Option<(Redis, Node, Node)> {
+    let redis = Redis::start().await?;
+    let a = Node::start(&redis).await;
+    let b = Node::start(&redis).await;
+    Some((redis, a, b))
+}
+
 async fn next(ws: &ClientConnection) -> Message {
     timeout(STEP, ws.recv())
         .await
@@ -240,11 +249,9 @@ fn logs() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hubs_relay_text_and_binary_both_ways_without_echo() {
-    let Some(redis) = Redis::start().await else {
+    let Some((redis, mut a, mut b)) = two_nodes().await else {
         return;
     };
-    let mut a = Node::start(&redis).await;
-    let mut b = Node::start(&redis).await;
     let (a1, _) = a.join("/room").await;
     let (a2, _) = a.join("/room").await;
     let (b1, _) = b.join("/room").await;
@@ -291,12 +298,10 @@ async fn two_hubs_relay_text_and_binary_both_ways_without_echo() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_publisher_order_is_kept_with_no_duplicates() {
-    let Some(redis) = Redis::start().await else {
+    const N: u32 = 1000;
+    let Some((_redis, mut a, mut b)) = two_nodes().await else {
         return;
     };
-    const N: u32 = 1000;
-    let mut a = Node::start(&redis).await;
-    let mut b = Node::start(&redis).await;
     let (sub_a, _) = a.join("/seq").await;
     let (sub_b, _) = b.join("/seq").await;
     let (author, _) = a.join("/seq").await;
@@ -348,11 +353,9 @@ async fn each_publisher_order_is_kept_with_no_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_redis_subscription_per_topic_per_hub_reference_counted() {
-    let Some(redis) = Redis::start().await else {
+    let Some((redis, mut a, mut b)) = two_nodes().await else {
         return;
     };
-    let mut a = Node::start(&redis).await;
-    let mut b = Node::start(&redis).await;
     let mut a_clients = Vec::new();
     for _ in 0..3 {
         a_clients.push(a.join("/t").await);
@@ -403,19 +406,16 @@ async fn one_redis_subscription_per_topic_per_hub_reference_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_mid_test_delivery_resumes() {
     capture_logs();
-    let Some(redis) = Redis::start().await else {
+    let Some((mut redis, mut a, mut b)) = two_nodes().await else {
         return;
     };
     let url = redis.url();
-    let mut a = Node::start(&redis).await;
-    let mut b = Node::start(&redis).await;
     let (on_a, _) = a.join("/r").await;
     let (on_b, _) = b.join("/r").await;
     on_b.send("before").await.unwrap();
     assert_eq!(next(&on_a).await, Message::from("before"));
 
     // Redis goes away: publishes stop being relayed but local subscribers still get them.
-    let mut redis = redis;
     redis.kill();
     eventually!(
         "hub b noticed Redis is gone",
@@ -448,6 +448,35 @@ async fn redis_restarted_mid_test_delivery_resumes() {
     assert!(logs.contains(&back), "no {back:?} in logs:\n{logs}");
     a.server.close().await;
     b.server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_publish_queue_is_not_relayed_but_delivered_locally() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let hub = RedisBuilder::new(&redis.url())
+        .prefix("other:")
+        .publish_queue(16, 100)
+        .connect()
+        .await
+        .unwrap();
+    let published = hub.publish("/q", vec![0u8; 200]);
+    assert!(!published.relayed, "200 bytes fit a 100-byte queue?");
+    assert!(hub.publish("/q", "small").relayed);
+    // The prefix is the one set: a hub with the default prefix does not see it.
+    let mut a = Node::start(&redis).await;
+    let (ws, on_server) = a.join("/q").await;
+    hub.subscribe(&on_server, "/q");
+    timeout(STEP, hub.synced()).await.unwrap();
+    assert_eq!(redis.numsub("other:/q").await, 1);
+    assert_eq!(redis.numsub("sockeye:/q").await, 1);
+    let published = hub.publish("/q", vec![1u8; 200]);
+    assert_eq!((published.delivered, published.relayed), (1, false));
+    assert_eq!(next(&ws).await, Message::from(vec![1u8; 200]));
+    a.hub.publish("/q", "via the default prefix");
+    assert_eq!(next(&ws).await, Message::from("via the default prefix"));
+    a.server.close().await;
 }
 
 #[tokio::test]

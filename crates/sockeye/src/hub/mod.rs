@@ -33,9 +33,9 @@
 //! - A connection that closes leaves all its topics (the hub registers a close hook on it).
 //! - Order: messages published by one task to one topic reach each subscriber in order.
 //!
-//! With the `redis` feature, [`Hub::redis`] makes a hub whose topics are shared by every
-//! process connected to the same Redis: same type, same calls (see the `redis` section of
-//! [`Hub::redis`] for what changes).
+//! With the `redis` feature, `Hub::redis` makes a hub whose topics are shared by every
+//! process connected to the same Redis: same type, same calls; its documentation says what
+//! changes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -50,7 +50,7 @@ pub use self::redis::{RedisBuilder, RedisError};
 
 /// Topics and their subscribers: see the [module documentation](self).
 ///
-/// [`Hub::new`] keeps them in memory; [`Hub::redis`] (feature `redis`) shares them with other
+/// [`Hub::new`] keeps them in memory; `Hub::redis` (feature `redis`) shares them with other
 /// processes through Redis. Cheap to clone: clones share the same topics.
 #[derive(Clone, Default)]
 pub struct Hub {

@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::poll_fn;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -34,8 +34,10 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// Messages sent to Redis in one pipeline, at most.
 const BATCH: usize = 256;
-/// Default bound of the queue of messages waiting to be sent to Redis.
+/// Default bound of the queue of messages waiting to be sent to Redis...
 const DEFAULT_QUEUE: usize = 4096;
+/// ...and of the bytes they hold.
+const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
 /// Default prefix of the Redis channel names.
 const DEFAULT_PREFIX: &str = "sockeye:";
 /// Payload header: the WebSocket opcode (1 text, 2 binary), then the id of the publishing
@@ -79,7 +81,7 @@ impl Hub {
     ///   SUBSCRIBEs again to every topic that has subscribers here. Meanwhile publishes still
     ///   reach this process's subscribers but are not relayed (`relayed: false`), and the
     ///   messages queued when the connection broke are lost: Redis pub/sub delivers at most
-    ///   once. A full publish queue (4096 messages by default) also gives `relayed: false`.
+    ///   once. A full publish queue (4096 messages or 16 MiB by default) also gives `relayed: false`.
     ///   Nothing blocks or panics.
     pub async fn redis(url: &str) -> Result<Hub, RedisError> {
         RedisBuilder::new(url).connect().await
@@ -92,6 +94,7 @@ pub struct RedisBuilder {
     url: String,
     prefix: String,
     queue: usize,
+    queue_bytes: usize,
 }
 
 impl RedisBuilder {
@@ -101,6 +104,7 @@ impl RedisBuilder {
             url: url.to_owned(),
             prefix: DEFAULT_PREFIX.to_owned(),
             queue: DEFAULT_QUEUE,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
         }
     }
 
@@ -111,10 +115,12 @@ impl RedisBuilder {
         self
     }
 
-    /// How many messages may wait to be sent to Redis (default 4096, at least 1); a publish
-    /// that finds the queue full is not relayed.
-    pub fn publish_queue(mut self, messages: usize) -> RedisBuilder {
+    /// How many messages (default 4096, at least 1) and how many bytes of payload (default
+    /// 16 MiB) may wait to be sent to Redis; a publish that finds the queue full is not
+    /// relayed. This bounds the memory a slow or stalled Redis can pin.
+    pub fn publish_queue(mut self, messages: usize, bytes: usize) -> RedisBuilder {
         self.queue = messages.max(1);
+        self.queue_bytes = bytes;
         self
     }
 
@@ -139,6 +145,8 @@ impl RedisBuilder {
             prefix: self.prefix,
             url,
             up: AtomicBool::new(true),
+            queued: AtomicUsize::new(0),
+            queue_bytes: self.queue_bytes,
             requested: AtomicU64::new(0),
             applied: watch::Sender::new(Some(0)),
             wake: Notify::new(),
@@ -224,6 +232,9 @@ struct Shared {
     url: String,
     /// Whether the link is connected: publishes are queued only then.
     up: AtomicBool,
+    /// Bytes of payload in the queue, and their bound.
+    queued: AtomicUsize,
+    queue_bytes: usize,
     /// Bumped at each change of the set of topics that have subscribers.
     requested: AtomicU64,
     /// The `requested` value whose topics Redis has subscribed; `None` while disconnected.
@@ -259,17 +270,18 @@ impl Backend {
         if !self.shared.up.load(Ordering::Acquire) {
             return false;
         }
+        let size = HEADER + message.len();
+        let queued = self.shared.queued.fetch_add(size, Ordering::AcqRel);
         let outgoing = Outgoing {
             channel: format!("{}{topic}", self.shared.prefix),
             payload: encode(self.shared.node, message),
         };
-        match self.queue.try_send(outgoing) {
-            Ok(()) => true,
-            Err(_) => {
-                tracing::debug!(target: TARGET, "publish queue for Redis full: message not relayed");
-                false
-            }
+        if queued + size <= self.shared.queue_bytes && self.queue.try_send(outgoing).is_ok() {
+            return true;
         }
+        self.shared.queued.fetch_sub(size, Ordering::AcqRel);
+        tracing::debug!(target: TARGET, "publish queue for Redis full: message not relayed");
+        false
     }
 
     pub(super) async fn synced(&self) {
@@ -373,7 +385,7 @@ impl Link {
             if !self.pause(delay).await {
                 return None;
             }
-            tracing::info!(
+            tracing::debug!(
                 target: TARGET,
                 "reconnecting to Redis at {} (attempt {attempt})",
                 self.shared.url
@@ -415,7 +427,7 @@ impl Link {
                         break false;
                     }
                     lost += n;
-                    batch.clear();
+                    self.release(&mut batch);
                 }
             }
         };
@@ -427,6 +439,12 @@ impl Link {
             );
         }
         alive
+    }
+
+    /// Empties `batch`, taking its bytes off the queue's count.
+    fn release(&self, batch: &mut Vec<Outgoing>) {
+        let bytes: usize = batch.drain(..).map(|o| o.payload.len()).sum();
+        self.shared.queued.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     /// Serves one pair of connections until one breaks or the hub is gone.
@@ -473,10 +491,12 @@ impl Link {
                         return End::Stop;
                     }
                     let mut pipe = redis::pipe();
-                    for o in batch.drain(..) {
-                        pipe.cmd("PUBLISH").arg(o.channel).arg(o.payload.as_ref()).ignore();
+                    for o in &batch {
+                        pipe.cmd("PUBLISH").arg(&o.channel).arg(o.payload.as_ref()).ignore();
                     }
-                    if let Err(e) = bounded(RESPONSE_TIMEOUT, pipe.query_async::<()>(&mut publisher)).await {
+                    let sent = bounded(RESPONSE_TIMEOUT, pipe.query_async::<()>(&mut publisher)).await;
+                    self.release(&mut batch);
+                    if let Err(e) = sent {
                         return End::Lost(e);
                     }
                 }
