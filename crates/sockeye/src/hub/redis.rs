@@ -272,12 +272,14 @@ impl Backend {
         }
         let size = HEADER + message.len();
         let queued = self.shared.queued.fetch_add(size, Ordering::AcqRel);
-        let outgoing = Outgoing {
-            channel: format!("{}{topic}", self.shared.prefix),
-            payload: encode(self.shared.node, message),
-        };
-        if queued + size <= self.shared.queue_bytes && self.queue.try_send(outgoing).is_ok() {
-            return true;
+        if queued.saturating_add(size) <= self.shared.queue_bytes {
+            let outgoing = Outgoing {
+                channel: format!("{}{topic}", self.shared.prefix),
+                payload: encode(self.shared.node, message),
+            };
+            if self.queue.try_send(outgoing).is_ok() {
+                return true;
+            }
         }
         self.shared.queued.fetch_sub(size, Ordering::AcqRel);
         tracing::debug!(target: TARGET, "publish queue for Redis full: message not relayed");
