@@ -42,7 +42,16 @@
 //!   other tasks sent meanwhile, leaves in one write.
 //! - A normal close is not an error: `recv` returns `Ok(None)`.
 //!
-//! Logs go through `tracing`, targets `sockeye::server` and `sockeye::client`.
+//! # Pub/sub
+//!
+//! [`Hub`] maps topics to subscribed connections: [`Hub::new`] in memory, and with the
+//! `redis` feature `Hub::redis(url)` shares topics among processes through Redis.
+//!
+//! # Cargo features
+//!
+//! - `redis`: `Hub::redis` and [`hub`]`::RedisBuilder`, on the `redis` crate (tokio).
+//!
+//! Logs go through `tracing`, targets `sockeye::server`, `sockeye::client` and `sockeye::hub`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
