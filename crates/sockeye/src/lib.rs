@@ -42,6 +42,11 @@
 //!   other tasks sent meanwhile, leaves in one write.
 //! - A normal close is not an error: `recv` returns `Ok(None)`.
 //!
+//! # TLS
+//!
+//! With the `tls` feature (on by default), clients connect to `wss://` URIs and servers
+//! serve TLS: see the `tls` module.
+//!
 //! Logs go through `tracing`, targets `sockeye::server` and `sockeye::client`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -53,6 +58,8 @@ pub mod hub;
 mod options;
 mod server;
 pub mod sync;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// The `bytes` crate, re-exported: payloads are `Bytes`.
 pub use bytes;
