@@ -115,7 +115,13 @@ impl std::error::Error for Error {
 }
 
 impl From<io::Error> for Error {
+    /// An I/O error, or [`Error::Tls`] when it carries a rustls error (TLS streams report
+    /// their failures as I/O errors).
     fn from(e: io::Error) -> Self {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return Error::Tls(tls.clone());
+        }
         Error::Io(Arc::new(e))
     }
 }

@@ -278,18 +278,6 @@ impl ServerCertVerifier for AcceptAnyServerCert {
     }
 }
 
-/// An I/O error of a TLS stream as sockeye reports it: [`Error::Tls`] when rustls failed
-/// (bad certificate, alert from the peer, ...), [`Error::Io`] otherwise.
-pub(crate) fn io_error(e: io::Error) -> Error {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(tls) => Error::Tls(tls.clone()),
-        None => e.into(),
-    }
-}
-
 // ----- tokio ---------------------------------------------------------------------------------
 
 /// Runs the client side of the TLS handshake over `tcp` (tokio).
@@ -300,7 +288,7 @@ pub(crate) async fn connect_tokio(
 ) -> Result<tokio_rustls::TlsStream<tokio::net::TcpStream>> {
     let name = ClientTls::server_name(host)?;
     let connector = tokio_rustls::TlsConnector::from(tls.config()?);
-    let stream = connector.connect(name, tcp).await.map_err(io_error)?;
+    let stream = connector.connect(name, tcp).await?;
     Ok(tokio_rustls::TlsStream::Client(stream))
 }
 
@@ -310,7 +298,7 @@ pub(crate) async fn accept_tokio(
     tcp: tokio::net::TcpStream,
 ) -> Result<tokio_rustls::TlsStream<tokio::net::TcpStream>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-    let stream = acceptor.accept(tcp).await.map_err(io_error)?;
+    let stream = acceptor.accept(tcp).await?;
     Ok(tokio_rustls::TlsStream::Server(stream))
 }
 
@@ -363,7 +351,7 @@ fn handshake_sync(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) => {}
-            Err(e) => return Err(io_error(e)),
+            Err(e) => return Err(e.into()),
         }
     }
     tcp.set_read_timeout(None)?;
