@@ -755,6 +755,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         })
     }
 
+    /// The transport failed (reading, writing or flushing): the peer is gone as far as the
+    /// core is concerned, and the connection is over.
+    fn transport_failed(&mut self, e: io::Error) {
+        {
+            let mut sh = self.inner.lock();
+            let _ = sh.proto.receive_eof();
+        }
+        self.finish(Some(e));
+    }
+
     fn finish(&mut self, error: Option<io::Error>) {
         self.finished = true;
         // Close hooks run before the connection reports itself closed, so that whoever
@@ -864,11 +874,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => {
-                        {
-                            let mut sh = this.inner.lock();
-                            let _ = sh.proto.receive_eof();
-                        }
-                        this.finish(Some(e));
+                        this.transport_failed(e);
                         return Poll::Ready(());
                     }
                     Poll::Pending => {}
@@ -898,11 +904,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => {
-                        {
-                            let mut sh = this.inner.lock();
-                            let _ = sh.proto.receive_eof();
-                        }
-                        this.finish(Some(e));
+                        this.transport_failed(e);
                         return Poll::Ready(());
                     }
                     Poll::Pending => break,
@@ -917,11 +919,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 match Pin::new(&mut this.stream).poll_flush(cx) {
                     Poll::Ready(Ok(())) => this.unflushed = false,
                     Poll::Ready(Err(e)) => {
-                        {
-                            let mut sh = this.inner.lock();
-                            let _ = sh.proto.receive_eof();
-                        }
-                        this.finish(Some(e));
+                        this.transport_failed(e);
                         return Poll::Ready(());
                     }
                     Poll::Pending => {}

@@ -221,6 +221,62 @@ fn assert_certificate_required(e: &Error) {
     );
 }
 
+/// Sends `msg` and checks that it comes back (tokio).
+async fn echo_check(ws: &sockeye::Connection, msg: impl Into<Message>) {
+    let msg = msg.into();
+    ws.send(msg.clone()).await.unwrap();
+    assert_eq!(bounded(ws.recv()).await.unwrap(), Some(msg));
+}
+
+/// Sends `msg` and checks that it comes back (blocking).
+fn sync_echo_check(ws: &sync::Connection, msg: impl Into<Message>) {
+    let msg = msg.into();
+    ws.send(msg.clone()).unwrap();
+    assert_eq!(ws.recv_timeout(GUARD).unwrap(), Some(msg));
+}
+
+/// A tokio client's whole life: connect, one echo, a clean close.
+async fn tokio_session(builder: sockeye::ClientBuilder, uri: &str, msg: impl Into<Message>) {
+    let ws = bounded(builder.connect(uri)).await.unwrap();
+    echo_check(&ws, msg).await;
+    bounded(ws.close(CloseCode::NORMAL, "")).await.unwrap();
+    assert!(ws.closed().unwrap().is_ok(), "{:?}", ws.closed());
+}
+
+/// A blocking client's whole life: connect, one echo, a clean close.
+fn sync_session(builder: sync::ClientBuilder, uri: &str, msg: impl Into<Message>) {
+    let ws = builder.connect(uri).unwrap();
+    sync_echo_check(&ws, msg);
+    ws.close(CloseCode::NORMAL, "").unwrap();
+    assert!(ws.closed().unwrap().is_ok(), "{:?}", ws.closed());
+}
+
+/// A tokio client that trusts the test CA.
+fn trusting(pki: &Pki) -> sockeye::ClientBuilder {
+    sockeye::ClientBuilder::default()
+        .ca_file(pki.ca_file())
+        .unwrap()
+}
+
+/// A blocking client that trusts the CA of this file.
+fn sync_trusting(ca: &Path) -> sync::ClientBuilder {
+    sync::ClientBuilder::default().ca_file(ca).unwrap()
+}
+
+/// A tokio echo server over TLS with the certificate and key of `pair`.
+async fn tokio_tls_echo(pair: &Pair) -> sockeye::Server {
+    tokio_echo(
+        sockeye::Server::builder()
+            .tls_pem_files(&pair.cert, &pair.key)
+            .unwrap(),
+    )
+    .await
+}
+
+fn wss(addr: Option<std::net::SocketAddr>, host: &str) -> String {
+    format!("wss://{host}:{}/", addr.unwrap().port())
+}
+
 // ----- tests ---------------------------------------------------------------------------------
 
 /// tokio server and client echo over wss:// with a custom CA, the name checked being a DNS
@@ -228,48 +284,26 @@ fn assert_certificate_required(e: &Error) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_echo_over_wss_with_custom_ca() {
     let pki = Pki::new();
-    let pair = pki.server();
-    bounded(async {
-        let server = tokio_echo(
-            sockeye::Server::builder()
-                .tls_pem_files(&pair.cert, &pair.key)
-                .unwrap(),
-        )
-        .await;
-        assert!(server.is_tls());
-        let uri = format!("wss://localhost:{}/chat", port_of(server.local_addr()));
-        let ws = sockeye::ClientBuilder::default()
-            .ca_file(pki.ca_file())
-            .unwrap()
-            .connect(&uri)
-            .await
-            .unwrap();
-        assert_eq!(ws.remote_addr(), server.local_addr());
-        assert!(ws.local_addr().is_some());
-        assert_eq!(ws.request().uri().path(), "/chat");
-        ws.send("Hello over TLS!").await.unwrap();
-        assert_eq!(
-            ws.recv().await.unwrap(),
-            Some(Message::from("Hello over TLS!"))
-        );
-        ws.send(vec![0u8, 1, 2, 255]).await.unwrap();
-        assert_eq!(
-            ws.recv().await.unwrap(),
-            Some(Message::from(vec![0u8, 1, 2, 255]))
-        );
-        let conns = server.connections();
-        assert_eq!(conns.len(), 1);
-        assert_eq!(conns[0].remote_addr(), ws.local_addr());
-        assert_eq!(conns[0].request().uri().path(), "/chat");
-        ws.close(CloseCode::NORMAL, "bye").await.unwrap();
-        assert!(ws.closed().unwrap().is_ok(), "{:?}", ws.closed());
-        server.close().await;
-    })
-    .await;
+    let server = tokio_tls_echo(&pki.server()).await;
+    assert!(server.is_tls());
+    let uri = format!("{}chat", wss(server.local_addr(), "localhost"));
+    let ws = bounded(trusting(&pki).connect(&uri)).await.unwrap();
+    assert_eq!(ws.remote_addr(), server.local_addr());
+    assert!(ws.local_addr().is_some());
+    assert_eq!(ws.request().uri().path(), "/chat");
+    echo_check(&ws, "Hello over TLS!").await;
+    echo_check(&ws, vec![0u8, 1, 2, 255]).await;
+    let conns = server.connections();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].remote_addr(), ws.local_addr());
+    assert_eq!(conns[0].request().uri().path(), "/chat");
+    bounded(ws.close(CloseCode::NORMAL, "bye")).await.unwrap();
+    assert!(ws.closed().unwrap().is_ok(), "{:?}", ws.closed());
+    bounded(server.close()).await;
 }
 
 /// Blocking server and client echo over wss:// with a custom CA (given as DER), the name
-/// checked being an IP address.
+/// checked being an IP address; many messages in flight.
 #[test]
 fn sync_echo_over_wss_with_custom_ca() {
     let pki = Pki::new();
@@ -280,21 +314,18 @@ fn sync_echo_over_wss_with_custom_ca() {
             .unwrap(),
     );
     assert!(server.is_tls());
-    let uri = format!("wss://127.0.0.1:{}/", port_of(server.local_addr()));
     let ws = sync::ClientBuilder::default()
         .add_root_certificate(pki.ca_der())
         .open_timeout(Some(GUARD))
-        .connect(&uri)
+        .connect(&wss(server.local_addr(), "127.0.0.1"))
         .unwrap();
     assert_eq!(ws.remote_addr(), server.local_addr());
     for i in 0..20 {
         ws.send(format!("message {i}")).unwrap();
     }
     for i in 0..20 {
-        assert_eq!(
-            ws.recv_timeout(GUARD).unwrap(),
-            Some(Message::from(format!("message {i}")))
-        );
+        let expected = Message::from(format!("message {i}"));
+        assert_eq!(ws.recv_timeout(GUARD).unwrap(), Some(expected));
     }
     ws.close(CloseCode::NORMAL, "").unwrap();
     assert!(ws.closed().unwrap().is_ok(), "{:?}", ws.closed());
@@ -308,45 +339,15 @@ async fn tokio_and_sync_interoperate_over_wss() {
     let pair = pki.server();
     let config = sockeye::tls::server_config_from_pem_files(&pair.cert, &pair.key).unwrap();
 
-    // tokio client -> blocking server
     let sync_server = sync_echo(sync::Server::builder().tls(config.clone()));
-    let uri = format!("wss://localhost:{}/", port_of(sync_server.local_addr()));
-    let ws = bounded(
-        sockeye::ClientBuilder::default()
-            .ca_file(pki.ca_file())
-            .unwrap()
-            .connect(&uri),
-    )
-    .await
-    .unwrap();
-    ws.send("tokio to sync").await.unwrap();
-    assert_eq!(
-        bounded(ws.recv()).await.unwrap(),
-        Some(Message::from("tokio to sync"))
-    );
-    bounded(ws.close(CloseCode::NORMAL, "")).await.unwrap();
-    assert!(ws.closed().unwrap().is_ok());
+    let uri = wss(sync_server.local_addr(), "localhost");
+    tokio_session(trusting(&pki), &uri, "tokio to sync").await;
     blocking(move || sync_server.shutdown()).await;
 
-    // blocking client -> tokio server
     let server = tokio_echo(sockeye::Server::builder().tls(config)).await;
-    let uri = format!("wss://localhost:{}/", port_of(server.local_addr()));
+    let uri = wss(server.local_addr(), "localhost");
     let ca = pki.ca_file();
-    blocking(move || {
-        let ws = sync::ClientBuilder::default()
-            .ca_file(ca)
-            .unwrap()
-            .connect(&uri)
-            .unwrap();
-        ws.send("sync to tokio").unwrap();
-        assert_eq!(
-            ws.recv_timeout(GUARD).unwrap(),
-            Some(Message::from("sync to tokio"))
-        );
-        ws.close(CloseCode::NORMAL, "").unwrap();
-        assert!(ws.closed().unwrap().is_ok());
-    })
-    .await;
+    blocking(move || sync_session(sync_trusting(&ca), &uri, "sync to tokio")).await;
     bounded(server.close()).await;
 }
 
@@ -355,75 +356,31 @@ async fn tokio_and_sync_interoperate_over_wss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_ca_is_rejected() {
     let pki = Pki::new();
-    let pair = pki.server();
-    let server = tokio_echo(
-        sockeye::Server::builder()
-            .tls_pem_files(&pair.cert, &pair.key)
-            .unwrap(),
-    )
-    .await;
-    let uri = format!("wss://localhost:{}/", port_of(server.local_addr()));
+    let server = tokio_tls_echo(&pki.server()).await;
+    let uri = wss(server.local_addr(), "localhost");
     let e = bounded(sockeye::connect(&uri)).await.unwrap_err();
     assert_unknown_issuer(&e);
     let sync_uri = uri.clone();
     let e = blocking(move || sync::connect(&sync_uri).unwrap_err()).await;
     assert_unknown_issuer(&e);
     // The server is not disturbed.
-    let ws = bounded(
-        sockeye::ClientBuilder::default()
-            .ca_file(pki.ca_file())
-            .unwrap()
-            .connect(&uri),
-    )
-    .await
-    .unwrap();
-    ws.send("still there").await.unwrap();
-    assert_eq!(
-        bounded(ws.recv()).await.unwrap(),
-        Some(Message::from("still there"))
-    );
+    tokio_session(trusting(&pki), &uri, "still there").await;
     bounded(server.close()).await;
 }
 
-/// A certificate for another name is refused, though its CA is trusted.
+/// A certificate for another name is refused, though its CA is trusted, whether the URI
+/// names a host or an IP address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn name_mismatch_is_rejected() {
     let pki = Pki::new();
-    let pair = pki.leaf(
-        "other",
-        &["other.test"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-        true,
-    );
-    let server = tokio_echo(
-        sockeye::Server::builder()
-            .tls_pem_files(&pair.cert, &pair.key)
-            .unwrap(),
-    )
-    .await;
-    let port = port_of(server.local_addr());
-    for uri in [
-        format!("wss://localhost:{port}/"),
-        format!("wss://127.0.0.1:{port}/"),
-    ] {
-        let e = bounded(
-            sockeye::ClientBuilder::default()
-                .ca_file(pki.ca_file())
-                .unwrap()
-                .connect(&uri),
-        )
-        .await
-        .unwrap_err();
+    let usage = ExtendedKeyUsagePurpose::ServerAuth;
+    let server = tokio_tls_echo(&pki.leaf("other", &["other.test"], usage, true)).await;
+    for host in ["localhost", "127.0.0.1"] {
+        let uri = wss(server.local_addr(), host);
+        let e = bounded(trusting(&pki).connect(&uri)).await.unwrap_err();
         assert_wrong_name(&e);
         let ca = pki.ca_file();
-        let e = blocking(move || {
-            sync::ClientBuilder::default()
-                .ca_file(ca)
-                .unwrap()
-                .connect(&uri)
-                .unwrap_err()
-        })
-        .await;
+        let e = blocking(move || sync_trusting(&ca).connect(&uri).unwrap_err()).await;
         assert_wrong_name(&e);
     }
     bounded(server.close()).await;
@@ -433,118 +390,56 @@ async fn name_mismatch_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insecure_accepts_self_signed() {
     let pki = Pki::new();
-    let pair = pki.leaf(
-        "self-signed",
-        &["localhost"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-        false,
-    );
+    let usage = ExtendedKeyUsagePurpose::ServerAuth;
+    let pair = pki.leaf("self-signed", &["localhost"], usage, false);
     let server = sync_echo(
         sync::Server::builder()
             .tls_pem_files(&pair.cert, &pair.key)
             .unwrap(),
     );
-    let uri = format!("wss://127.0.0.1:{}/", port_of(server.local_addr()));
+    let uri = wss(server.local_addr(), "127.0.0.1");
     let e = bounded(sockeye::connect(&uri)).await.unwrap_err();
     assert!(matches!(e, Error::Tls(_)), "{e:?}");
-
-    let ws = bounded(
-        sockeye::ClientBuilder::default()
-            .insecure(true)
-            .connect(&uri),
-    )
-    .await
-    .unwrap();
-    ws.send("insecure").await.unwrap();
-    assert_eq!(
-        bounded(ws.recv()).await.unwrap(),
-        Some(Message::from("insecure"))
-    );
-    bounded(ws.close(CloseCode::NORMAL, "")).await.unwrap();
-
-    let sync_uri = uri.clone();
+    let insecure = sockeye::ClientBuilder::default().insecure(true);
+    tokio_session(insecure, &uri, "insecure").await;
     blocking(move || {
-        let ws = sync::ClientBuilder::default()
-            .insecure(true)
-            .connect(&sync_uri)
-            .unwrap();
-        ws.send("insecure").unwrap();
-        assert_eq!(
-            ws.recv_timeout(GUARD).unwrap(),
-            Some(Message::from("insecure"))
+        sync_session(
+            sync::ClientBuilder::default().insecure(true),
+            &uri,
+            "insecure",
         );
-        ws.close(CloseCode::NORMAL, "").unwrap();
         server.shutdown();
     })
     .await;
 }
 
 /// A server that requires a client certificate (rustls' `WebPkiClientVerifier`) lets in a
-/// client that presents one signed by its CA, and no other.
+/// client that presents one signed by its CA, and no other; both front ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_required() {
     let pki = Pki::new();
-    let pair = pki.server();
     let client = pki.client();
-    let config = pki.server_config_with_client_auth(&pair);
+    let config = pki.server_config_with_client_auth(&pki.server());
     let server = tokio_echo(sockeye::Server::builder().tls(config.clone())).await;
-    let uri = format!("wss://localhost:{}/", port_of(server.local_addr()));
-
-    let ws = bounded(
-        sockeye::ClientBuilder::default()
-            .ca_file(pki.ca_file())
-            .unwrap()
-            .client_auth_pem_files(&client.cert, &client.key)
-            .unwrap()
-            .connect(&uri),
-    )
-    .await
-    .unwrap();
-    ws.send("with a certificate").await.unwrap();
-    assert_eq!(
-        bounded(ws.recv()).await.unwrap(),
-        Some(Message::from("with a certificate"))
-    );
-    bounded(ws.close(CloseCode::NORMAL, "")).await.unwrap();
-
-    let e = bounded(
-        sockeye::ClientBuilder::default()
-            .ca_file(pki.ca_file())
-            .unwrap()
-            .open_timeout(Some(Duration::from_secs(5)))
-            .connect(&uri),
-    )
-    .await
-    .unwrap_err();
+    let uri = wss(server.local_addr(), "localhost");
+    let with_cert = trusting(&pki)
+        .client_auth_pem_files(&client.cert, &client.key)
+        .unwrap();
+    tokio_session(with_cert, &uri, "with a certificate").await;
+    let without = trusting(&pki).open_timeout(Some(Duration::from_secs(5)));
+    let e = bounded(without.connect(&uri)).await.unwrap_err();
     assert_certificate_required(&e);
 
-    // The blocking front end, against a blocking server.
     let sync_server = sync_echo(sync::Server::builder().tls(config));
-    let uri = format!("wss://localhost:{}/", port_of(sync_server.local_addr()));
+    let uri = wss(sync_server.local_addr(), "localhost");
     let ca = pki.ca_file();
     blocking(move || {
-        let ws = sync::ClientBuilder::default()
-            .ca_file(&ca)
-            .unwrap()
-            .client_auth(
-                sockeye::tls::load_certs(&client.cert).unwrap(),
-                sockeye::tls::load_private_key(&client.key).unwrap(),
-            )
-            .connect(&uri)
-            .unwrap();
-        ws.send("with a certificate").unwrap();
-        assert_eq!(
-            ws.recv_timeout(GUARD).unwrap(),
-            Some(Message::from("with a certificate"))
-        );
-        ws.close(CloseCode::NORMAL, "").unwrap();
-        let e = sync::ClientBuilder::default()
-            .ca_file(&ca)
-            .unwrap()
-            .open_timeout(Some(Duration::from_secs(5)))
-            .connect(&uri)
-            .unwrap_err();
-        assert_certificate_required(&e);
+        let certs = sockeye::tls::load_certs(&client.cert).unwrap();
+        let key = sockeye::tls::load_private_key(&client.key).unwrap();
+        let with_cert = sync_trusting(&ca).client_auth(certs, key);
+        sync_session(with_cert, &uri, "with a certificate");
+        let without = sync_trusting(&ca).open_timeout(Some(Duration::from_secs(5)));
+        assert_certificate_required(&without.connect(&uri).unwrap_err());
         sync_server.shutdown();
     })
     .await;
@@ -555,54 +450,24 @@ async fn client_certificate_required() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compression_negotiated_over_tls() {
     let pki = Pki::new();
-    let pair = pki.server();
-    let server = tokio_echo(
-        sockeye::Server::builder()
-            .tls_pem_files(&pair.cert, &pair.key)
-            .unwrap(),
-    )
-    .await;
-    let uri = format!("wss://localhost:{}/", port_of(server.local_addr()));
-    let ws = bounded(
-        sockeye::ClientBuilder::default()
-            .ca_file(pki.ca_file())
-            .unwrap()
-            .connect(&uri),
-    )
-    .await
-    .unwrap();
-    let extensions = |r: &sockeye::http::Response<()>| {
+    let server = tokio_tls_echo(&pki.server()).await;
+    let uri = wss(server.local_addr(), "localhost");
+    let deflate = |r: &sockeye::http::Response<()>| {
         r.headers()
             .get("sec-websocket-extensions")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default()
+            .is_some_and(|v| v.to_str().unwrap().contains("permessage-deflate"))
     };
-    assert!(
-        extensions(ws.response()).contains("permessage-deflate"),
-        "{:?}",
-        ws.response()
-    );
     let text = "compressible ".repeat(10_000);
-    ws.send(text.as_str()).await.unwrap();
-    assert_eq!(
-        bounded(ws.recv()).await.unwrap(),
-        Some(Message::from(text.as_str()))
-    );
+    let ws = bounded(trusting(&pki).connect(&uri)).await.unwrap();
+    assert!(deflate(ws.response()), "{:?}", ws.response());
+    echo_check(&ws, text.as_str()).await;
     bounded(ws.close(CloseCode::NORMAL, "")).await.unwrap();
 
     let ca = pki.ca_file();
     blocking(move || {
-        let ws = sync::ClientBuilder::default()
-            .ca_file(ca)
-            .unwrap()
-            .connect(&uri)
-            .unwrap();
-        assert!(extensions(ws.response()).contains("permessage-deflate"));
-        ws.send(text.as_str()).unwrap();
-        assert_eq!(
-            ws.recv_timeout(GUARD).unwrap(),
-            Some(Message::from(text.as_str()))
-        );
+        let ws = sync_trusting(&ca).connect(&uri).unwrap();
+        assert!(deflate(ws.response()), "{:?}", ws.response());
+        sync_echo_check(&ws, text.as_str());
         ws.close(CloseCode::NORMAL, "").unwrap();
     })
     .await;
@@ -620,43 +485,22 @@ async fn one_mib_round_trip() {
         .collect();
     let config = sockeye::tls::server_config_from_pem_files(&pair.cert, &pair.key).unwrap();
     let server = tokio_echo(sockeye::Server::builder().tls(config.clone())).await;
-    let uri = format!("wss://localhost:{}/", port_of(server.local_addr()));
-    let ws = bounded(
-        sockeye::ClientBuilder::default()
-            .ca_file(pki.ca_file())
-            .unwrap()
-            .compression(false)
-            .connect(&uri),
-    )
-    .await
-    .unwrap();
-    for _ in 0..2 {
-        ws.send(payload.clone()).await.unwrap();
-        assert_eq!(
-            bounded(ws.recv()).await.unwrap(),
-            Some(Message::from(payload.clone()))
-        );
-    }
+    let uri = wss(server.local_addr(), "localhost");
+    let ws = bounded(trusting(&pki).compression(false).connect(&uri))
+        .await
+        .unwrap();
+    echo_check(&ws, payload.clone()).await;
+    echo_check(&ws, payload.clone()).await;
     bounded(ws.close(CloseCode::NORMAL, "")).await.unwrap();
     bounded(server.close()).await;
 
     let sync_server = sync_echo(sync::Server::builder().tls(config));
-    let uri = format!("wss://localhost:{}/", port_of(sync_server.local_addr()));
+    let uri = wss(sync_server.local_addr(), "localhost");
     let ca = pki.ca_file();
     blocking(move || {
-        let ws = sync::ClientBuilder::default()
-            .ca_file(ca)
-            .unwrap()
-            .compression(false)
-            .connect(&uri)
-            .unwrap();
-        for _ in 0..2 {
-            ws.send(payload.clone()).unwrap();
-            assert_eq!(
-                ws.recv_timeout(GUARD).unwrap(),
-                Some(Message::from(payload.clone()))
-            );
-        }
+        let ws = sync_trusting(&ca).compression(false).connect(&uri).unwrap();
+        sync_echo_check(&ws, payload.clone());
+        sync_echo_check(&ws, payload);
         ws.close(CloseCode::NORMAL, "").unwrap();
         sync_server.shutdown();
     })
@@ -670,48 +514,37 @@ async fn server_survives_garbage_instead_of_client_hello() {
     let pki = Pki::new();
     let pair = pki.server();
     let config = sockeye::tls::server_config_from_pem_files(&pair.cert, &pair.key).unwrap();
+    let open_timeout = Some(Duration::from_secs(2));
     let tokio_server = tokio_echo(
         sockeye::Server::builder()
             .tls(config.clone())
-            .open_timeout(Some(Duration::from_secs(2))),
+            .open_timeout(open_timeout),
     )
     .await;
     let sync_server = sync_echo(
         sync::Server::builder()
             .tls(config)
-            .open_timeout(Some(Duration::from_secs(2))),
+            .open_timeout(open_timeout),
     );
-    for addr in [
-        tokio_server.local_addr().unwrap(),
-        sync_server.local_addr().unwrap(),
-    ] {
+    for addr in [tokio_server.local_addr(), sync_server.local_addr()] {
         let ca = pki.ca_file();
         blocking(move || {
             // Says nothing, and stays connected during the rest.
-            let silent = TcpStream::connect(addr).unwrap();
+            let silent = TcpStream::connect(addr.unwrap()).unwrap();
             for garbage in [
                 &b"\x16\x03\x01\x00\x05hello, not a ClientHello"[..],
                 b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\r\n",
                 &[0xffu8; 4096][..],
             ] {
-                let mut s = TcpStream::connect(addr).unwrap();
+                let mut s = TcpStream::connect(addr.unwrap()).unwrap();
                 let _ = s.write_all(garbage);
                 s.set_read_timeout(Some(GUARD)).unwrap();
                 // The server answers with an alert or closes; either way, it ends.
                 let mut sink = Vec::new();
                 let _ = std::io::Read::read_to_end(&mut s, &mut sink);
             }
-            let ws = sync::ClientBuilder::default()
-                .ca_file(ca)
-                .unwrap()
-                .connect(&format!("wss://localhost:{}/", addr.port()))
-                .unwrap();
-            ws.send("after the garbage").unwrap();
-            assert_eq!(
-                ws.recv_timeout(GUARD).unwrap(),
-                Some(Message::from("after the garbage"))
-            );
-            ws.close(CloseCode::NORMAL, "").unwrap();
+            let uri = wss(addr, "localhost");
+            sync_session(sync_trusting(&ca), &uri, "after the garbage");
             drop(silent);
         })
         .await;
@@ -721,21 +554,14 @@ async fn server_survives_garbage_instead_of_client_hello() {
 }
 
 /// `ws://` stays plain on a TLS-capable build, and a TLS client against a plain server fails
-/// with an error, not a hang.
+/// with a TLS error, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_stays_plain_and_wss_to_plain_server_fails() {
     let server = tokio_echo(sockeye::Server::builder()).await;
     assert!(!server.is_tls());
     let port = port_of(server.local_addr());
-    let ws = bounded(sockeye::connect(&format!("ws://127.0.0.1:{port}/")))
-        .await
-        .unwrap();
-    ws.send("plain").await.unwrap();
-    assert_eq!(
-        bounded(ws.recv()).await.unwrap(),
-        Some(Message::from("plain"))
-    );
-    bounded(ws.close(CloseCode::NORMAL, "")).await.unwrap();
+    let plain = sockeye::ClientBuilder::default();
+    tokio_session(plain, &format!("ws://127.0.0.1:{port}/"), "plain").await;
     let e = bounded(
         sockeye::ClientBuilder::default()
             .open_timeout(Some(Duration::from_secs(5)))
@@ -762,13 +588,16 @@ fn pem_file_errors_name_the_file() {
     let Err(e) = sockeye::Server::builder().tls_pem_files(&pair.key, &pair.key) else {
         panic!("a key file was accepted as a certificate file");
     };
-    assert!(e.to_string().contains(&*pair.key.to_string_lossy()), "{e}");
+    let key_path = pair.key.to_string_lossy();
+    assert!(e.to_string().contains(&*key_path), "{e}");
+    // A certificate file given as the key: no key in it.
     let e = sockeye::ClientBuilder::default()
         .client_auth_pem_files(&pair.cert, &pair.cert)
         .unwrap_err();
+    let text = e.to_string();
     assert!(
-        e.to_string().contains(&*pair.cert.to_string_lossy()) && e.to_string().contains("key"),
-        "{e}"
+        text.contains(&*pair.cert.to_string_lossy()) && text.contains("key"),
+        "{text}"
     );
     let e = sync::ClientBuilder::default()
         .ca_file(Path::new("/nonexistent/ca.pem"))
