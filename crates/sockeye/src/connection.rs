@@ -39,6 +39,72 @@ use crate::proto::{
 };
 use crate::queue::{FragmentsState, Inbox, Item, Sender};
 
+/// The transport of a tokio connection: TCP, or TLS over TCP. One type, so that the driver
+/// is compiled once; the TLS variant is boxed so that a plain connection stays as small as
+/// a bare `TcpStream` (a rustls session is over a kilobyte even while idle).
+pub(crate) enum Stream {
+    /// TCP.
+    Plain(tokio::net::TcpStream),
+    /// TLS over TCP, handshake done.
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket under the transport.
+    pub(crate) fn tcp(&self) -> &tokio::net::TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Per-connection settings that belong to the front end rather than the core.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -299,6 +365,7 @@ impl Connection {
             sleep_at: None,
             eof: false,
             finished: false,
+            unflushed: false,
         };
         {
             let mut sh = inner.lock();
@@ -843,6 +910,9 @@ pub(crate) struct Driver<S> {
     sleep_at: Option<Instant>,
     eof: bool,
     finished: bool,
+    /// A batch was written and the transport not flushed since (TLS buffers records it
+    /// could not write at once; TCP's flush does nothing).
+    unflushed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -874,6 +944,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
             }
         })
+    }
+
+    /// The transport failed (reading, writing or flushing): the peer is gone as far as the
+    /// core is concerned, and the connection is over.
+    fn transport_failed(&mut self, e: io::Error) {
+        {
+            let mut sh = self.inner.lock();
+            let _ = sh.proto.receive_eof();
+        }
+        self.finish(Some(e));
     }
 
     fn finish(&mut self, error: Option<io::Error>) {
@@ -985,11 +1065,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => {
-                        {
-                            let mut sh = this.inner.lock();
-                            let _ = sh.proto.receive_eof();
-                        }
-                        this.finish(Some(e));
+                        this.transport_failed(e);
                         return Poll::Ready(());
                     }
                     Poll::Pending => {}
@@ -1019,17 +1095,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => {
-                        {
-                            let mut sh = this.inner.lock();
-                            let _ = sh.proto.receive_eof();
-                        }
-                        this.finish(Some(e));
+                        this.transport_failed(e);
                         return Poll::Ready(());
                     }
                     Poll::Pending => break,
                 }
             }
             let drained = this.wpos == this.wbuf.len();
+            if had_output {
+                this.unflushed = true;
+            }
+            if this.unflushed && drained {
+                // One flush per batch: what TLS kept back leaves now.
+                match Pin::new(&mut this.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => this.unflushed = false,
+                    Poll::Ready(Err(e)) => {
+                        this.transport_failed(e);
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => {}
+                }
+            }
             if had_output && drained {
                 if this.wbuf.capacity() > 64 * 1024 {
                     this.wbuf = Vec::new();

@@ -30,6 +30,10 @@ pub enum Error {
     /// A blocking wait with a time limit ran out: `sockeye::sync`'s `recv_timeout` got no
     /// message, or `PongWaiter::wait` no pong, in time. The connection is still usable.
     RecvTimeout,
+    /// TLS failed: the server's certificate was not trusted (unknown CA, wrong name,
+    /// expired), the peer refused ours, or the TLS handshake or a record was bad.
+    #[cfg(feature = "tls")]
+    Tls(rustls::Error),
 }
 
 /// How a connection ended.
@@ -91,6 +95,8 @@ impl fmt::Display for Error {
             ),
             Error::Misuse(m) => write!(f, "API misuse: {m}"),
             Error::RecvTimeout => f.write_str("timed out waiting"),
+            #[cfg(feature = "tls")]
+            Error::Tls(e) => write!(f, "TLS error: {e}"),
         }
     }
 }
@@ -101,13 +107,21 @@ impl std::error::Error for Error {
             Error::Handshake(e) => Some(e),
             Error::Protocol(e) => Some(e),
             Error::Io(e) => Some(&**e),
+            #[cfg(feature = "tls")]
+            Error::Tls(e) => Some(e),
             _ => None,
         }
     }
 }
 
 impl From<io::Error> for Error {
+    /// An I/O error, or [`Error::Tls`] when it carries a rustls error (TLS streams report
+    /// their failures as I/O errors).
     fn from(e: io::Error) -> Self {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return Error::Tls(tls.clone());
+        }
         Error::Io(Arc::new(e))
     }
 }
@@ -120,6 +134,13 @@ impl From<sockeye_proto::Error> for Error {
             sockeye_proto::Error::Misuse(m) => Error::Misuse(m),
             other => Error::Protocol(other),
         }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl From<rustls::Error> for Error {
+    fn from(e: rustls::Error) -> Self {
+        Error::Tls(e)
     }
 }
 

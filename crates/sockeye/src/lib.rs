@@ -47,8 +47,15 @@
 //! [`Hub`] maps topics to subscribed connections: [`Hub::new`] in memory, and with the
 //! `redis` feature `Hub::redis(url)` shares topics among processes through Redis.
 //!
+//! # TLS
+//!
+//! With the `tls` feature (on by default), clients connect to `wss://` URIs and servers
+//! serve TLS: see the `tls` module.
+//!
 //! # Cargo features
 //!
+//! - `tls` (default): `wss://` clients and TLS servers (rustls, ring).
+//! - `native-roots`: `ClientBuilder::native_roots`, the system's trust store.
 //! - `redis`: `Hub::redis` and [`hub`]`::RedisBuilder`, on the `redis` crate (tokio).
 //!
 //! Logs go through `tracing`, targets `sockeye::server`, `sockeye::client` and `sockeye::hub`.
@@ -63,6 +70,8 @@ mod options;
 mod queue;
 mod server;
 pub mod sync;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// The `bytes` crate, re-exported: payloads are `Bytes`.
 pub use bytes;

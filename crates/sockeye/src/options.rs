@@ -208,6 +208,119 @@ macro_rules! client_setters {
 
 pub(crate) use client_setters;
 
+/// The TLS setters of the client builders, tokio and blocking (field `tls`, a
+/// `crate::tls::ClientTls`). They matter for `wss://` URIs only.
+#[cfg(feature = "tls")]
+macro_rules! tls_client_setters {
+    ($builder:ty) => {
+        impl $builder {
+            /// Connects with this rustls configuration: the other TLS options are ignored.
+            /// Set its `alpn_protocols` to `http/1.1` (or leave them empty).
+            pub fn tls_config(
+                mut self,
+                config: std::sync::Arc<crate::tls::rustls::ClientConfig>,
+            ) -> Self {
+                self.tls.config = Some(config);
+                self
+            }
+
+            /// Trusts this CA certificate (DER) too, besides Mozilla's roots.
+            pub fn add_root_certificate(
+                mut self,
+                cert: crate::tls::CertificateDer<'static>,
+            ) -> Self {
+                self.tls.roots.push(cert);
+                self
+            }
+
+            /// Trusts the CA certificates of this PEM file too, besides Mozilla's roots. The
+            /// file is read now: an error names it.
+            pub fn ca_file(mut self, path: impl AsRef<std::path::Path>) -> crate::Result<Self> {
+                self.tls.roots.extend(crate::tls::load_certs(path)?);
+                Ok(self)
+            }
+
+            /// Presents this client certificate chain (leaf first), with its private key, to
+            /// servers that ask for one.
+            pub fn client_auth(
+                mut self,
+                certs: Vec<crate::tls::CertificateDer<'static>>,
+                key: crate::tls::PrivateKeyDer<'static>,
+            ) -> Self {
+                self.tls.client_auth = Some(std::sync::Arc::new((certs, key)));
+                self
+            }
+
+            /// [`client_auth`](Self::client_auth) from PEM files, read now: an error names
+            /// the file.
+            pub fn client_auth_pem_files(
+                self,
+                cert_path: impl AsRef<std::path::Path>,
+                key_path: impl AsRef<std::path::Path>,
+            ) -> crate::Result<Self> {
+                let certs = crate::tls::load_certs(cert_path)?;
+                let key = crate::tls::load_private_key(key_path)?;
+                Ok(self.client_auth(certs, key))
+            }
+
+            /// Trusts the operating system's root certificates too (feature `native-roots`),
+            /// loaded at each connection.
+            #[cfg(feature = "native-roots")]
+            pub fn native_roots(mut self, on: bool) -> Self {
+                self.tls.native_roots = on;
+                self
+            }
+
+            /// **Skips the verification of the server's certificate: for tests only.**
+            ///
+            /// With `insecure(true)` any certificate, self-signed, expired or for another
+            /// name, is accepted, so anyone on the path can impersonate the server and read
+            /// the traffic. Handshake signatures are still checked. Prefer
+            /// [`ca_file`](Self::ca_file) with the test CA.
+            pub fn insecure(mut self, on: bool) -> Self {
+                self.tls.insecure = on;
+                self
+            }
+        }
+    };
+}
+
+#[cfg(feature = "tls")]
+pub(crate) use tls_client_setters;
+
+/// The TLS setters of the server builders, tokio and blocking (field `tls`, an
+/// `Option<Arc<rustls::ServerConfig>>`).
+#[cfg(feature = "tls")]
+macro_rules! tls_server_setters {
+    ($builder:ty) => {
+        impl $builder {
+            /// Serves over TLS with this rustls configuration (`wss://`). Build it with
+            /// [`crate::tls::server_config`], or from
+            /// `rustls::ServerConfig::builder_with_provider(sockeye::tls::provider())` for
+            /// client certificates and more.
+            pub fn tls(mut self, config: std::sync::Arc<crate::tls::rustls::ServerConfig>) -> Self {
+                self.tls = Some(config);
+                self
+            }
+
+            /// Serves over TLS with the certificate chain and private key of these PEM files,
+            /// read now: an error names the file that cannot be read or parsed (see
+            /// [`crate::tls::server_config_from_pem_files`]).
+            pub fn tls_pem_files(
+                self,
+                cert_path: impl AsRef<std::path::Path>,
+                key_path: impl AsRef<std::path::Path>,
+            ) -> crate::Result<Self> {
+                let config = crate::tls::server_config_from_pem_files(cert_path, key_path)?;
+                Ok(self.tls(config))
+            }
+        }
+    };
+}
+
+#[cfg(feature = "tls")]
+pub(crate) use tls_server_setters;
+
 impl Options {
     pub(crate) fn config_open_timeout(&self) -> Option<std::time::Duration> {
         self.config.open_timeout_value()

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::connection::{Connection, Info, Limits};
+use crate::connection::{Connection, Info, Limits, Stream};
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::proto::{self, CloseCode, Event, Protocol, Side};
@@ -48,10 +48,14 @@ pub struct ServerBuilder {
     options: Options,
     process_request: Option<ProcessRequest>,
     process_response: Option<ProcessResponse>,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 crate::options::option_setters!(ServerBuilder);
 crate::options::server_setters!(ServerBuilder);
+#[cfg(feature = "tls")]
+crate::options::tls_server_setters!(ServerBuilder);
 
 impl ServerBuilder {
     /// Binds `addr` and serves: `handler` runs once per connection, and the connection
@@ -74,8 +78,13 @@ impl ServerBuilder {
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
     {
         let local_addr = listener.local_addr().ok();
+        #[cfg(feature = "tls")]
+        let secure = self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let secure = false;
         let inner = Arc::new(ServerInner {
             local_addr,
+            secure,
             connections: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             stop_accepting: Notify::new(),
@@ -85,13 +94,16 @@ impl ServerBuilder {
             closed_notify: Notify::new(),
         });
         if let Some(addr) = local_addr {
-            tracing::info!(target: "sockeye::server", "server listening on {addr}");
+            let scheme = if secure { "wss" } else { "ws" };
+            tracing::info!(target: "sockeye::server", "server listening on {addr} ({scheme}://)");
         }
         let shared = Arc::new(Shared {
             config: Arc::new(self.options.config.clone()),
             options: self.options,
             process_request: self.process_request,
             process_response: self.process_response,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
         });
         tokio::spawn(accept_loop(
             listener,
@@ -108,10 +120,14 @@ struct Shared {
     config: Arc<proto::Config>,
     process_request: Option<ProcessRequest>,
     process_response: Option<ProcessResponse>,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct ServerInner {
     local_addr: Option<SocketAddr>,
+    /// Serving TLS (`wss://`).
+    secure: bool,
     connections: Mutex<HashMap<u64, Connection>>,
     closing: AtomicBool,
     stop_accepting: Notify,
@@ -132,6 +148,7 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.inner.local_addr)
+            .field("tls", &self.inner.secure)
             .finish()
     }
 }
@@ -145,6 +162,11 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.inner.local_addr
+    }
+
+    /// Whether the server serves TLS (`wss://` URIs) rather than plain TCP (`ws://`).
+    pub fn is_tls(&self) -> bool {
+        self.inner.secure
     }
 
     /// The open connections.
@@ -268,7 +290,7 @@ async fn accept_loop<H, Fut>(
 }
 
 async fn handle_connection<H, Fut>(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     server: &Arc<ServerInner>,
     shared: &Shared,
@@ -277,12 +299,22 @@ async fn handle_connection<H, Fut>(
     H: Fn(Connection) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
 {
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().ok();
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
     let mut proto = Protocol::server(shared.config.clone());
-    // Stream mode from the start, so that messages pipelined with the handshake are
-    // fragments too (see Connection::new).
+    // Stream mode from the start, as the connections built on it run (see `queue.rs`).
     proto.set_stream_fragments(true);
+    // The core's open timeout counts from here: TLS and WebSocket handshakes together.
+    proto.handle_timeout(tokio::time::Instant::now().into_std());
+    let mut stream = match accept_transport(tcp, shared).await {
+        Ok(s) => s,
+        Err(e) => {
+            // A scanner, a plain-HTTP client, a client that does not trust us: not our
+            // problem, and not the accept loop's.
+            tracing::debug!(target: "sockeye::server", "TLS handshake failed: {e}");
+            return;
+        }
+    };
     // Boxed: the handshake's buffers are freed when it completes instead of staying in the
     // task's future for the life of the connection.
     let opened = Box::pin(server_handshake(&mut stream, &mut proto, shared, server)).await;
@@ -321,6 +353,26 @@ async fn handle_connection<H, Fut>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
+}
+
+/// The transport of an accepted connection: TLS over `tcp` when the server has a TLS
+/// configuration (handshake within `open_timeout`), `tcp` itself otherwise.
+async fn accept_transport(tcp: TcpStream, shared: &Shared) -> Result<Stream> {
+    #[cfg(feature = "tls")]
+    if let Some(config) = &shared.tls {
+        // Boxed: the TLS session is kept by the stream afterwards, and a future holding it
+        // inline would make every connection's task bigger, plain ones too.
+        let accept = Box::pin(crate::tls::accept_tokio(config, tcp));
+        let tls = match shared.options.config_open_timeout() {
+            Some(t) => tokio::time::timeout(t, accept)
+                .await
+                .map_err(|_| Error::OpenTimeout)??,
+            None => accept.await?,
+        };
+        return Ok(Stream::Tls(Box::new(tls)));
+    }
+    let _ = shared;
+    Ok(Stream::Plain(tcp))
 }
 
 /// Polls the handler and the driver in one task: the connection keeps answering pings and

@@ -8,10 +8,12 @@ use http::header::{HeaderName, HeaderValue};
 
 use super::connection::Connection;
 use super::server::read_until_event;
+use super::stream::Transport;
 use crate::connection::Info;
 use crate::error::{Error, Result};
 use crate::options::Options;
-use crate::proto::{Event, Protocol, Side};
+use crate::proto::handshake::Target;
+use crate::proto::{Event, Side};
 
 /// Builds a blocking client with options other than the defaults: the same options, with the
 /// same defaults, as [`crate::ClientBuilder`].
@@ -19,32 +21,31 @@ use crate::proto::{Event, Protocol, Side};
 pub struct ClientBuilder {
     options: Options,
     headers: Vec<(HeaderName, HeaderValue)>,
+    #[cfg(feature = "tls")]
+    tls: crate::tls::ClientTls,
 }
 
 crate::options::option_setters!(ClientBuilder);
 crate::options::client_setters!(ClientBuilder);
+#[cfg(feature = "tls")]
+crate::options::tls_client_setters!(ClientBuilder);
 
 impl ClientBuilder {
-    /// Connects to a `ws://` URI and runs the opening handshake, blocking until the
-    /// connection is open (at most `open_timeout` for TCP connect and handshake together).
-    /// Starts the connection's I/O thread.
+    /// Connects to a `ws://` or `wss://` URI and runs the opening handshake (TLS first for
+    /// `wss://`), blocking until the connection is open (at most `open_timeout` for TCP
+    /// connect and handshakes together). Starts the connection's I/O thread.
     pub fn connect(self, uri: &str) -> Result<Connection> {
-        let (uri, host, port) = crate::client::plain_target(uri)?;
+        let (uri, target) = crate::client::target(uri)?;
         let start = Instant::now();
         let deadline = self.options.config_open_timeout().map(|t| start + t);
-        let mut stream = tcp_connect(&host, port, deadline)?;
-        let _ = stream.set_nodelay(true);
+        let tcp = tcp_connect(&target.host, target.port, deadline)?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream = self.transport(tcp, &target, deadline)?;
         let config = std::sync::Arc::new(self.options.config.clone());
-        let mut proto = Protocol::client(config);
-        // The core's open timeout counts from here: TCP connect and handshake together.
+        let (mut proto, request, out) =
+            crate::client::start_handshake(config, &uri, &self.headers)?;
+        // The core's open timeout counts from the start: TCP connect and handshakes together.
         proto.handle_timeout(start);
-        let mut request = proto.connect_request(&uri)?;
-        for (name, value) in &self.headers {
-            request.headers_mut().append(name.clone(), value.clone());
-        }
-        proto.send_request(&request)?;
-        let mut out = Vec::new();
-        proto.poll_transmit(&mut out);
         stream.write_all(&out)?;
         let response = match read_until_event(&mut stream, &mut proto)? {
             Some(Event::Response(r)) => r,
@@ -53,8 +54,8 @@ impl ClientBuilder {
         let info = Info {
             id: 0,
             side: Side::Client,
-            local_addr: stream.local_addr().ok(),
-            remote_addr: stream.peer_addr().ok(),
+            local_addr: stream.tcp.local_addr().ok(),
+            remote_addr: stream.tcp.peer_addr().ok(),
             subprotocol: proto.subprotocol().map(str::to_owned),
             request,
             response: *response,
@@ -62,6 +63,23 @@ impl ClientBuilder {
         let conn = Connection::new(proto, stream, self.options.limits, info)?;
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
         Ok(conn)
+    }
+
+    /// TLS over `tcp` for `wss://` (handshake until `deadline`), `tcp` itself for `ws://`.
+    fn transport(
+        &self,
+        tcp: TcpStream,
+        target: &Target,
+        deadline: Option<Instant>,
+    ) -> Result<Transport> {
+        #[cfg(feature = "tls")]
+        if target.secure {
+            let mut tcp = tcp;
+            let session = crate::tls::connect_sync(&self.tls, &target.host, &mut tcp, deadline)?;
+            return Ok(Transport::tls(session, tcp)?);
+        }
+        let _ = (target, deadline);
+        Ok(Transport::plain(tcp)?)
     }
 }
 
@@ -88,7 +106,7 @@ fn tcp_connect(host: &str, port: u16, deadline: Option<Instant>) -> Result<TcpSt
     Err(last.unwrap_or_else(|| Error::InvalidUri(format!("{host}: no address"))))
 }
 
-/// Connects to a `ws://` URI with the default options. See [`ClientBuilder::connect`].
+/// Connects to a `ws://` or `wss://` URI with the default options. See [`ClientBuilder::connect`].
 pub fn connect(uri: &str) -> Result<Connection> {
     ClientBuilder::default().connect(uri)
 }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 
+use super::stream::{ReadHalf, Transport, WriteHalf};
 use crate::connection::{Info, Limits};
 use crate::error::{Closed, Error, Result};
 use crate::proto::{
@@ -53,7 +54,7 @@ struct Shared {
 }
 
 struct Writer {
-    stream: TcpStream,
+    stream: WriteHalf,
     buf: Vec<u8>,
 }
 
@@ -176,6 +177,7 @@ impl Inner {
                 let close = sh.proto.should_close_transport() && !sh.done;
                 drop(sh);
                 if close {
+                    w.stream.close_notify();
                     // Wakes the I/O thread from its read (it sees the end of stream).
                     let _ = self.stream.shutdown(Shutdown::Both);
                 }
@@ -230,7 +232,7 @@ impl Inner {
     }
 
     /// The I/O thread: reads, fires timers, writes, until the transport is closed.
-    fn run(self: Arc<Self>, mut reader: TcpStream) {
+    fn run(self: Arc<Self>, mut reader: ReadHalf) {
         let mut buf = vec![0u8; READ_BUF];
         let mut eof = false;
         loop {
@@ -382,16 +384,19 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Wraps an open protocol and its socket, and starts the connection's I/O thread.
+    /// Wraps an open protocol and its transport, and starts the connection's I/O thread.
     pub(crate) fn new(
         proto: Protocol,
-        stream: TcpStream,
+        transport: Transport,
         limits: Limits,
         mut info: Info,
     ) -> io::Result<Connection> {
         info.id = crate::connection::next_id();
-        let reader = stream.try_clone()?;
-        let writer = stream.try_clone()?;
+        let Transport {
+            reader,
+            writer,
+            tcp: stream,
+        } = transport;
         // Reads time out at the core's deadlines; writes block (backpressure).
         stream.set_write_timeout(None)?;
         let mut proto = proto;

@@ -57,11 +57,16 @@
 //! [`Server::shutdown`] wakes the accept loop, which `std` cannot interrupt, by connecting to
 //! the server's own address.
 //!
+//! TLS (`wss://`, feature `tls`): the same builder options as the tokio front end. The TLS
+//! handshake runs in the connection's thread; a TLS connection's I/O thread holds a 16 KiB
+//! ciphertext buffer besides its read buffer, and the session (see `sockeye::tls`).
+//!
 //! Logs go through `tracing`, targets `sockeye::server` and `sockeye::client`.
 
 mod client;
 mod connection;
 mod server;
+mod stream;
 
 pub use client::{connect, ClientBuilder};
 pub use connection::{broadcast, Connection, Fragments, PongWaiter};

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode};
 
 use super::connection::Connection;
+use super::stream::Transport;
 use crate::connection::Info;
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -27,10 +28,14 @@ pub struct ServerBuilder {
     options: Options,
     process_request: Option<ProcessRequest>,
     process_response: Option<ProcessResponse>,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 crate::options::option_setters!(ServerBuilder);
 crate::options::server_setters!(ServerBuilder);
+#[cfg(feature = "tls")]
+crate::options::tls_server_setters!(ServerBuilder);
 
 impl ServerBuilder {
     /// Binds `addr` and serves in background threads: `handler` runs once per connection,
@@ -51,8 +56,13 @@ impl ServerBuilder {
         H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
     {
         let local_addr = listener.local_addr().ok();
+        #[cfg(feature = "tls")]
+        let secure = self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let secure = false;
         let inner = Arc::new(ServerInner {
             local_addr,
+            secure,
             connections: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
@@ -61,13 +71,16 @@ impl ServerBuilder {
             closed_cond: Condvar::new(),
         });
         if let Some(addr) = local_addr {
-            tracing::info!(target: "sockeye::server", "server listening on {addr}");
+            let scheme = if secure { "wss" } else { "ws" };
+            tracing::info!(target: "sockeye::server", "server listening on {addr} ({scheme}://)");
         }
         let shared = Arc::new(Shared {
             config: Arc::new(self.options.config.clone()),
             options: self.options,
             process_request: self.process_request,
             process_response: self.process_response,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
             handler: Box::new(handler),
         });
         let server = inner.clone();
@@ -88,11 +101,15 @@ struct Shared {
     config: Arc<proto::Config>,
     process_request: Option<ProcessRequest>,
     process_response: Option<ProcessResponse>,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
     handler: Box<Handler>,
 }
 
 struct ServerInner {
     local_addr: Option<SocketAddr>,
+    /// Serving TLS (`wss://`).
+    secure: bool,
     connections: Mutex<HashMap<u64, Connection>>,
     closing: AtomicBool,
     /// Connection threads (handshake, then handler), finished ones pruned as new ones start.
@@ -112,6 +129,7 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.inner.local_addr)
+            .field("tls", &self.inner.secure)
             .finish()
     }
 }
@@ -125,6 +143,11 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.inner.local_addr
+    }
+
+    /// Whether the server serves TLS (`wss://` URIs) rather than plain TCP (`ws://`).
+    pub fn is_tls(&self) -> bool {
+        self.inner.secure
     }
 
     /// The open connections.
@@ -234,15 +257,25 @@ fn accept_loop(listener: TcpListener, server: Arc<ServerInner>, shared: Arc<Shar
     }
 }
 
-fn handle_connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    server: &Arc<ServerInner>,
-    shared: &Shared,
-) {
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().ok();
+fn handle_connection(tcp: TcpStream, peer: SocketAddr, server: &Arc<ServerInner>, shared: &Shared) {
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
     let mut proto = Protocol::server(shared.config.clone());
+    // Stream mode from the start, as the connections built on it run (see `queue.rs`).
+    proto.set_stream_fragments(true);
+    // The core's open timeout counts from here: TLS and WebSocket handshakes together.
+    let start = Instant::now();
+    proto.handle_timeout(start);
+    let deadline = shared.options.config_open_timeout().map(|t| start + t);
+    let mut stream = match accept_transport(tcp, shared, deadline) {
+        Ok(s) => s,
+        Err(e) => {
+            // A scanner, a plain-HTTP client, a client that does not trust us: not our
+            // problem, and not the accept loop's.
+            tracing::debug!(target: "sockeye::server", "TLS handshake failed: {e}");
+            return;
+        }
+    };
     let (request, response) = match server_handshake(&mut stream, &mut proto, shared, server) {
         Ok(Some(pair)) => pair,
         Ok(None) => return,
@@ -300,9 +333,26 @@ fn handle_connection(
     lock(&server.connections).remove(&id);
 }
 
+/// The transport of an accepted connection: TLS over `tcp` when the server has a TLS
+/// configuration (handshake until `deadline`), `tcp` itself otherwise.
+fn accept_transport(
+    tcp: TcpStream,
+    shared: &Shared,
+    deadline: Option<Instant>,
+) -> Result<Transport> {
+    #[cfg(feature = "tls")]
+    if let Some(config) = &shared.tls {
+        let mut tcp = tcp;
+        let session = crate::tls::accept_sync(config, &mut tcp, deadline)?;
+        return Ok(Transport::tls(session, tcp)?);
+    }
+    let _ = (shared, deadline);
+    Ok(Transport::plain(tcp)?)
+}
+
 /// Runs the server side of the opening handshake. `Ok(None)`: answered without opening.
 fn server_handshake(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     proto: &mut Protocol,
     shared: &Shared,
     server: &ServerInner,
@@ -331,7 +381,7 @@ fn server_handshake(
     stream.write_all(&out)?;
     if status != StatusCode::SWITCHING_PROTOCOLS {
         tracing::info!(target: "sockeye::server", "handshake rejected ({})", status);
-        let _ = stream.shutdown(Shutdown::Write);
+        stream.shutdown(Shutdown::Write);
         return Ok(None);
     }
     let (parts, _) = response.into_parts();
@@ -342,7 +392,7 @@ fn server_handshake(
 /// with read timeouts at the core's deadline (its open timeout). Writes error responses the
 /// core queues.
 pub(crate) fn read_until_event(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     proto: &mut Protocol,
 ) -> Result<Option<Event>> {
     let mut buf = [0u8; 4096];
@@ -383,7 +433,7 @@ pub(crate) fn read_until_event(
             if !out.is_empty() {
                 let _ = stream.write_all(&out);
             }
-            let _ = stream.shutdown(Shutdown::Write);
+            stream.shutdown(Shutdown::Write);
             return Err(e.into());
         }
     }
