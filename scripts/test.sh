@@ -35,9 +35,9 @@ fi
 export SOCKEYE_PYTHON="$PWD/.venv/bin/python"
 
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace "$@"
+    cargo nextest run --workspace --all-features "$@"
 else
     echo "cargo-nextest not found: using cargo test" >&2
-    cargo test --workspace "$@"
+    cargo test --workspace --all-features "$@"
 fi
-cargo test --workspace --doc
+cargo test --workspace --all-features --doc

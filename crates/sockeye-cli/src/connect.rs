@@ -172,22 +172,6 @@ fn parse_close(args: &str) -> Result<(CloseCode, String), String> {
     Ok((code, reason.to_owned()))
 }
 
-/// TLS is being added on another branch: until it is, wss:// is refused here with a clear
-/// message. The integration replaces the one call to this function in [`connect`] with
-/// `builder = builder.insecure(args.insecure);` and deletes this function.
-fn tls_not_built(uri: &str, insecure: bool) -> Result<(), sockeye::BoxError> {
-    if uri
-        .get(..6)
-        .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))
-    {
-        return Err("TLS support not built: wss:// URIs are not supported yet".into());
-    }
-    if insecure {
-        tracing::debug!("--insecure has no effect on ws:// URIs");
-    }
-    Ok(())
-}
-
 pub(crate) async fn connect(args: ConnectArgs) -> Result<ExitCode, sockeye::BoxError> {
     let uri = args.uri.as_str();
     let mut builder = sockeye::ClientBuilder::default().compression(!args.no_compression);
@@ -203,8 +187,7 @@ pub(crate) async fn connect(args: ConnectArgs) -> Result<ExitCode, sockeye::BoxE
     if let Some(bytes) = args.max_size {
         builder = builder.max_size(bytes);
     }
-    // TLS: replace this line with `builder = builder.insecure(args.insecure);`
-    tls_not_built(uri, args.insecure)?;
+    builder = builder.insecure(args.insecure);
     let ws = builder.connect(uri).await?;
     eprintln!("Connected to {uri}.");
     if !args.subprotocols.is_empty() {

@@ -19,31 +19,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a server: a relay (a client at ws://ADDR/<path> joins topic <path> and what it
-    /// sends goes to the other clients of that topic), or an echo server with --echo.
-    Serve {
-        /// Address to listen on.
-        #[arg(default_value = "127.0.0.1:8765")]
-        addr: String,
-        /// Echo every message back instead of relaying it.
-        #[arg(long)]
-        echo: bool,
-        /// With --echo: run the blocking echo server (`sockeye::sync`, a thread per
-        /// connection) instead of the tokio one.
-        #[arg(long, requires = "echo")]
-        sync: bool,
-        /// Largest message accepted, in bytes.
-        #[arg(long, default_value_t = 1 << 20)]
-        max_size: usize,
-        /// Largest number of frames in one message.
-        #[arg(long, default_value_t = 1 << 16)]
-        max_fragments: usize,
-        /// Turn permessage-deflate off.
-        #[arg(long)]
-        no_compression: bool,
-        /// Seconds between keepalive pings (0: none).
-        #[arg(long, default_value_t = 20.0)]
-        ping_interval: f64,
-    },
+    /// sends goes to the other clients of that topic; GET / is a demo page), or an echo
+    /// server with --echo.
+    Serve(serve::ServeArgs),
     /// Connect to a server: an interactive client on a terminal, else stdin lines are sent.
     ///
     /// On a terminal, a `> ` prompt with line editing; otherwise each line of standard input
@@ -70,32 +48,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve {
-                addr,
-                echo,
-                sync,
-                max_size,
-                max_fragments,
-                no_compression,
-                ping_interval,
-            } => {
-                let interval = (ping_interval > 0.0)
-                    .then(|| std::time::Duration::from_secs_f64(ping_interval));
-                if sync {
-                    let builder = sockeye::sync::Server::builder()
-                        .max_size(max_size)
-                        .max_fragments(max_fragments)
-                        .compression(!no_compression)
-                        .ping_interval(interval);
-                    return serve::serve_sync_echo(builder, &addr).await;
-                }
-                let builder = sockeye::Server::builder()
-                    .max_size(max_size)
-                    .max_fragments(max_fragments)
-                    .compression(!no_compression)
-                    .ping_interval(interval);
-                serve::serve(builder, &addr, echo).await
-            }
+            Command::Serve(args) => serve::serve(args).await,
             Command::Connect(args) => connect::connect(args).await,
         }
     });

@@ -1,25 +1,85 @@
-//! `sockeye serve`: the relay (topics by path, through a [`sockeye::Hub`]) and the echo
-//! server, tokio or blocking.
+//! `sockeye serve`: the relay (topics by path, through a [`sockeye::Hub`], in memory or
+//! shared through Redis) with its demo page, and the echo server, tokio or blocking.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use http::StatusCode;
 use sockeye::Connection;
 
 use crate::{demo, shutdown_signal};
 
-pub(crate) async fn serve(
-    builder: sockeye::ServerBuilder,
-    addr: &str,
+/// Run a server: a relay (a client at ws://ADDR/<path> joins topic <path> and what it sends
+/// goes to the other clients of that topic; GET / is a demo page), or an echo server with
+/// --echo.
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(default_value = "127.0.0.1:8765")]
+    addr: String,
+    /// Echo every message back instead of relaying it.
+    #[arg(long)]
     echo: bool,
-) -> Result<ExitCode, sockeye::BoxError> {
-    let server = if echo {
+    /// With --echo: run the blocking echo server (`sockeye::sync`, a thread per
+    /// connection) instead of the tokio one.
+    #[arg(long, requires = "echo")]
+    sync: bool,
+    /// Share the relay's topics with other `sockeye serve --redis` processes through Redis
+    /// pub/sub, e.g. redis://127.0.0.1:6379/.
+    #[arg(long, value_name = "URL", conflicts_with = "echo")]
+    redis: Option<String>,
+    /// Serve TLS (wss:// and https:// for the page) with this certificate chain (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest message accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_size: usize,
+    /// Largest number of frames in one message.
+    #[arg(long, default_value_t = 1 << 16)]
+    max_fragments: usize,
+    /// Turn permessage-deflate off.
+    #[arg(long)]
+    no_compression: bool,
+    /// Seconds between keepalive pings (0: none).
+    #[arg(long, default_value_t = 20.0)]
+    ping_interval: f64,
+}
+
+impl ServeArgs {
+    fn ping_interval(&self) -> Option<Duration> {
+        (self.ping_interval > 0.0).then(|| Duration::from_secs_f64(self.ping_interval))
+    }
+
+    /// The TLS certificate and key, when both are given.
+    fn tls(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.tls_cert.as_ref().zip(self.tls_key.as_ref())
+    }
+}
+
+/// Runs `sockeye serve` until Ctrl-C or SIGTERM.
+pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError> {
+    if args.sync {
+        return serve_sync_echo(args).await;
+    }
+    let mut builder = sockeye::Server::builder()
+        .max_size(args.max_size)
+        .max_fragments(args.max_fragments)
+        .compression(!args.no_compression)
+        .ping_interval(args.ping_interval());
+    if let Some((cert, key)) = args.tls() {
+        builder = builder.tls_pem_files(cert, key)?;
+    }
+    let server = if args.echo {
         builder
             .process_request(|request| {
                 (request.uri().path() == "/healthz")
                     .then(|| sockeye::respond(StatusCode::OK, "OK\n"))
             })
-            .serve(addr, |ws| async move {
+            .serve(args.addr.as_str(), |ws| async move {
                 while let Some(message) = ws.recv().await? {
                     ws.send(message).await?;
                 }
@@ -27,14 +87,17 @@ pub(crate) async fn serve(
             })
             .await?
     } else {
-        let hub = sockeye::Hub::new();
+        let hub = match &args.redis {
+            Some(url) => sockeye::Hub::redis(url).await?,
+            None => sockeye::Hub::new(),
+        };
         builder
             .process_request(|request| match request.uri().path() {
                 "/healthz" => Some(sockeye::respond(StatusCode::OK, "OK\n")),
                 "/" if !demo::is_upgrade(request) => Some(demo::page()),
                 _ => None,
             })
-            .serve(addr, move |ws| {
+            .serve(args.addr.as_str(), move |ws| {
                 let hub = hub.clone();
                 async move {
                     if ws.request().uri().path() == demo::CLOCK_PATH {
@@ -46,11 +109,20 @@ pub(crate) async fn serve(
             })
             .await?
     };
-    let mode = if echo { "echo" } else { "relay" };
+    let mode = match (&args.redis, args.echo) {
+        (_, true) => "echo".to_owned(),
+        (Some(url), _) => format!("relay (topics shared through Redis at {url})"),
+        (None, _) => "relay".to_owned(),
+    };
+    let (ws, http) = if server.is_tls() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     if let Some(addr) = server.local_addr() {
-        eprintln!("sockeye {mode} server on ws://{addr}/ (Ctrl-C to stop)");
-        if !echo {
-            eprintln!("demo page: http://{addr}/");
+        eprintln!("sockeye {mode} server on {ws}://{addr}/ (Ctrl-C to stop)");
+        if !args.echo {
+            eprintln!("demo page: {http}://{addr}/");
         }
     }
     shutdown_signal().await;
@@ -61,22 +133,28 @@ pub(crate) async fn serve(
 
 /// The blocking echo server (`serve --echo --sync`): its threads serve; this task waits for
 /// the signal to stop.
-pub(crate) async fn serve_sync_echo(
-    builder: sockeye::sync::ServerBuilder,
-    addr: &str,
-) -> Result<ExitCode, sockeye::BoxError> {
+async fn serve_sync_echo(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError> {
+    let mut builder = sockeye::sync::Server::builder()
+        .max_size(args.max_size)
+        .max_fragments(args.max_fragments)
+        .compression(!args.no_compression)
+        .ping_interval(args.ping_interval());
+    if let Some((cert, key)) = args.tls() {
+        builder = builder.tls_pem_files(cert, key)?;
+    }
     let server = builder
         .process_request(|request| {
             (request.uri().path() == "/healthz").then(|| sockeye::respond(StatusCode::OK, "OK\n"))
         })
-        .serve(addr, |ws| {
+        .serve(args.addr.as_str(), |ws| {
             while let Some(message) = ws.recv()? {
                 ws.send(message)?;
             }
             Ok(())
         })?;
+    let scheme = if server.is_tls() { "wss" } else { "ws" };
     if let Some(addr) = server.local_addr() {
-        eprintln!("sockeye echo server (blocking) on ws://{addr}/ (Ctrl-C to stop)");
+        eprintln!("sockeye echo server (blocking) on {scheme}://{addr}/ (Ctrl-C to stop)");
     }
     shutdown_signal().await;
     eprintln!("shutting down");

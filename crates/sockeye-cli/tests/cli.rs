@@ -392,3 +392,151 @@ fn demo_page_in_headless_chromium_clock_and_chat() {
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
     println!("screenshot: {}", screenshot.display());
 }
+
+/// A `redis-server` on a free loopback port, killed (by its PID) on drop. `None` (the test
+/// skips, loudly) when redis-server is not installed, except under CI where that fails.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Option<Redis> {
+        let child = match Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let what = format!("redis-server cannot run ({e}); scripts/test.sh installs it");
+                assert!(std::env::var_os("CI").is_none(), "{what}");
+                eprintln!("SKIPPED: {what}");
+                return None;
+            }
+        };
+        let redis = Redis { child, port };
+        // Ready when it answers PING.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut answer = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut answer).is_ok()
+                    && &answer == b"+PONG\r\n"
+                {
+                    return Some(redis);
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `prefix N` from `from` until `to` receives one of them (bounded): subscriptions
+/// reach Redis asynchronously, and after a Redis restart the hubs take a moment to reconnect.
+/// Leftover probes of an earlier phase are skipped. Returns the message received.
+async fn send_until_received(
+    from: &sockeye::Connection,
+    to: &sockeye::Connection,
+    prefix: &str,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in 0.. {
+        assert!(Instant::now() < deadline, "{prefix}: nothing got through");
+        from.send(format!("{prefix} {n}")).await.unwrap();
+        let wait = Instant::now() + Duration::from_millis(200);
+        while let Ok(got) = tokio::time::timeout_at(wait.into(), to.recv()).await {
+            let text = got.unwrap().unwrap().as_text().unwrap().to_owned();
+            if text
+                .strip_prefix(prefix)
+                .is_some_and(|n| n.starts_with(' '))
+            {
+                return text;
+            }
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn relay_across_two_processes_through_redis_and_a_redis_restart() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let one = Served::start(&["--redis", &url], None);
+    let two = Served::start(&["--redis", &url], None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut redis = Some(redis);
+    rt.block_on(async {
+        let a = sockeye::connect(&format!("ws://{}/room", one.addr))
+            .await
+            .unwrap();
+        let b = sockeye::connect(&format!("ws://{}/room", two.addr))
+            .await
+            .unwrap();
+        let other = sockeye::connect(&format!("ws://{}/other", two.addr))
+            .await
+            .unwrap();
+        // A client of one process receives what a client of the other publishes, both ways.
+        send_until_received(&a, &b, "one to two").await;
+        send_until_received(&b, &a, "two to one").await;
+        // Exactly once, in order, and not on another topic.
+        for i in 0..100 {
+            a.send(format!("in order {i}")).await.unwrap();
+        }
+        let mut i = 0;
+        while i < 100 {
+            let got = tokio::time::timeout(Duration::from_secs(10), b.recv()).await;
+            let got = got.unwrap().unwrap().unwrap();
+            // Probes still in flight from the first phase come first.
+            if got.as_text().is_some_and(|t| t.starts_with("one to two")) {
+                continue;
+            }
+            assert_eq!(got.as_text(), Some(format!("in order {i}").as_str()));
+            i += 1;
+        }
+        let nothing = tokio::time::timeout(Duration::from_millis(200), other.recv()).await;
+        assert!(nothing.is_err(), "topic /other received {nothing:?}");
+
+        // Redis goes away and comes back on the same port: delivery resumes.
+        let port = redis.as_ref().unwrap().port;
+        drop(redis.take());
+        redis = Some(Redis::start_on(port).unwrap());
+        send_until_received(&a, &b, "after the restart").await;
+        send_until_received(&b, &a, "after the restart, back").await;
+    });
+    for served in [&one, &two] {
+        let log = served.log.lock().unwrap().clone();
+        assert!(log.contains("lost the connection to Redis"), "{log}");
+        assert!(log.contains("reconnected"), "{log}");
+    }
+}

@@ -19,8 +19,15 @@ struct Served {
 
 impl Served {
     fn echo() -> Served {
+        Served::start(&["--echo"])
+    }
+
+    /// `sockeye serve ARGS 127.0.0.1:0`, once it prints its `ws://` or `wss://` address.
+    fn start(args: &[&str]) -> Served {
         let mut child = Command::new(SOCKEYE)
-            .args(["serve", "--echo", "127.0.0.1:0"])
+            .arg("serve")
+            .args(args)
+            .arg("127.0.0.1:0")
             .env("RUST_LOG", "sockeye=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -31,7 +38,8 @@ impl Served {
         let addr = loop {
             line.clear();
             assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
-            if let Some(rest) = line.split(" on ws://").nth(1) {
+            let rest = line.split(" on ws://").nth(1);
+            if let Some(rest) = rest.or_else(|| line.split(" on wss://").nth(1)) {
                 break rest.split('/').next().unwrap().to_owned();
             }
         };
@@ -433,10 +441,33 @@ fn max_size_and_no_compression_options() {
 }
 
 #[test]
-fn wss_reports_that_tls_is_not_built_yet() {
-    let (ok, _, stderr) = run(&["--insecure", "wss://127.0.0.1:9/"], "", 0);
-    assert!(!ok);
-    assert!(stderr.contains("TLS support not built"), "{stderr}");
+fn wss_against_serve_with_tls_flags_needs_insecure_for_a_self_signed_certificate() {
+    let dir = std::env::temp_dir().join(format!("sockeye-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    for server_args in [
+        vec!["--echo", "--tls-cert", cert, "--tls-key", key],
+        vec!["--echo", "--sync", "--tls-cert", cert, "--tls-key", key],
+    ] {
+        let server = Served::start(&server_args);
+        let uri = format!("wss://{}/", server.addr);
+        let (ok, stdout, stderr) = run(&["--insecure", &uri], "over tls\n", 1);
+        assert!(ok, "{server_args:?}: {stderr}");
+        assert_eq!(stdout, "< over tls\n");
+        // Without --insecure, the self-signed certificate is refused, clearly.
+        let (ok, _, stderr) = run(&[&uri], "", 0);
+        assert!(!ok);
+        assert!(
+            stderr.contains("TLS") && stderr.contains("certificate"),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ----- Interactive, on a pseudo-terminal --------------------------------------------------------

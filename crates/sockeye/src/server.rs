@@ -39,6 +39,16 @@ pub fn respond(status: StatusCode, body: &str) -> Response<Bytes> {
     proto::handshake::reject(status, body, &config)
 }
 
+/// Logs a handshake answered without upgrading: a refusal at INFO (DESIGN §7), a page or a
+/// health check served by `process_request` (2xx, 3xx) at DEBUG.
+pub(crate) fn log_http_answer(path: &str, status: StatusCode) {
+    if status.is_client_error() || status.is_server_error() {
+        tracing::info!(target: "sockeye::server", "handshake rejected ({status})");
+    } else {
+        tracing::debug!(target: "sockeye::server", "answered {path} with {status} (no upgrade)");
+    }
+}
+
 /// Builds a server with options other than the defaults.
 ///
 /// Defaults follow python-websockets: ping_interval 20 s, ping_timeout 20 s, open_timeout
@@ -459,7 +469,7 @@ where
     proto.poll_transmit(&mut out);
     stream.write_all(&out).await?;
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        tracing::info!(target: "sockeye::server", "handshake rejected ({})", status);
+        crate::server::log_http_answer(request.uri().path(), status);
         let _ = stream.shutdown().await;
         return Ok(None);
     }

@@ -380,7 +380,7 @@ fn server_handshake(
     proto.poll_transmit(&mut out);
     stream.write_all(&out)?;
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        tracing::info!(target: "sockeye::server", "handshake rejected ({})", status);
+        crate::server::log_http_answer(request.uri().path(), status);
         stream.shutdown(Shutdown::Write);
         return Ok(None);
     }
