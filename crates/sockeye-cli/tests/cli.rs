@@ -393,69 +393,10 @@ fn demo_page_in_headless_chromium_clock_and_chat() {
     println!("screenshot: {}", screenshot.display());
 }
 
-/// A `redis-server` on a free loopback port, killed (by its PID) on drop. `None` (the test
-/// skips, loudly) when redis-server is not installed, except under CI where that fails.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Option<Redis> {
-        let child = match Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                let what = format!("redis-server cannot run ({e}); scripts/test.sh installs it");
-                assert!(std::env::var_os("CI").is_none(), "{what}");
-                eprintln!("SKIPPED: {what}");
-                return None;
-            }
-        };
-        let redis = Redis { child, port };
-        // Ready when it answers PING.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut answer = [0u8; 7];
-                if s.write_all(b"PING\r\n").is_ok()
-                    && s.read_exact(&mut answer).is_ok()
-                    && &answer == b"+PONG\r\n"
-                {
-                    return Some(redis);
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// A redis-server launcher shared with the library's example tests.
+#[path = "../../sockeye/tests/support/redis_server.rs"]
+mod redis_server;
+use redis_server::Redis;
 
 /// Sends `prefix N` from `from` until `to` receives one of them (bounded): subscriptions
 /// reach Redis asynchronously, and after a Redis restart the hubs take a moment to reconnect.

@@ -42,6 +42,7 @@ const EXAMPLES: &[&str] = &[
     "remote_address",
     "recv_timeout",
     "keepalive",
+    "chat",
 ];
 
 // ----- Locating and building the examples ---------------------------------------------------
@@ -93,6 +94,19 @@ async fn build_examples() -> Result<(), String> {
         .arg(target_dir);
     if profile.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
+    }
+    // The features of this test build, so that the library is not built a second time.
+    let features: Vec<&str> = [
+        ("tls", cfg!(feature = "tls")),
+        ("native-roots", cfg!(feature = "native-roots")),
+        ("redis", cfg!(feature = "redis")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    cmd.arg("--no-default-features");
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
     }
     for name in EXAMPLES {
         cmd.args(["--example", name]);
@@ -471,4 +485,78 @@ async fn keepalive_reports_latency() {
     ws.send(Message::from(vec![0u8])).await.unwrap();
     assert!(recv_text(&ws).await.starts_with("latency: "));
     close(&ws).await;
+}
+
+/// Connects to room `path` of a chat server as `name` and reads its own "joined" notice.
+async fn join(server: &Server, path: &str, name: &str) -> ClientConnection {
+    let uri = format!("ws://{}/{path}?name={name}", server.addr);
+    let ws = timeout(STEP, sockeye::connect(&uri))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
+    assert_eq!(recv_text(&ws).await, format!("* {name} joined /{path}"));
+    ws
+}
+
+#[tokio::test]
+async fn chat_rooms_in_memory() {
+    let server = Server::start("chat", &[]).await;
+    let ann = join(&server, "lobby", "ann").await;
+    let bob = join(&server, "lobby", "bob").await;
+    assert_eq!(recv_text(&ann).await, "* bob joined /lobby");
+    let eve = join(&server, "kitchen", "eve").await;
+    ann.send("hi bob").await.unwrap();
+    // Everyone in the room gets it, the author included; not the other room.
+    assert_eq!(recv_text(&ann).await, "ann: hi bob");
+    assert_eq!(recv_text(&bob).await, "ann: hi bob");
+    eve.send("anyone?").await.unwrap();
+    assert_eq!(recv_text(&eve).await, "eve: anyone?");
+    close(&bob).await;
+    assert_eq!(recv_text(&ann).await, "* bob left");
+    close(&ann).await;
+    close(&eve).await;
+}
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn chat_rooms_across_two_processes_through_redis() {
+    let Some(redis) = tokio::task::spawn_blocking(redis_server::Redis::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let url = redis.url();
+    let one = Server::start("chat", &[&url]).await;
+    let two = Server::start("chat", &[&url]).await;
+    let ann = join(&one, "lobby", "ann").await;
+    // Bob's subscription reaches Redis asynchronously: ann says hello until bob hears it.
+    let bob = join(&two, "lobby", "bob").await;
+    let deadline = tokio::time::Instant::now() + STEP;
+    let heard = loop {
+        assert!(tokio::time::Instant::now() < deadline, "nothing crossed");
+        ann.send("hello?").await.unwrap();
+        if let Ok(Ok(Some(m))) = timeout(Duration::from_millis(200), bob.recv()).await {
+            break m.as_text().unwrap().to_owned();
+        }
+    };
+    assert_eq!(heard, "ann: hello?");
+    bob.send("hello ann").await.unwrap();
+    loop {
+        let line = recv_text(&ann).await;
+        if line == "bob: hello ann" {
+            break;
+        }
+        // Her own greetings (and bob's joining, once subscribed) come first.
+        assert!(
+            line == "ann: hello?" || line == "* bob joined /lobby",
+            "{line}"
+        );
+    }
+    close(&ann).await;
+    close(&bob).await;
+    drop(redis);
 }

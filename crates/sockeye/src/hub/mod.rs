@@ -255,6 +255,18 @@ impl Hub {
         self.lock().topics.keys().cloned().collect()
     }
 
+    /// Whether this hub shares its topics through Redis ([`Hub::redis`]).
+    pub fn is_redis(&self) -> bool {
+        #[cfg(feature = "redis")]
+        {
+            self.inner.redis.is_some()
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            false
+        }
+    }
+
     /// Waits until Redis has every subscription this process needs as of this call: once it
     /// returns, messages that other processes publish to the topics subscribed to here reach
     /// this process. Returns at once for an in-memory hub.

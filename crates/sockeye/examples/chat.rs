@@ -1,15 +1,21 @@
-//! A chat server whose rooms are shared through Redis: start it twice, on two ports, and the
-//! clients of both processes are in the same rooms.
+//! Chat rooms on a [`Hub`]: the path names the room, `?name=` the user. In memory by default;
+//! given a Redis URL (and built with the `redis` feature), the rooms are shared with every
+//! other process started with the same URL: going from one process to many is an argument.
+//!
+//! ```text
+//! cargo run -p sockeye --example chat -- 127.0.0.1:9001
+//! ```
+//!
+//! Across two processes:
 //!
 //! ```text
 //! redis-server --port 6379 --save '' --appendonly no &
-//! cargo run -p sockeye --features redis --example chat_redis -- 127.0.0.1:9001 redis://127.0.0.1:6379/
-//! cargo run -p sockeye --features redis --example chat_redis -- 127.0.0.1:9002 redis://127.0.0.1:6379/
+//! cargo run -p sockeye --features redis --example chat -- 127.0.0.1:9001 redis://127.0.0.1:6379/
+//! cargo run -p sockeye --features redis --example chat -- 127.0.0.1:9002 redis://127.0.0.1:6379/
 //! ```
 //!
-//! Then connect to either, the path naming the room and `?name=` the user (the CLI of this
-//! repository works: `sockeye connect 'ws://127.0.0.1:9001/lobby?name=ann'`). Everyone in
-//! the room, on either server, sees who joins and leaves and every message, the author
+//! Then connect to either (`sockeye connect 'ws://127.0.0.1:9001/lobby?name=ann'`). Everyone
+//! in the room, on either server, sees who joins and leaves and every message, the author
 //! included, in the same order for what one server relays.
 //!
 //! Stop Redis and start it again: the servers log the lost connection and their attempts to
@@ -36,8 +42,10 @@ async fn chat(ws: ServerConnection, hub: Hub) -> Result<(), BoxError> {
             Message::Text(text) => format!("{name}: {text}"),
             Message::Binary(bytes) => format!("{name} sent {} bytes", bytes.len()),
         };
-        // To everyone in the room, in every process; `relayed` is false while Redis is down.
-        if !hub.publish(&room, line).relayed {
+        // To everyone in the room, in every process; with Redis, `relayed` is false while
+        // Redis is down.
+        let published = hub.publish(&room, line);
+        if hub.is_redis() && !published.relayed {
             ws.send("* (Redis is unreachable: only this server's users got that)")
                 .await?;
         }
@@ -58,14 +66,21 @@ async fn main() -> Result<(), BoxError> {
 
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:8765".to_owned());
-    let url = args
-        .next()
-        .unwrap_or_else(|| "redis://127.0.0.1:6379/".to_owned());
-    // Fails at once, naming the URL, if Redis is not there.
-    let hub = Hub::redis(&url).await?;
+    let hub = match args.next() {
+        None => Hub::new(),
+        // Fails at once, naming the URL, if Redis is not there.
+        #[cfg(feature = "redis")]
+        Some(url) => Hub::redis(&url).await?,
+        #[cfg(not(feature = "redis"))]
+        Some(url) => return Err(format!("{url}: build with --features redis").into()),
+    };
+    let shared = hub.is_redis();
     let server = sockeye::serve(addr, move |ws| chat(ws, hub.clone())).await?;
     let bound = server.local_addr().ok_or("the server has no address")?;
-    println!("listening on ws://{bound}/ (rooms shared through {url})");
+    println!("listening on ws://{bound}/");
+    if shared {
+        eprintln!("rooms shared through Redis");
+    }
     std::io::stdout().flush()?;
     server.serve_forever().await?;
     Ok(())
