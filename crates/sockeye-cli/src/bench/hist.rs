@@ -49,6 +49,7 @@ impl Histogram {
         self.max = self.max.max(v);
     }
 
+    #[cfg(test)]
     pub(crate) fn count(&self) -> u64 {
         self.total
     }

@@ -169,6 +169,19 @@ impl Stats {
         }
     }
 
+    /// `bad` of the messages just counted were not the ones expected: errors, not messages.
+    fn wrong(&mut self, bad: u32, what: &str) {
+        if bad == 0 {
+            return;
+        }
+        self.error(format!("{bad} {what}"));
+        self.errors += u64::from(bad) - 1;
+        self.progress_msgs -= u64::from(bad);
+        if self.measuring {
+            self.msgs -= u64::from(bad);
+        }
+    }
+
     fn message(&mut self, latency: Duration) {
         self.progress_msgs += 1;
         if self.measuring {
@@ -750,7 +763,6 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
         own_cpu: cpu.0,
         server_cpu: cpu.1,
     };
-    debug_assert_eq!(stats.hist.count(), stats.msgs);
     if args.json {
         println!("{}", report.json());
     } else {
@@ -919,10 +931,7 @@ fn run_loop(
                             let seq = first.wrapping_add(k) as usize;
                             stats.message(now.duration_since(sent_at[seq % ring]));
                         }
-                        if bad > 0 {
-                            stats.error(format!("{bad} wrong echoes"));
-                            stats.errors += u64::from(bad) - 1;
-                        }
+                        stats.wrong(bad, "wrong echoes");
                     });
                     c.sent_at = sent_at;
                     r
@@ -944,10 +953,7 @@ fn run_loop(
                                 credit += 1;
                             }
                         }
-                        if bad > 0 {
-                            stats.error(format!("{bad} wrong deliveries"));
-                            stats.errors += u64::from(bad) - 1;
-                        }
+                        stats.wrong(bad, "wrong deliveries");
                     });
                     owner.sent_at = pub_times;
                     r
