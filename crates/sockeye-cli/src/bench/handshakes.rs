@@ -13,7 +13,7 @@ use sockeye::proto::frame::{FrameHeader, OpCode};
 use sockeye::proto::Config;
 
 use super::wire::{self, Rng};
-use super::{CpuMeter, Progress, Stats};
+use super::{CpuMeter, CpuUse, Progress, Stats};
 
 pub(crate) struct Settings {
     pub(crate) connections: usize,
@@ -148,7 +148,7 @@ pub(crate) fn run(
     rng: &mut Rng,
     s: Settings,
     stats: &mut Stats,
-) -> Result<(f64, (Option<f64>, Option<f64>)), String> {
+) -> Result<(f64, CpuUse), String> {
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut events = Events::with_capacity(1024);
     let mut slots = Vec::with_capacity(s.connections);

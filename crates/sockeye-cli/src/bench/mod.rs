@@ -107,6 +107,9 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// CPU use during the measured window, % of one core: (generator, server).
+pub(crate) type CpuUse = (Option<f64>, Option<f64>);
+
 /// CPU time of the generator and of the server since `start`.
 struct CpuMeter {
     start: Instant,
@@ -126,7 +129,7 @@ impl CpuMeter {
     }
 
     /// (generator %, server %) of one core.
-    fn stop(&self) -> (Option<f64>, Option<f64>) {
+    fn stop(&self) -> CpuUse {
         let wall = self.start.elapsed().as_secs_f64().max(1e-9);
         let own = self
             .own
@@ -642,7 +645,8 @@ fn run_inner(args: BenchArgs) -> Result<ExitCode, String> {
     if args.connections == 0 || args.in_flight == 0 {
         return Err("--connections and --in-flight must be at least 1".into());
     }
-    if !(args.duration > 0.0) || !(args.warmup >= 0.0) {
+    let times_ok = args.duration > 0.0 && args.warmup >= 0.0;
+    if !times_ok {
         return Err("--duration must be positive and --warmup not negative".into());
     }
     let text = !args.binary;
@@ -802,7 +806,7 @@ fn run_loop(
     shared: &mut Shared,
     stats: &mut Stats,
     s: LoopSettings,
-) -> (f64, (Option<f64>, Option<f64>)) {
+) -> (f64, CpuUse) {
     let mut events = Events::with_capacity(1024);
     let unit = if s.broadcast { "deliveries" } else { "msgs" };
     let mut progress = Progress::new(s.size, unit);
@@ -864,10 +868,10 @@ fn run_loop(
                     }
                 }
             }
-            Phase::Close => {
-                if now >= phase_end || conns.iter().all(|c| !c.alive || c.close_received) {
-                    break;
-                }
+            Phase::Close
+                if now >= phase_end || conns.iter().all(|c| !c.alive || c.close_received) =>
+            {
+                break;
             }
             _ => {}
         }
