@@ -1,10 +1,12 @@
-//! The `sockeye` command: `serve` (a relay or echo server) and `connect` (a client).
+//! The `sockeye` command: `serve` (a relay or echo server), `connect` (a client) and `bench`
+//! (a load generator).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod connect;
 mod demo;
 mod serve;
@@ -28,6 +30,12 @@ enum Command {
     /// is sent. Messages received are printed (`< TEXT`, binary as hex); lines starting with
     /// `/` are commands (/ping, /close, /binary, /help).
     Connect(connect::ConnectArgs),
+    /// Load a server: echo round trips, handshakes or broadcast deliveries per second, with
+    /// latency percentiles and (with --server-pid) whether the server was saturated.
+    ///
+    /// One thread, raw sockets and pre-encoded masked frames (one write per batch); pin it
+    /// to its own core, e.g. `taskset -c 1 sockeye bench ...` with the server on CPU 0.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +47,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let command = match cli.command {
+        // Single-threaded and blocking: no runtime.
+        Command::Bench(args) => return bench::run(args),
+        command => command,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -47,9 +60,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Serve(args) => serve::serve(args).await,
             Command::Connect(args) => connect::connect(args).await,
+            Command::Bench(_) => unreachable!("handled above"),
         }
     });
     match result {
