@@ -1233,6 +1233,22 @@ fn fed_stream(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// Spawns `ws.send_fragmented_stream(kind, ...)` on a [`fed_stream`]: each `Vec` sent on the
+/// returned channel is one fragment, and dropping the channel ends the message.
+fn spawn_fed_sender(
+    ws: &Connection,
+    kind: MessageKind,
+) -> (
+    mpsc::UnboundedSender<Vec<u8>>,
+    tokio::task::JoinHandle<sockeye::Result<()>>,
+) {
+    let (feed, rx) = mpsc::unbounded_channel();
+    let ws = ws.clone();
+    let sending =
+        tokio::spawn(async move { ws.send_fragmented_stream(kind, fed_stream(rx)).await });
+    (feed, sending)
+}
+
 /// A server whose handler takes each message with `recv_streaming` and reports every
 /// fragment, then `None` at the end of each message.
 async fn streaming_server() -> (
@@ -1274,14 +1290,7 @@ async fn recv_streaming_hands_out_fragments_as_they_arrive() {
             .connect(&uri)
             .await
             .unwrap();
-        let (feed, rx) = mpsc::unbounded_channel();
-        let sender = {
-            let ws = ws.clone();
-            tokio::spawn(async move {
-                ws.send_fragmented_stream(MessageKind::Text, fed_stream(rx))
-                    .await
-            })
-        };
+        let (feed, sender) = spawn_fed_sender(&ws, MessageKind::Text);
         // "κόσμε" cut inside its first character: fragments need not end on a boundary.
         let text = "aκόσμε";
         let bytes = text.as_bytes();
@@ -1377,14 +1386,7 @@ async fn recv_streaming_and_recv_share_the_receiving_side() {
 async fn other_senders_wait_for_a_fragmented_message_but_pings_do_not() {
     let (server, uri) = echo_server(Server::builder()).await;
     let ws = sockeye::connect(&uri).await.unwrap();
-    let (feed, rx) = mpsc::unbounded_channel();
-    let fragmented = {
-        let ws = ws.clone();
-        tokio::spawn(async move {
-            ws.send_fragmented_stream(MessageKind::Text, fed_stream(rx))
-                .await
-        })
-    };
+    let (feed, fragmented) = spawn_fed_sender(&ws, MessageKind::Text);
     feed.send(b"part one, ".to_vec()).unwrap();
     // Wait until the first fragment is out (the pong proves the frames before it left).
     let pong = guard("ping while the message is open", ws.ping())
@@ -1416,14 +1418,7 @@ async fn other_senders_wait_for_a_fragmented_message_but_pings_do_not() {
 async fn a_fragmented_send_cancelled_midway_fails_the_connection_with_1011() {
     let (server, uri) = echo_server(Server::builder()).await;
     let ws = sockeye::connect(&uri).await.unwrap();
-    let (feed, rx) = mpsc::unbounded_channel();
-    let fragmented = {
-        let ws = ws.clone();
-        tokio::spawn(async move {
-            ws.send_fragmented_stream(MessageKind::Binary, fed_stream(rx))
-                .await
-        })
-    };
+    let (feed, fragmented) = spawn_fed_sender(&ws, MessageKind::Binary);
     feed.send(vec![1, 2, 3]).unwrap();
     let pong = guard("ping", ws.ping()).await.unwrap();
     guard("pong", pong).await.unwrap();
