@@ -2,34 +2,14 @@
 
 use std::time::Duration;
 
-use sockeye::{ClientBuilder, Connection, Hub, Message, Server};
-use tokio::sync::mpsc;
+use sockeye::{ClientBuilder, Hub, Message};
 use tokio::time::timeout;
 
 const STEP: Duration = Duration::from_secs(20);
 
-/// A server whose handler subscribes each connection to its path and relays what it sends
-/// to the other subscribers; every server-side connection is reported on `opened`.
-async fn relay(hub: Hub) -> (Server, String, mpsc::UnboundedReceiver<Connection>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let server = sockeye::serve("127.0.0.1:0", move |ws: Connection| {
-        let hub = hub.clone();
-        let tx = tx.clone();
-        async move {
-            let topic = ws.request().uri().path().to_owned();
-            hub.subscribe(&ws, &topic);
-            let _ = tx.send(ws.clone());
-            while let Some(message) = ws.recv().await? {
-                hub.publish_except(&topic, message, &ws);
-            }
-            Ok(())
-        }
-    })
-    .await
-    .unwrap();
-    let base = format!("ws://{}", server.local_addr().unwrap());
-    (server, base, rx)
-}
+#[path = "support/relay.rs"]
+mod relay;
+use relay::relay;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_subscribers_receive_every_message_in_order() {

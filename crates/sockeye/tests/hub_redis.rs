@@ -6,16 +6,12 @@
 //! skipped, with a notice, otherwise.
 #![cfg(feature = "redis")]
 
-use std::io::Write as _;
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sockeye::hub::RedisBuilder;
 use sockeye::{ClientConnection, CloseCode, Connection, Hub, Message, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
 
@@ -24,97 +20,28 @@ const STEP: Duration = Duration::from_secs(20);
 
 // ----- redis-server ------------------------------------------------------------------------
 
-/// A `redis-server` child process, killed (by its PID) on drop.
-struct Redis {
-    child: Child,
-    port: u16,
+#[path = "support/redis_server.rs"]
+mod redis_server;
+use redis_server::Redis;
+
+/// A new `redis-server` on a free port, or `None` (test skipped) when it is missing outside CI.
+async fn start_redis() -> Option<Redis> {
+    tokio::task::spawn_blocking(Redis::start).await.unwrap()
 }
 
-impl Redis {
-    /// A new server on a free port, or `None` (test skipped) when `redis-server` is missing
-    /// outside CI.
-    async fn start() -> Option<Redis> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            let notice = "redis-server is not on PATH (Debian: apt-get install redis-server)";
-            assert!(std::env::var_os("CI").is_none(), "{notice}");
-            eprintln!("skipped: {notice}");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        Some(Redis::start_on(port).await)
-    }
-
-    async fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let redis = Redis { child, port };
-        timeout(STEP, async {
-            while !matches!(redis.command(&[b"PING"]).await.as_deref(), Ok("+PONG")) {
-                sleep(Duration::from_millis(20)).await;
-            }
-        })
+/// A `redis-server` on `port` (again).
+async fn restart_redis(port: u16) -> Redis {
+    tokio::task::spawn_blocking(move || Redis::start_on(port))
         .await
-        .expect("redis-server did not start");
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends one command and returns the last line of the reply (enough for these tests).
-    async fn command(&self, args: &[&[u8]]) -> std::io::Result<String> {
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            write!(request, "${}\r\n", a.len())?;
-            request.extend_from_slice(a);
-            request.extend_from_slice(b"\r\n");
-        }
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await?;
-        s.write_all(&request).await?;
-        s.shutdown().await?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).await?;
-        Ok(reply.trim_end().lines().last().unwrap_or("").to_owned())
-    }
-
-    /// How many Redis connections subscribe to `channel`.
-    async fn numsub(&self, channel: &str) -> u64 {
-        let reply = self
-            .command(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()])
-            .await
-            .expect("PUBSUB NUMSUB");
-        reply
-            .strip_prefix(':')
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected NUMSUB reply {reply:?}"))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+        .unwrap()
+        .expect("start redis-server")
 }
 
 // ----- sockeye side ------------------------------------------------------------------------
+
+#[path = "support/relay.rs"]
+mod relay;
+use relay::relay;
 
 /// One "process": a Redis hub and a sockeye server whose handler subscribes each connection
 /// to its path and publishes what it sends to the others (`publish_except`).
@@ -131,23 +58,7 @@ impl Node {
             .await
             .unwrap()
             .unwrap();
-        let (tx, opened) = mpsc::unbounded_channel();
-        let relay = hub.clone();
-        let server = sockeye::serve("127.0.0.1:0", move |ws: Connection| {
-            let (hub, tx) = (relay.clone(), tx.clone());
-            async move {
-                let topic = ws.request().uri().path().to_owned();
-                hub.subscribe(&ws, &topic);
-                let _ = tx.send(ws.clone());
-                while let Some(message) = ws.recv().await? {
-                    hub.publish_except(&topic, message, &ws);
-                }
-                Ok(())
-            }
-        })
-        .await
-        .unwrap();
-        let base = format!("ws://{}", server.local_addr().unwrap());
+        let (server, base, opened) = relay(hub.clone()).await;
         Node {
             hub,
             server,
@@ -175,7 +86,7 @@ impl Node {
 
 /// A Redis server and two nodes on it, or `None` when the test is skipped.
 async fn two_nodes() -> Option<(Redis, Node, Node)> {
-    let redis = Redis::start().await?;
+    let redis = start_redis().await?;
     let a = Node::start(&redis).await;
     let b = Node::start(&redis).await;
     Some((redis, a, b))
@@ -270,7 +181,6 @@ async fn two_hubs_relay_text_and_binary_both_ways_without_echo() {
     // A payload not from a sockeye hub is ignored, and what follows still arrives.
     let reply = redis
         .command(&[b"PUBLISH", b"sockeye:/room", b"\xffjunk"])
-        .await
         .unwrap();
     assert_eq!(reply, ":2", "both hubs subscribe to the channel");
     let published = b.hub.publish("/room", "marker");
@@ -362,19 +272,19 @@ async fn one_redis_subscription_per_topic_per_hub_reference_counted() {
     }
     let (b1, b1_server) = b.join("/t").await;
     let (_b2, b2_server) = b.join("/t").await;
-    assert_eq!(redis.numsub("sockeye:/t").await, 2, "one per hub");
+    assert_eq!(redis.numsub("sockeye:/t"), 2, "one per hub");
 
     // A second topic, subscribed to directly on the hub.
     b.hub.subscribe(&b1_server, "/u");
     b.hub.subscribe(&b2_server, "/u");
     timeout(STEP, b.hub.synced()).await.unwrap();
-    assert_eq!(redis.numsub("sockeye:/u").await, 1);
+    assert_eq!(redis.numsub("sockeye:/u"), 1);
     assert!(b.hub.unsubscribe(&b1_server, "/u"));
     timeout(STEP, b.hub.synced()).await.unwrap();
-    assert_eq!(redis.numsub("sockeye:/u").await, 1, "b2 still there");
+    assert_eq!(redis.numsub("sockeye:/u"), 1, "b2 still there");
     assert!(b.hub.unsubscribe(&b2_server, "/u"));
     timeout(STEP, b.hub.synced()).await.unwrap();
-    assert_eq!(redis.numsub("sockeye:/u").await, 0, "last one left");
+    assert_eq!(redis.numsub("sockeye:/u"), 0, "last one left");
 
     // Closing connections: the hub unsubscribes when the last local one is gone.
     let (last, last_server) = a_clients.pop().unwrap();
@@ -384,12 +294,12 @@ async fn one_redis_subscription_per_topic_per_hub_reference_counted() {
     }
     assert_eq!(a.hub.subscribers("/t"), 1);
     timeout(STEP, a.hub.synced()).await.unwrap();
-    assert_eq!(redis.numsub("sockeye:/t").await, 2);
+    assert_eq!(redis.numsub("sockeye:/t"), 2);
     last.close(CloseCode::NORMAL, "").await.unwrap();
     timeout(STEP, last_server.wait_closed()).await.unwrap();
     assert_eq!(a.hub.subscribers("/t"), 0);
     timeout(STEP, a.hub.synced()).await.unwrap();
-    assert_eq!(redis.numsub("sockeye:/t").await, 1, "only hub b now");
+    assert_eq!(redis.numsub("sockeye:/t"), 1, "only hub b now");
 
     // Still delivered to b after a's churn; then dropping hub b ends its Redis link.
     a.hub.publish("/t", "still here");
@@ -398,7 +308,7 @@ async fn one_redis_subscription_per_topic_per_hub_reference_counted() {
     drop(b);
     eventually!(
         "the dropped hub left Redis",
-        redis.numsub("sockeye:/t").await == 0
+        redis.numsub("sockeye:/t") == 0
     );
     a.server.close().await;
 }
@@ -426,14 +336,14 @@ async fn redis_restarted_mid_test_delivery_resumes() {
     assert_eq!(next(&local).await, Message::from("local only"));
 
     // Redis comes back on the same port: both hubs resubscribe and delivery resumes.
-    let redis = Redis::start_on(redis.port).await;
+    let redis = restart_redis(redis.port).await;
     timeout(STEP, a.hub.synced())
         .await
         .expect("hub a resubscribed");
     timeout(STEP, b.hub.synced())
         .await
         .expect("hub b resubscribed");
-    assert_eq!(redis.numsub("sockeye:/r").await, 2);
+    assert_eq!(redis.numsub("sockeye:/r"), 2);
     on_b.send("after").await.unwrap();
     skip_until(&on_a, "after").await;
     // (on_b got the "lost" messages, published on its hub while Redis was down.)
@@ -452,7 +362,7 @@ async fn redis_restarted_mid_test_delivery_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_publish_queue_is_not_relayed_but_delivered_locally() {
-    let Some(redis) = Redis::start().await else {
+    let Some(redis) = start_redis().await else {
         return;
     };
     let hub = RedisBuilder::new(&redis.url())
@@ -469,8 +379,8 @@ async fn a_full_publish_queue_is_not_relayed_but_delivered_locally() {
     let (ws, on_server) = a.join("/q").await;
     hub.subscribe(&on_server, "/q");
     timeout(STEP, hub.synced()).await.unwrap();
-    assert_eq!(redis.numsub("other:/q").await, 1);
-    assert_eq!(redis.numsub("sockeye:/q").await, 1);
+    assert_eq!(redis.numsub("other:/q"), 1);
+    assert_eq!(redis.numsub("sockeye:/q"), 1);
     let published = hub.publish("/q", vec![1u8; 200]);
     assert_eq!((published.delivered, published.relayed), (1, false));
     assert_eq!(next(&ws).await, Message::from(vec![1u8; 200]));

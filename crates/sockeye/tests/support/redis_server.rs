@@ -1,5 +1,7 @@
-//! A `redis-server` (Debian's package) on a free loopback port, for tests of the Redis hub
-//! through processes. Included with `#[path]` by the tests that need it.
+//! A `redis-server` (Debian's package) on a free loopback port, for tests of the Redis hub.
+//! Included with `#[path]` by the tests that need it. Blocking: async tests start it with
+//! `spawn_blocking`; its short loopback commands may run inline.
+// Each including test binary uses a different subset of this module.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -42,7 +44,7 @@ impl Redis {
         };
         let redis = Redis { child, port };
         // Ready when it answers PING.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -62,11 +64,44 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
+
+    /// Stops the server now (drop does the same).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends one command and returns the last line of the reply (enough for these tests).
+    pub fn command(&self, args: &[&[u8]]) -> std::io::Result<String> {
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            write!(request, "${}\r\n", a.len())?;
+            request.extend_from_slice(a);
+            request.extend_from_slice(b"\r\n");
+        }
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(&request)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply.trim_end().lines().last().unwrap_or("").to_owned())
+    }
+
+    /// How many Redis connections subscribe to `channel`.
+    pub fn numsub(&self, channel: &str) -> u64 {
+        let reply = self
+            .command(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()])
+            .expect("PUBSUB NUMSUB");
+        reply
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected NUMSUB reply {reply:?}"))
+    }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
