@@ -1,55 +1,10 @@
 //! `sockeye bench`, run as a process against `sockeye serve` (and a corrupting echo server)
 //! over loopback: about a second per run, results read from its `--json` line.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-const SOCKEYE: &str = env!("CARGO_BIN_EXE_sockeye");
-
-/// A `sockeye serve ARGS 127.0.0.1:0` process, killed on drop.
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-impl Served {
-    fn start(args: &[&str]) -> Served {
-        let mut child = Command::new(SOCKEYE)
-            .arg("serve")
-            .args(args)
-            .arg("127.0.0.1:0")
-            .env("RUST_LOG", "sockeye=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
-            if line.contains(" on ws://") {
-                let rest = line.split("ws://").nth(1).unwrap();
-                break rest.split('/').next().unwrap().to_owned();
-            }
-        };
-        // Keep draining stderr so that the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            while stderr.read_line(&mut line).unwrap_or(0) > 0 {
-                line.clear();
-            }
-        });
-        Served { child, addr }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod support;
+use support::{Served, SOCKEYE};
 
 /// The `--json` line of a run, and whether the command succeeded.
 struct Results {
@@ -129,10 +84,10 @@ fn bench(uri: &str, args: &[&str]) -> Results {
 
 #[test]
 fn echo_text_pipelined_with_server_cpu() {
-    let server = Served::start(&["--echo"]);
+    let server = Served::echo();
     let pid = server.child.id().to_string();
     let r = bench(
-        &format!("ws://{}/", server.addr),
+        &server.uri(),
         &["-c", "4", "-f", "32", "--text", "--server-pid", &pid],
     );
     r.assert_sane();
@@ -147,9 +102,9 @@ fn echo_text_pipelined_with_server_cpu() {
 
 #[test]
 fn echo_binary_one_in_flight_busy_poll() {
-    let server = Served::start(&["--echo"]);
+    let server = Served::echo();
     let r = bench(
-        &format!("ws://{}/", server.addr),
+        &server.uri(),
         &[
             "-c",
             "3",
@@ -169,9 +124,9 @@ fn echo_binary_one_in_flight_busy_poll() {
 
 #[test]
 fn echo_large_messages_span_many_reads() {
-    let server = Served::start(&["--echo"]);
+    let server = Served::echo();
     let r = bench(
-        &format!("ws://{}/", server.addr),
+        &server.uri(),
         &["-c", "2", "-f", "2", "-s", "300000", "--binary"],
     );
     r.assert_sane();
@@ -179,9 +134,9 @@ fn echo_large_messages_span_many_reads() {
 
 #[test]
 fn echo_with_compression() {
-    let server = Served::start(&["--echo"]);
+    let server = Served::echo();
     let r = bench(
-        &format!("ws://{}/", server.addr),
+        &server.uri(),
         &["-c", "3", "-f", "4", "-s", "1024", "--compression"],
     );
     r.assert_sane();
@@ -194,18 +149,15 @@ fn echo_with_compression() {
 
 #[test]
 fn handshakes() {
-    let server = Served::start(&["--echo"]);
-    let r = bench(
-        &format!("ws://{}/", server.addr),
-        &["--mode", "handshake", "-c", "3"],
-    );
+    let server = Served::echo();
+    let r = bench(&server.uri(), &["--mode", "handshake", "-c", "3"]);
     r.assert_sane();
     assert_eq!(r.raw("unit"), "\"handshakes\"");
 }
 
 #[test]
 fn broadcast_through_the_relay() {
-    let server = Served::start(&[]);
+    let server = Served::start(&[], None);
     let r = bench(
         &format!("ws://{}/bench-topic", server.addr),
         &["--mode", "broadcast", "-c", "20", "-f", "4"],

@@ -1,149 +1,20 @@
 //! The `sockeye` command, run as a process over loopback.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SOCKEYE: &str = env!("CARGO_BIN_EXE_sockeye");
+mod support;
+use support::{run_connect, wait_with_timeout, Served};
 
-/// A `sockeye serve` process, killed on drop.
-struct Served {
-    child: Child,
-    addr: String,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Served {
-    /// Starts `sockeye serve ARGS 127.0.0.1:0` (through `sh` when a shell prefix such as a
-    /// `ulimit` is given) and waits for its "ws://ADDR/" line on stderr.
-    fn start(args: &[&str], shell_prefix: Option<&str>) -> Served {
-        let mut cmd = match shell_prefix {
-            Some(prefix) => {
-                let mut c = Command::new("sh");
-                let line = format!("{prefix}; exec \"$0\" serve {} 127.0.0.1:0", args.join(" "));
-                c.arg("-c").arg(line).arg(SOCKEYE);
-                c
-            }
-            None => {
-                let mut c = Command::new(SOCKEYE);
-                c.arg("serve").args(args).arg("127.0.0.1:0");
-                c
-            }
-        };
-        let mut child = cmd
-            .env("RUST_LOG", "sockeye=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
-            if line.contains(" on ws://") {
-                let rest = line.split("ws://").nth(1).unwrap();
-                break rest.split('/').next().unwrap().to_owned();
-            }
-        };
-        // Keep draining stderr (so the server never blocks on a full pipe) into a log.
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            while stderr.read_line(&mut line).unwrap_or(0) > 0 {
-                sink.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
-        Served { child, addr, log }
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let fields: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
-        // utime and stime, fields 14 and 15 of the whole line (11 and 12 after the name).
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `sockeye connect URI` with `input` on stdin, keeps stdin open until `replies` lines
-/// were printed (so that the closing handshake does not race the replies), then closes it.
-/// Returns (status ok, stdout, stderr).
-fn connect_expect(uri: &str, input: &str, replies: usize) -> (bool, String, String) {
-    let mut child = Command::new(SOCKEYE)
-        .args(["connect", uri])
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut line = String::new();
-        let mut seen = 0;
-        while stdout.read_line(&mut line).unwrap_or(0) > 0 {
-            all.push_str(&line);
-            line.clear();
-            seen += 1;
-            if seen == replies {
-                let _ = tx.send(None);
-            }
-        }
-        let _ = tx.send(Some(all));
-    });
-    let mut out = None;
-    if replies > 0 {
-        // Either the replies came, or stdout ended (the connection failed) first.
-        out = rx.recv_timeout(Duration::from_secs(20)).expect("no reply");
-    }
-    drop(stdin);
-    let status = wait_with_timeout(child, Duration::from_secs(20));
-    let stdout = match out {
-        Some(all) => all,
-        None => rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap()
-            .unwrap_or_default(),
-    };
-    (
-        status.status.success(),
-        stdout,
-        String::from_utf8_lossy(&status.stderr).into_owned(),
-    )
-}
-
-/// `connect_expect` for input with no replies to wait for.
-fn connect(uri: &str, input: &str) -> (bool, String, String) {
-    connect_expect(uri, input, 0)
-}
-
-fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Runs `f` to completion on a new current-thread runtime.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 fn http_get(addr: &str, path: &str) -> String {
@@ -157,9 +28,8 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[test]
 fn connect_sends_stdin_lines_and_prints_what_comes_back() {
-    let server = Served::start(&["--echo"], None);
-    let (ok, stdout, stderr) =
-        connect_expect(&format!("ws://{}/", server.addr), "hello\nκόσμε\n", 2);
+    let server = Served::echo();
+    let (ok, stdout, stderr) = run_connect(&[&server.uri()], "hello\nκόσμε\n", 2);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "< hello\n< κόσμε\n");
     assert!(stderr.contains("Connection closed: 1000 (OK)"), "{stderr}");
@@ -167,9 +37,9 @@ fn connect_sends_stdin_lines_and_prints_what_comes_back() {
 
 #[test]
 fn connect_reports_a_refused_handshake_with_non_zero_status() {
-    let server = Served::start(&["--echo"], None);
+    let server = Served::echo();
     // /healthz answers 200 instead of upgrading.
-    let (ok, _, stderr) = connect(&format!("ws://{}/healthz", server.addr), "");
+    let (ok, _, stderr) = run_connect(&[&format!("ws://{}/healthz", server.addr)], "", 0);
     assert!(!ok);
     assert!(stderr.contains("HTTP 200"), "{stderr}");
 }
@@ -185,11 +55,7 @@ fn healthz_answers_200() {
 #[test]
 fn relay_delivers_to_the_other_clients_of_the_same_topic() {
     let server = Served::start(&[], None);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let room = |path: &str| format!("ws://{}/{path}", server.addr);
         let a = sockeye::connect(&room("room1")).await.unwrap();
         let b = sockeye::connect(&room("room1")).await.unwrap();
@@ -221,7 +87,7 @@ fn accept_loop_survives_running_out_of_file_descriptors() {
     std::thread::sleep(Duration::from_secs(1));
     let cpu = server.cpu_seconds() - cpu_before;
     let wall = start.elapsed().as_secs_f64();
-    let log = server.log.lock().unwrap().clone();
+    let log = server.log();
     assert!(
         log.contains("accept failed"),
         "no accept error logged:\n{log}"
@@ -233,8 +99,7 @@ fn accept_loop_survives_running_out_of_file_descriptors() {
     );
     // Free descriptors: the server accepts again and serves a WebSocket connection.
     held.clear();
-    let (ok, stdout, stderr) =
-        connect_expect(&format!("ws://{}/", server.addr), "still alive\n", 1);
+    let (ok, stdout, stderr) = run_connect(&[&server.uri()], "still alive\n", 1);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "< still alive\n");
 }
@@ -242,8 +107,7 @@ fn accept_loop_survives_running_out_of_file_descriptors() {
 #[test]
 fn blocking_echo_server_with_sync_flag() {
     let server = Served::start(&["--echo", "--sync"], None);
-    let (ok, stdout, stderr) =
-        connect_expect(&format!("ws://{}/", server.addr), "hello\nworld\n", 2);
+    let (ok, stdout, stderr) = run_connect(&[&server.uri()], "hello\nworld\n", 2);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "< hello\n< world\n");
     let response = http_get(&server.addr, "/healthz");
@@ -262,19 +126,15 @@ fn demo_page_at_root_while_websocket_clients_of_root_still_join_topic_root() {
     assert!(response.contains("<title>sockeye demo</title>"));
     assert!(response.contains("/_sockeye/clock"));
     // The echo server has no page: a plain GET is told to upgrade.
-    let echo = Served::start(&["--echo"], None);
+    let echo = Served::echo();
     let response = http_get(&echo.addr, "/");
     assert!(
         response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
         "{response}"
     );
     // ws://ADDR/ is topic "/".
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let uri = format!("ws://{}/", server.addr);
+    block_on(async {
+        let uri = server.uri();
         let a = sockeye::connect(&uri).await.unwrap();
         let b = sockeye::connect(&uri).await.unwrap();
         a.send("on the root topic").await.unwrap();
@@ -286,11 +146,7 @@ fn demo_page_at_root_while_websocket_clients_of_root_still_join_topic_root() {
 #[test]
 fn clock_pushes_the_server_time_every_second() {
     let server = Served::start(&[], None);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let ws = sockeye::connect(&format!("ws://{}/_sockeye/clock", server.addr))
             .await
             .unwrap();
@@ -432,12 +288,8 @@ fn relay_across_two_processes_through_redis_and_a_redis_restart() {
     let url = redis.url();
     let one = Served::start(&["--redis", &url], None);
     let two = Served::start(&["--redis", &url], None);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let mut redis = Some(redis);
-    rt.block_on(async {
+    block_on(async {
         let a = sockeye::connect(&format!("ws://{}/room", one.addr))
             .await
             .unwrap();
@@ -476,7 +328,7 @@ fn relay_across_two_processes_through_redis_and_a_redis_restart() {
         send_until_received(&b, &a, "after the restart, back").await;
     });
     for served in [&one, &two] {
-        let log = served.log.lock().unwrap().clone();
+        let log = served.log();
         assert!(log.contains("lost the connection to Redis"), "{log}");
         assert!(log.contains("reconnected"), "{log}");
     }

@@ -3,67 +3,14 @@
 //! inside the test when it must select a subprotocol, see headers or push messages.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sockeye::{Connection, Message};
 
-const SOCKEYE: &str = env!("CARGO_BIN_EXE_sockeye");
-
-/// A `sockeye serve --echo` process, killed on drop.
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-impl Served {
-    fn echo() -> Served {
-        Served::start(&["--echo"])
-    }
-
-    /// `sockeye serve ARGS 127.0.0.1:0`, once it prints its `ws://` or `wss://` address.
-    fn start(args: &[&str]) -> Served {
-        let mut child = Command::new(SOCKEYE)
-            .arg("serve")
-            .args(args)
-            .arg("127.0.0.1:0")
-            .env("RUST_LOG", "sockeye=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
-            let rest = line.split(" on ws://").nth(1);
-            if let Some(rest) = rest.or_else(|| line.split(" on wss://").nth(1)) {
-                break rest.split('/').next().unwrap().to_owned();
-            }
-        };
-        // Keep draining stderr so that the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while stderr.read_line(&mut sink).unwrap_or(0) > 0 {
-                sink.clear();
-            }
-        });
-        Served { child, addr }
-    }
-
-    fn uri(&self) -> String {
-        format!("ws://{}/", self.addr)
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod support;
+use support::{run_connect, spawn_connect, wait_with_timeout, Served, SOCKEYE};
 
 /// A sockeye server inside the test, on its own runtime: selects the subprotocol "chat",
 /// records the handshake headers and the text messages received, echoes them, fails the
@@ -169,69 +116,10 @@ async fn handle(
     }
 }
 
-/// Runs `sockeye connect ARGS` with `input` on stdin, keeps stdin open until `replies` lines
-/// were printed on stdout, then closes it. Returns (exit status ok, stdout, stderr).
-fn run(args: &[&str], input: &str, replies: usize) -> (bool, String, String) {
-    let mut child = Command::new(SOCKEYE)
-        .arg("connect")
-        .args(args)
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut line = String::new();
-        let mut seen = 0;
-        while stdout.read_line(&mut line).unwrap_or(0) > 0 {
-            all.push_str(&line);
-            line.clear();
-            seen += 1;
-            if seen == replies {
-                let _ = tx.send(None);
-            }
-        }
-        let _ = tx.send(Some(all));
-    });
-    let mut out = None;
-    if replies > 0 {
-        // Either the replies came, or stdout ended (the connection ended) first.
-        out = rx.recv_timeout(Duration::from_secs(20)).expect("no reply");
-    }
-    drop(stdin);
-    let output = wait_with_timeout(child, Duration::from_secs(20));
-    let stdout = match out {
-        Some(all) => all,
-        None => rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap()
-            .unwrap_or_default(),
-    };
-    (
-        output.status.success(),
-        stdout,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 /// Runs `sockeye connect ARGS` with `input` on stdin, which stays open until the client exits
 /// by itself (the server ends the connection). Returns (exit status ok, stdout, stderr).
 fn run_until_closed(args: &[&str], input: &str) -> (bool, String, String) {
-    let mut child = Command::new(SOCKEYE)
-        .arg("connect")
-        .args(args)
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_connect(args);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).unwrap();
     let output = wait_with_timeout(child, Duration::from_secs(20));
@@ -243,26 +131,17 @@ fn run_until_closed(args: &[&str], input: &str) -> (bool, String, String) {
     )
 }
 
-fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// [`run_connect`] against a `sockeye serve --echo` of its own, with no other arguments.
+fn run_against_echo(input: &str, replies: usize) -> (bool, String, String) {
+    let server = Served::echo();
+    run_connect(&[&server.uri()], input, replies)
 }
 
 // ----- Driven through standard input ---------------------------------------------------------
 
 #[test]
 fn ping_command_prints_a_pong_line() {
-    let server = Served::echo();
-    let (ok, stdout, stderr) = run(&[&server.uri()], "/ping\n/ping hello\n", 2);
+    let (ok, stdout, stderr) = run_against_echo("/ping\n/ping hello\n", 2);
     assert!(ok, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
@@ -278,8 +157,7 @@ fn ping_command_prints_a_pong_line() {
 
 #[test]
 fn close_command_closes_with_its_code_and_reason() {
-    let server = Served::echo();
-    let (ok, stdout, stderr) = run(&[&server.uri()], "/close 4000 bye now\nnot sent\n", 0);
+    let (ok, stdout, stderr) = run_against_echo("/close 4000 bye now\nnot sent\n", 0);
     // 4000 is not a normal close: non-zero exit status.
     assert!(!ok, "{stderr}");
     assert_eq!(stdout, "");
@@ -291,8 +169,7 @@ fn close_command_closes_with_its_code_and_reason() {
 
 #[test]
 fn close_command_with_1000_exits_zero() {
-    let server = Served::echo();
-    let (ok, _, stderr) = run(&[&server.uri()], "/close 1000 done\n", 0);
+    let (ok, _, stderr) = run_against_echo("/close 1000 done\n", 0);
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains("Connection closed: 1000 (OK) done."),
@@ -302,9 +179,8 @@ fn close_command_with_1000_exits_zero() {
 
 #[test]
 fn bad_commands_are_reported_and_the_connection_stays_open() {
-    let server = Served::echo();
     let input = "/close 999\n/close 1006\n/close x\n/binary 0\n/nope\nstill here\n";
-    let (ok, stdout, stderr) = run(&[&server.uri()], input, 1);
+    let (ok, stdout, stderr) = run_against_echo(input, 1);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "< still here\n");
     assert!(stderr.contains("invalid close code 999"), "{stderr}");
@@ -320,24 +196,21 @@ fn bad_commands_are_reported_and_the_connection_stays_open() {
 
 #[test]
 fn double_slash_sends_a_line_starting_with_slash() {
-    let server = Served::echo();
-    let (ok, stdout, stderr) = run(&[&server.uri()], "//x\n// y\n", 2);
+    let (ok, stdout, stderr) = run_against_echo("//x\n// y\n", 2);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "< /x\n< / y\n");
 }
 
 #[test]
 fn binary_command_sends_bytes_printed_back_as_hex() {
-    let server = Served::echo();
-    let (ok, stdout, stderr) = run(&[&server.uri()], "/binary 0a0B ff\n", 1);
+    let (ok, stdout, stderr) = run_against_echo("/binary 0a0B ff\n", 1);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "< (binary) 0a 0b ff\n");
 }
 
 #[test]
 fn help_command_lists_the_commands() {
-    let server = Served::echo();
-    let (ok, _, stderr) = run(&[&server.uri()], "/help\n", 0);
+    let (ok, _, stderr) = run_against_echo("/help\n", 0);
     assert!(ok, "{stderr}");
     for command in ["/ping", "/close", "/binary", "//TEXT", "/help"] {
         assert!(stderr.contains(command), "{command} missing: {stderr}");
@@ -349,7 +222,7 @@ fn subprotocol_selected_by_the_server_is_printed() {
     let server = TestServer::start();
     let uri = server.uri();
     let args = ["--subprotocol", "other", "--subprotocol", "chat", &uri];
-    let (ok, stdout, stderr) = run(&args, "hi\n", 1);
+    let (ok, stdout, stderr) = run_connect(&args, "hi\n", 1);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "< hi\n");
     assert!(stderr.contains("Subprotocol: chat."), "{stderr}");
@@ -363,7 +236,7 @@ fn header_option_reaches_the_server() {
     let server = TestServer::start();
     let uri = server.uri();
     let args = ["-H", "X-Token: s3cret", "--header", "x-other:two", &uri];
-    let (ok, _, stderr) = run(&args, "", 0);
+    let (ok, _, stderr) = run_connect(&args, "", 0);
     assert!(ok, "{stderr}");
     let headers = server.headers.lock().unwrap();
     assert_eq!(headers.len(), 1);
@@ -375,7 +248,7 @@ fn header_option_reaches_the_server() {
 
 #[test]
 fn invalid_header_is_refused() {
-    let (ok, _, stderr) = run(&["-H", "no colon", "ws://127.0.0.1:9/"], "", 0);
+    let (ok, _, stderr) = run_connect(&["-H", "no colon", "ws://127.0.0.1:9/"], "", 0);
     assert!(!ok);
     assert!(stderr.contains("expected 'Name: value'"), "{stderr}");
 }
@@ -395,14 +268,7 @@ fn server_error_close_exits_non_zero() {
 #[test]
 fn connection_lost_exits_non_zero_with_1006_while_input_is_open() {
     let mut server = Served::echo();
-    let mut child = Command::new(SOCKEYE)
-        .args(["connect", &server.uri()])
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_connect(&[&server.uri()]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"ping\n").unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -454,13 +320,13 @@ fn wss_against_serve_with_tls_flags_needs_insecure_for_a_self_signed_certificate
         vec!["--echo", "--tls-cert", cert, "--tls-key", key],
         vec!["--echo", "--sync", "--tls-cert", cert, "--tls-key", key],
     ] {
-        let server = Served::start(&server_args);
+        let server = Served::start(&server_args, None);
         let uri = format!("wss://{}/", server.addr);
-        let (ok, stdout, stderr) = run(&["--insecure", &uri], "over tls\n", 1);
+        let (ok, stdout, stderr) = run_connect(&["--insecure", &uri], "over tls\n", 1);
         assert!(ok, "{server_args:?}: {stderr}");
         assert_eq!(stdout, "< over tls\n");
         // Without --insecure, the self-signed certificate is refused, clearly.
-        let (ok, _, stderr) = run(&[&uri], "", 0);
+        let (ok, _, stderr) = run_connect(&[&uri], "", 0);
         assert!(!ok);
         assert!(
             stderr.contains("TLS") && stderr.contains("certificate"),
@@ -486,6 +352,12 @@ mod pty {
         rexpect::session::spawn_command(cmd, Some(10_000)).unwrap()
     }
 
+    /// Sends `keys` to the terminal at once.
+    fn type_keys(p: &mut PtySession, keys: &str) {
+        p.send(keys).unwrap();
+        p.flush().unwrap();
+    }
+
     /// Waits (bounded) for the process to exit; returns its exit code.
     fn exit_code(p: &PtySession) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -506,14 +378,12 @@ mod pty {
         let mut p = spawn(&server.uri());
         p.exp_string("Connected to").unwrap();
         p.exp_string("> ").unwrap();
-        p.send("first line\r").unwrap();
-        p.flush().unwrap();
+        type_keys(&mut p, "first line\r");
         p.exp_string("< first line").unwrap();
         p.exp_string("> ").unwrap();
 
         // Half a line on screen, then the server speaks.
-        p.send("partial").unwrap();
-        p.flush().unwrap();
+        type_keys(&mut p, "partial");
         p.exp_string("partial").unwrap();
         server.push("pushed by the server");
         p.exp_string("< pushed by the server").unwrap();
@@ -521,14 +391,12 @@ mod pty {
         p.exp_regex(r"> (\x1b\[[0-9;?]*[A-Za-z])*partial").unwrap();
 
         // The partial line was kept: finishing it sends the whole line.
-        p.send(" line\r").unwrap();
-        p.flush().unwrap();
+        type_keys(&mut p, " line\r");
         p.exp_string("< partial line").unwrap();
         assert_eq!(server.received(2), ["first line", "partial line"]);
 
         // History: Up brings the last line back.
-        p.send("\x1b[A\r").unwrap();
-        p.flush().unwrap();
+        type_keys(&mut p, "\x1b[A\r");
         p.exp_string("< partial line").unwrap();
         assert_eq!(server.received(3).len(), 3);
 
@@ -543,14 +411,11 @@ mod pty {
         let server = Served::echo();
         let mut p = spawn(&server.uri());
         p.exp_string("> ").unwrap();
-        p.send("/ping\r").unwrap();
-        p.flush().unwrap();
+        type_keys(&mut p, "/ping\r");
         p.exp_regex(r"< PONG \([0-9.]+ ms\)").unwrap();
-        p.send("/binary 01ff\r").unwrap();
-        p.flush().unwrap();
+        type_keys(&mut p, "/binary 01ff\r");
         p.exp_string("< (binary) 01 ff").unwrap();
-        p.send("/close 4001 over\r").unwrap();
-        p.flush().unwrap();
+        type_keys(&mut p, "/close 4001 over\r");
         p.exp_string("Connection closed: 4001 (private use) over.")
             .unwrap();
         assert_ne!(exit_code(&p), 0);
@@ -561,8 +426,7 @@ mod pty {
         let server = Served::echo();
         let mut p = spawn(&server.uri());
         p.exp_string("> ").unwrap();
-        p.send("typed but not sent").unwrap();
-        p.flush().unwrap();
+        type_keys(&mut p, "typed but not sent");
         p.exp_string("typed but not sent").unwrap();
         p.send_control('c').unwrap();
         p.exp_string("Connection closed: 1000 (OK).").unwrap();
@@ -574,8 +438,7 @@ mod pty {
         let server = TestServer::start();
         let mut p = spawn(&server.uri());
         p.exp_string("> ").unwrap();
-        p.send("fail\r").unwrap();
-        p.flush().unwrap();
+        type_keys(&mut p, "fail\r");
         // The connection ends while the editor waits at the prompt: the client still exits.
         p.exp_string("Connection closed: 1011 (internal error)")
             .unwrap();
