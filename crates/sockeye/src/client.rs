@@ -59,8 +59,8 @@ impl ClientBuilder {
             local_addr: stream.tcp().local_addr().ok(),
             remote_addr: stream.tcp().peer_addr().ok(),
             subprotocol: proto.subprotocol().map(str::to_owned),
-            request,
-            response: *response,
+            request: request.into(),
+            response: (*response).into(),
         };
         let (conn, driver) = Connection::new(proto, stream, Vec::new(), self.options.limits, info);
         let span = tracing::info_span!(target: "sockeye::client", "conn", id = conn.id());

@@ -33,6 +33,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Closed, Error, Result};
+use crate::head::Head;
 use crate::proto::{
     self, CloseCode, Event, Fragment, Message, MessageKind, PingId, PreparedMessage, Protocol,
     Side, State,
@@ -127,8 +128,8 @@ pub(crate) struct Info {
     pub(crate) side: Side,
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) remote_addr: Option<SocketAddr>,
-    pub(crate) request: Request<()>,
-    pub(crate) response: Response<()>,
+    pub(crate) request: Head<Request<()>>,
+    pub(crate) response: Head<Response<()>>,
     pub(crate) subprotocol: Option<String>,
 }
 
@@ -731,12 +732,12 @@ impl Connection {
 
     /// The handshake request (received by a server, sent by a client).
     pub fn request(&self) -> &Request<()> {
-        &self.inner.info.request
+        self.inner.info.request.get()
     }
 
     /// The handshake response (sent by a server, received by a client).
     pub fn response(&self) -> &Response<()> {
-        &self.inner.info.response
+        self.inner.info.response.get()
     }
 
     /// The subprotocol negotiated, if any.

@@ -65,6 +65,7 @@
 mod client;
 mod connection;
 mod error;
+mod head;
 pub mod hub;
 mod options;
 mod queue;

@@ -309,6 +309,39 @@ async fn handle_connection<H, Fut>(
     H: Fn(Connection) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
 {
+    // Boxed: everything the opening needs (the core before it moves into the connection,
+    // the TLS and handshake futures, the parsed heads) is freed when it completes instead of
+    // staying in the task's future for the life of the connection.
+    let Some((conn, driver)) = Box::pin(open_connection(tcp, peer, shared, server)).await else {
+        return;
+    };
+    let id = conn.id();
+    tracing::info!(target: "sockeye::server", id, "connection open");
+    server
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, conn.clone());
+    if server.closing.load(Ordering::Acquire) {
+        let _ = conn.start_close(CloseCode::GOING_AWAY, "");
+    }
+    let handling = handler(conn.clone());
+    run_handler(conn, driver, handling).await;
+    server
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+}
+
+/// The opening of an accepted connection: TLS if configured, then the WebSocket handshake.
+/// `None` when it did not open (refused, failed, or answered by `process_request`).
+async fn open_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    server: &Arc<ServerInner>,
+) -> Option<(Connection, crate::connection::Driver<Stream>)> {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
     let mut proto = Protocol::server(shared.config.clone());
@@ -322,18 +355,16 @@ async fn handle_connection<H, Fut>(
             // A scanner, a plain-HTTP client, a client that does not trust us: not our
             // problem, and not the accept loop's.
             tracing::debug!(target: "sockeye::server", "TLS handshake failed: {e}");
-            return;
+            return None;
         }
     };
-    // Boxed: the handshake's buffers are freed when it completes instead of staying in the
-    // task's future for the life of the connection.
-    let opened = Box::pin(server_handshake(&mut stream, &mut proto, shared, server)).await;
+    let opened = server_handshake(&mut stream, &mut proto, shared, server).await;
     let (request, response) = match opened {
         Ok(Some(pair)) => pair,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             tracing::info!(target: "sockeye::server", "opening handshake failed: {e}");
-            return;
+            return None;
         }
     };
     let info = Info {
@@ -342,27 +373,11 @@ async fn handle_connection<H, Fut>(
         local_addr: local,
         remote_addr: Some(peer),
         subprotocol: proto.subprotocol().map(str::to_owned),
-        request,
-        response,
+        request: request.into(),
+        response: response.into(),
     };
     let limits: Limits = shared.options.limits;
-    let (conn, driver) = Connection::new(proto, stream, Vec::new(), limits, info);
-    let id = conn.id();
-    tracing::info!(target: "sockeye::server", id, "connection open");
-    server
-        .connections
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, conn.clone());
-    if server.closing.load(Ordering::Acquire) {
-        let _ = conn.start_close(CloseCode::GOING_AWAY, "");
-    }
-    run_handler(conn.clone(), driver, handler(conn.clone())).await;
-    server
-        .connections
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    Some(Connection::new(proto, stream, Vec::new(), limits, info))
 }
 
 /// The transport of an accepted connection: TLS over `tcp` when the server has a TLS

@@ -57,8 +57,8 @@ impl ClientBuilder {
             local_addr: stream.tcp.local_addr().ok(),
             remote_addr: stream.tcp.peer_addr().ok(),
             subprotocol: proto.subprotocol().map(str::to_owned),
-            request,
-            response: *response,
+            request: request.into(),
+            response: (*response).into(),
         };
         let conn = Connection::new(proto, stream, self.options.limits, info)?;
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");

@@ -749,12 +749,12 @@ impl Connection {
 
     /// The handshake request (received by a server, sent by a client).
     pub fn request(&self) -> &Request<()> {
-        &self.inner.info.request
+        self.inner.info.request.get()
     }
 
     /// The handshake response (sent by a server, received by a client).
     pub fn response(&self) -> &Response<()> {
-        &self.inner.info.response
+        self.inner.info.response.get()
     }
 
     /// The subprotocol negotiated, if any.

@@ -290,8 +290,8 @@ fn handle_connection(tcp: TcpStream, peer: SocketAddr, server: &Arc<ServerInner>
         local_addr: local,
         remote_addr: Some(peer),
         subprotocol: proto.subprotocol().map(str::to_owned),
-        request,
-        response,
+        request: request.into(),
+        response: response.into(),
     };
     let conn = match Connection::new(proto, stream, shared.options.limits, info) {
         Ok(c) => c,

@@ -1,0 +1,142 @@
+//! The handshake's request and response, kept for [`Connection::request`] and
+//! [`Connection::response`](crate::Connection::response) at a fraction of their parsed size.
+//!
+//! A parsed `http` head costs 1 to 2 KB per connection (a header map with room to grow, one
+//! allocation per header value), several times what an idle connection needs otherwise. So
+//! each head is kept as its serialised bytes (a few hundred) and parsed again, once, the first
+//! time the application asks for it. A handler that never looks at the request pays nothing.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http::{Request, Response};
+
+use crate::proto::{handshake, Config};
+
+/// A request or response head: its bytes, and the parsed head once asked for.
+pub(crate) struct Head<T> {
+    raw: Box<[u8]>,
+    parsed: OnceLock<Box<T>>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Head<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Head")
+            .field("bytes", &self.raw.len())
+            .field("parsed", &self.parsed.get().is_some())
+            .finish()
+    }
+}
+
+/// Limits for parsing a head again: it was accepted once under the connection's limits,
+/// whatever they were.
+fn permissive() -> Config {
+    let mut config = Config::new();
+    config
+        .max_line_length(usize::MAX)
+        .max_headers(usize::MAX)
+        .max_handshake_size(usize::MAX);
+    config
+}
+
+impl From<Request<()>> for Head<Request<()>> {
+    fn from(request: Request<()>) -> Self {
+        let mut raw = Vec::new();
+        handshake::write_request(&request, &mut raw);
+        let parsed = OnceLock::new();
+        // Requests the handshake read have a path-only URI; one built by a client may be
+        // absolute (ws://host/path), which the bytes do not keep: parsed now, kept as is.
+        if request.uri().scheme().is_some() {
+            let _ = parsed.set(Box::new(request));
+        }
+        Head {
+            raw: raw.into_boxed_slice(),
+            parsed,
+        }
+    }
+}
+
+impl From<Response<()>> for Head<Response<()>> {
+    fn from(response: Response<()>) -> Self {
+        let (parts, ()) = response.into_parts();
+        let mut raw = Vec::new();
+        handshake::write_response(&Response::from_parts(parts, Bytes::new()), &mut raw);
+        Head {
+            raw: raw.into_boxed_slice(),
+            parsed: OnceLock::new(),
+        }
+    }
+}
+
+impl Head<Request<()>> {
+    /// The request, parsed on first use.
+    pub(crate) fn get(&self) -> &Request<()> {
+        self.parsed.get_or_init(|| {
+            let parsed = handshake::parse_request(&self.raw, &permissive());
+            Box::new(match parsed {
+                Ok(Some((request, _))) => request,
+                // Written by `write_request` from a valid request: cannot happen.
+                _ => Request::default(),
+            })
+        })
+    }
+}
+
+impl Head<Response<()>> {
+    /// The response, parsed on first use.
+    pub(crate) fn get(&self) -> &Response<()> {
+        self.parsed.get_or_init(|| {
+            let parsed = handshake::parse_response(&self.raw, &permissive());
+            Box::new(match parsed {
+                Ok(Some((response, _))) => response,
+                _ => Response::default(),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_comes_back_as_it_was() {
+        let request = Request::get("/chat/room?name=ann")
+            .header("Host", "example.com")
+            .header("Upgrade", "websocket")
+            .header("Cookie", "a=1")
+            .header("Cookie", "b=2")
+            .header("X-Custom", "value with spaces")
+            .body(())
+            .unwrap();
+        let head = Head::from(request.clone());
+        let again = head.get();
+        assert_eq!(again.method(), request.method());
+        assert_eq!(again.uri(), request.uri());
+        assert_eq!(again.headers(), request.headers());
+        assert!(head.raw.len() < 200, "{}", head.raw.len());
+    }
+
+    #[test]
+    fn absolute_uris_of_clients_are_kept() {
+        let request = Request::get("ws://example.com:8080/x?y=1")
+            .header("Host", "example.com:8080")
+            .body(())
+            .unwrap();
+        let head = Head::from(request.clone());
+        assert_eq!(head.get().uri(), request.uri());
+    }
+
+    #[test]
+    fn response_comes_back_as_it_was() {
+        let response = Response::builder()
+            .status(101)
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Extensions", "permessage-deflate")
+            .body(())
+            .unwrap();
+        let head = Head::from(response.clone());
+        assert_eq!(head.get().status(), response.status());
+        assert_eq!(head.get().headers(), response.headers());
+    }
+}
