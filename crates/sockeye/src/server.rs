@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -402,34 +402,38 @@ async fn accept_transport(tcp: TcpStream, shared: &Shared) -> Result<Stream> {
 
 /// Polls the handler and the driver in one task: the connection keeps answering pings and
 /// running the closing handshake whether or not the handler calls `recv`.
-pub(crate) async fn run_handler<D, F>(conn: Connection, driver: D, handler: F)
+///
+/// A plain future over its captures rather than an `async fn`, which would keep its arguments
+/// twice (as arguments, and as the pinned locals they move into): a connection's task is
+/// mostly this future, for as long as the connection lives. The handler's future is boxed so
+/// that this one needs no pinning of its own (it is as big as the application makes it).
+pub(crate) fn run_handler<D, F>(conn: Connection, driver: D, handler: F) -> impl Future<Output = ()>
 where
-    D: Future<Output = ()>,
+    D: Future<Output = ()> + Unpin,
     F: Future<Output = std::result::Result<(), BoxError>>,
 {
     // The driver runs outside tokio's cooperative budget (it caps its own work per poll):
     // a handler that spends the budget sending in a tight loop must not stop its own
     // connection from writing. It is polled first for the same reason.
-    let mut driver = pin!(tokio::task::coop::unconstrained(driver));
-    let mut handler = pin!(handler);
-    let mut handler_done = false;
+    let mut driver = tokio::task::coop::unconstrained(driver);
+    // Dropped as soon as it returns: its state (buffers, clones of the connection) goes then,
+    // while the driver may still have a closing handshake to finish.
+    let mut handler = Some(Box::pin(handler));
     let mut driver_done = false;
-    std::future::poll_fn(|cx| {
-        if !driver_done && driver.as_mut().poll(cx).is_ready() {
+    std::future::poll_fn(move |cx| {
+        if !driver_done && Pin::new(&mut driver).poll(cx).is_ready() {
             driver_done = true;
         }
-        if !handler_done {
-            if let Poll::Ready(result) = handler.as_mut().poll(cx) {
-                handler_done = true;
+        if let Some(running) = handler.as_mut() {
+            if let Poll::Ready(result) = running.as_mut().poll(cx) {
+                handler = None;
                 match result {
                     Ok(()) => {
                         let _ = conn.start_close(CloseCode::NORMAL, "");
                     }
                     Err(e) => {
-                        let closed = matches!(
-                            e.downcast_ref::<Error>(),
-                            Some(Error::ConnectionClosed(_))
-                        );
+                        let closed =
+                            matches!(e.downcast_ref::<Error>(), Some(Error::ConnectionClosed(_)));
                         if !closed {
                             tracing::error!(target: "sockeye::server", id = conn.id(), "connection handler failed: {e}");
                         }
@@ -438,7 +442,8 @@ where
                 }
             }
         }
-        if handler_done && !driver_done && driver.as_mut().poll(cx).is_ready() {
+        let handler_done = handler.is_none();
+        if handler_done && !driver_done && Pin::new(&mut driver).poll(cx).is_ready() {
             // Poll again after the handler ended: it may have started the close.
             driver_done = true;
         }
@@ -448,7 +453,6 @@ where
             Poll::Pending
         }
     })
-    .await;
 }
 
 /// Runs the server side of the opening handshake. `Ok(None)`: answered without opening.
