@@ -77,11 +77,11 @@ enum Handshake {
     /// Server, waiting for the request head.
     AwaitRequest,
     /// Server, the request was delivered; waiting for the application's answer.
-    AwaitAnswer(Option<Result<ServerAccept, HandshakeError>>),
+    AwaitAnswer(Option<Box<Result<ServerAccept, HandshakeError>>>),
     /// Client, the request is not sent yet.
     Unsent,
     /// Client, waiting for the response head.
-    AwaitResponse { key: String, offered: Vec<String> },
+    AwaitResponse(Box<(String, Vec<String>)>),
     /// Client, a non-101 response whose body is being read.
     ReadBody {
         head: Box<HttpResponse>,
@@ -409,7 +409,8 @@ impl Protocol {
                     }
                 }
             }
-            Handshake::AwaitResponse { key, offered } => {
+            Handshake::AwaitResponse(pending) => {
+                let (key, offered) = &**pending;
                 let (response, n) = match handshake::parse_response(&self.recv, &self.config)? {
                     None => return Ok(()),
                     Some(r) => r,
@@ -491,7 +492,7 @@ impl Protocol {
             ),
         };
         if let Handshake::AwaitAnswer(slot) = &mut self.handshake {
-            *slot = Some(result);
+            *slot = Some(Box::new(result));
         }
         response
     }
@@ -509,7 +510,7 @@ impl Protocol {
         let Handshake::AwaitAnswer(slot) = &mut self.handshake else {
             return Err(Error::Misuse("send_response without a pending request"));
         };
-        let accepted = slot.take();
+        let accepted = slot.take().map(|b| *b);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(Ok(accept)) = accepted else {
                 return Err(Error::Misuse(
@@ -565,7 +566,7 @@ impl Protocol {
             .to_owned();
         let offered = handshake::offered_subprotocols(request);
         handshake::write_request(request, &mut self.out);
-        self.handshake = Handshake::AwaitResponse { key, offered };
+        self.handshake = Handshake::AwaitResponse(Box::new((key, offered)));
         Ok(())
     }
 
