@@ -27,7 +27,9 @@ use bytes::BytesMut;
 use sockeye_proto::close::CloseCode;
 use sockeye_proto::frame::Frame;
 use sockeye_proto::handshake;
-use sockeye_proto::{Config, DeflateParams, Error, Event, Message, Protocol, Side, State};
+use sockeye_proto::{
+    Assembler, Config, DeflateParams, Error, Event, Message, Protocol, Side, State,
+};
 
 /// The largest frame `frame_decode` accepts: small, so that the limit is reached.
 pub const FRAME_DECODE_MAX: usize = 4096;
@@ -337,6 +339,9 @@ struct Driver {
     max_size: usize,
     /// The error that failed the connection, once it did.
     failed: Option<Error>,
+    /// Joins streamed fragments as the front ends do: what the core validated, the
+    /// assembler must accept, within max_size.
+    assembler: Assembler,
 }
 
 impl Driver {
@@ -406,6 +411,11 @@ impl Driver {
                 }
                 Event::Fragment(f) => {
                     assert!(f.data.len() <= self.max_size, "fragment over max_size");
+                    match self.assembler.push(f.clone()) {
+                        Ok(Some(m)) => assert!(m.len() <= self.max_size, "joined over max_size"),
+                        Ok(None) => {}
+                        Err(e) => panic!("the assembler refused what the core accepted: {e:?}"),
+                    }
                     let result = self.p.send_fragment(f.kind, &f.data, f.fin);
                     self.echo(result);
                 }
@@ -475,6 +485,7 @@ fn run_connection(side: Side, data: &[u8]) {
         step: control.step(),
         max_size,
         failed: None,
+        assembler: Assembler::new(),
     };
     d.p.handle_timeout(d.now);
 
