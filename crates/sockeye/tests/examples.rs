@@ -43,6 +43,7 @@ const EXAMPLES: &[&str] = &[
     "recv_timeout",
     "keepalive",
     "chat",
+    "reconnecting_client",
 ];
 
 // ----- Locating and building the examples ---------------------------------------------------
@@ -309,6 +310,39 @@ async fn hello_pair(server_example: &str, client_example: &str) {
             "{client_example} {args:?} against {server_example}"
         );
     }
+}
+
+#[tokio::test]
+async fn reconnecting_client_connects_again_after_each_close() {
+    ensure_built();
+    // Each connection gets one message, then a normal close: the client connects again.
+    let server = sockeye::serve("127.0.0.1:0", |ws| async move {
+        ws.send("hello").await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let uri = format!("ws://{}/", server.local_addr().unwrap());
+    let run = Command::new(example_path("reconnecting_client"))
+        .args([uri.as_str(), "2"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = timeout(STEP, run)
+        .await
+        .expect("reconnecting_client timed out")
+        .expect("cannot run reconnecting_client");
+    assert!(
+        out.status.success(),
+        "reconnecting_client failed: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "connected (1)\n<<< hello\nconnection closed\nconnected (2)\n<<< hello\nconnection closed\n"
+    );
+    server.close().await;
 }
 
 #[tokio::test]
