@@ -271,7 +271,8 @@ impl<C: Clone> Core<C> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// The future of one item: it owns the state while it runs and gives it back.
+type Advance = Pin<Box<dyn Future<Output = (State, Option<Result<Connection>>)> + Send>>;
 
 /// The tokio state behind [`Reconnecting`], moved into the future of each item.
 struct State {
@@ -328,7 +329,7 @@ pub struct Reconnecting {
     state: Option<State>,
     /// The item in progress. In a `Mutex` only to be `Sync` without `unsafe`: reached
     /// through `&mut self` (`get_mut`), never locked.
-    pending: Mutex<Option<BoxFuture<(State, Option<Result<Connection>>)>>>,
+    pending: Mutex<Option<Advance>>,
 }
 
 impl std::fmt::Debug for Reconnecting {
