@@ -280,6 +280,27 @@ async fn hello_client_talks_to_hello_server() {
     }
 }
 
+/// Runs client example `name` with `args` to its end (within [`STEP`]); its stdout, once
+/// it has exited successfully.
+async fn run_client(name: &str, args: &[String]) -> String {
+    let run = Command::new(example_path(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = timeout(STEP, run)
+        .await
+        .unwrap_or_else(|_| panic!("{name} timed out"))
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 async fn hello_pair(server_example: &str, client_example: &str) {
     let server = Server::start(server_example, &[]).await;
     for (args, expected) in [
@@ -289,22 +310,7 @@ async fn hello_pair(server_example: &str, client_example: &str) {
         ),
         (vec![server.uri()], ">>> World\n<<< Hello World!\n"),
     ] {
-        let run = Command::new(example_path(client_example))
-            .args(&args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let out = timeout(STEP, run)
-            .await
-            .expect("hello_client timed out")
-            .expect("cannot run hello_client");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "hello_client {args:?} failed: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = run_client(client_example, &args).await;
         assert_eq!(
             stdout, expected,
             "{client_example} {args:?} against {server_example}"
@@ -323,23 +329,8 @@ async fn reconnecting_client_connects_again_after_each_close() {
     .await
     .unwrap();
     let uri = format!("ws://{}/", server.local_addr().unwrap());
-    let run = Command::new(example_path("reconnecting_client"))
-        .args([uri.as_str(), "2"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = timeout(STEP, run)
-        .await
-        .expect("reconnecting_client timed out")
-        .expect("cannot run reconnecting_client");
-    assert!(
-        out.status.success(),
-        "reconnecting_client failed: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        run_client("reconnecting_client", &[uri, "2".to_owned()]).await,
         "connected (1)\n<<< hello\nconnection closed\nconnected (2)\n<<< hello\nconnection closed\n"
     );
     server.close().await;

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sockeye::http::StatusCode;
+use sockeye::bytes::Bytes;
+use sockeye::http::{Request, Response, StatusCode};
 use sockeye::proto::HandshakeError;
 use sockeye::{Backoff, CloseCode, Error, Message};
 
@@ -94,6 +95,45 @@ fn counting_hook(
     }
 }
 
+/// A `process_request` hook: 503 until `ready`.
+fn unavailable_until(
+    ready: Arc<AtomicBool>,
+) -> impl Fn(&Request<()>) -> Option<Response<Bytes>> + Send + Sync + 'static {
+    move |_| {
+        (!ready.load(Ordering::SeqCst))
+            .then(|| sockeye::respond(StatusCode::SERVICE_UNAVAILABLE, "starting"))
+    }
+}
+
+/// A retry hook that expects 503s, counts them, and sets `ready` after the second.
+fn ready_after_two_503s(
+    failures: Arc<AtomicUsize>,
+    ready: Arc<AtomicBool>,
+) -> impl Fn(&Error) -> bool + Send + Sync + 'static {
+    move |e| {
+        assert!(is_status(e, 503), "{e}");
+        if failures.fetch_add(1, Ordering::SeqCst) == 1 {
+            ready.store(true, Ordering::SeqCst);
+        }
+        sockeye::is_retryable(e)
+    }
+}
+
+/// A `process_request` hook: 404 for `/missing`, 403 for `/forbidden`.
+fn refuse_by_path(req: &Request<()>) -> Option<Response<Bytes>> {
+    match req.uri().path() {
+        "/missing" => Some(sockeye::respond(StatusCode::NOT_FOUND, "no")),
+        "/forbidden" => Some(sockeye::respond(StatusCode::FORBIDDEN, "no")),
+        _ => None,
+    }
+}
+
+/// The fatal answers, by path, and the status each must end the connections with.
+const REFUSED: [(&str, u16); 2] = [("missing", 404), ("forbidden", 403)];
+
+/// URIs that are not `ws://` or `wss://` URIs.
+const INVALID_URIS: [&str; 2] = ["http://127.0.0.1/", "not a uri"];
+
 fn is_status(e: &Error, status: u16) -> bool {
     matches!(e, Error::Handshake(HandshakeError::UnexpectedStatus(r)) if r.status == status)
 }
@@ -170,12 +210,8 @@ mod tokio_front_end {
     async fn retries_503_then_next_closes_the_previous_connection() {
         let (logs, _guard) = Logs::capture();
         let ready = Arc::new(AtomicBool::new(false));
-        let gate = ready.clone();
         let server = sockeye::Server::builder()
-            .process_request(move |_| {
-                (!gate.load(Ordering::SeqCst))
-                    .then(|| sockeye::respond(StatusCode::SERVICE_UNAVAILABLE, "starting"))
-            })
+            .process_request(unavailable_until(ready.clone()))
             .serve("127.0.0.1:0", |ws| async move {
                 while let Some(msg) = ws.recv().await? {
                     ws.send(msg).await?;
@@ -185,17 +221,9 @@ mod tokio_front_end {
             .await
             .unwrap();
         let failures = Arc::new(AtomicUsize::new(0));
-        let seen = failures.clone();
         let mut conns = sockeye::ClientBuilder::default()
             .backoff(test_backoff())
-            .retry_if(move |e| {
-                assert!(is_status(e, 503), "{e}");
-                // Ready after the second refusal.
-                if seen.fetch_add(1, Ordering::SeqCst) == 1 {
-                    ready.store(true, Ordering::SeqCst);
-                }
-                sockeye::is_retryable(e)
-            })
+            .retry_if(ready_after_two_503s(failures.clone(), ready))
             .reconnecting(&format!("ws://{}/", server.local_addr().unwrap()));
 
         // Also a `Stream`.
@@ -226,16 +254,12 @@ mod tokio_front_end {
     async fn client_errors_end_the_stream() {
         let (logs, _guard) = Logs::capture();
         let server = sockeye::Server::builder()
-            .process_request(|req| match req.uri().path() {
-                "/missing" => Some(sockeye::respond(StatusCode::NOT_FOUND, "no")),
-                "/forbidden" => Some(sockeye::respond(StatusCode::FORBIDDEN, "no")),
-                _ => None,
-            })
+            .process_request(refuse_by_path)
             .serve("127.0.0.1:0", |_| async { Ok(()) })
             .await
             .unwrap();
         let addr = server.local_addr().unwrap();
-        for (path, status) in [("missing", 404), ("forbidden", 403)] {
+        for (path, status) in REFUSED {
             let mut conns = sockeye::ClientBuilder::default()
                 .backoff(test_backoff())
                 .reconnecting(&format!("ws://{addr}/{path}"));
@@ -244,7 +268,7 @@ mod tokio_front_end {
             assert!(next(&mut conns).await.is_none());
             assert!(next(&mut conns).await.is_none());
         }
-        for uri in ["http://127.0.0.1/", "not a uri"] {
+        for uri in INVALID_URIS {
             let mut conns = sockeye::reconnecting(uri);
             let e = next(&mut conns).await.unwrap().unwrap_err();
             assert!(matches!(e, Error::InvalidUri(_)), "{e}");
@@ -338,12 +362,8 @@ mod sync_front_end {
     fn retries_503_then_next_closes_the_previous_connection() {
         let (logs, _guard) = Logs::capture();
         let ready = Arc::new(AtomicBool::new(false));
-        let gate = ready.clone();
         let server = sync::Server::builder()
-            .process_request(move |_| {
-                (!gate.load(Ordering::SeqCst))
-                    .then(|| sockeye::respond(StatusCode::SERVICE_UNAVAILABLE, "starting"))
-            })
+            .process_request(unavailable_until(ready.clone()))
             .serve("127.0.0.1:0", |ws| {
                 while let Some(msg) = ws.recv()? {
                     ws.send(msg)?;
@@ -352,16 +372,9 @@ mod sync_front_end {
             })
             .unwrap();
         let failures = Arc::new(AtomicUsize::new(0));
-        let seen = failures.clone();
         let mut conns = sync::ClientBuilder::default()
             .backoff(test_backoff())
-            .retry_if(move |e| {
-                assert!(is_status(e, 503), "{e}");
-                if seen.fetch_add(1, Ordering::SeqCst) == 1 {
-                    ready.store(true, Ordering::SeqCst);
-                }
-                sockeye::is_retryable(e)
-            })
+            .retry_if(ready_after_two_503s(failures.clone(), ready))
             .reconnecting(&format!("ws://{}/", server.local_addr().unwrap()));
 
         let ws = conns.next().unwrap().unwrap();
@@ -383,15 +396,11 @@ mod sync_front_end {
     fn client_errors_end_the_iterator() {
         let (logs, _guard) = Logs::capture();
         let server = sync::Server::builder()
-            .process_request(|req| match req.uri().path() {
-                "/missing" => Some(sockeye::respond(StatusCode::NOT_FOUND, "no")),
-                "/forbidden" => Some(sockeye::respond(StatusCode::FORBIDDEN, "no")),
-                _ => None,
-            })
+            .process_request(refuse_by_path)
             .serve("127.0.0.1:0", |_| Ok(()))
             .unwrap();
         let addr = server.local_addr().unwrap();
-        for (path, status) in [("missing", 404), ("forbidden", 403)] {
+        for (path, status) in REFUSED {
             let mut conns = sync::ClientBuilder::default()
                 .backoff(test_backoff())
                 .reconnecting(&format!("ws://{addr}/{path}"));
@@ -399,7 +408,7 @@ mod sync_front_end {
             assert!(is_status(&e, status), "{e}");
             assert!(conns.next().is_none());
         }
-        for uri in ["http://127.0.0.1/", "not a uri"] {
+        for uri in INVALID_URIS {
             let items: Vec<_> = sync::reconnecting(uri).collect();
             assert_eq!(items.len(), 1);
             assert!(matches!(items[0], Err(Error::InvalidUri(_))), "{items:?}");
