@@ -18,6 +18,7 @@ use crate::server::read_until_event;
 pub struct ClientBuilder {
     options: Options,
     headers: Vec<(HeaderName, HeaderValue)>,
+    reconnect: crate::reconnect::Policy,
     #[cfg(feature = "tls")]
     tls: crate::tls::ClientTls,
 }
@@ -67,6 +68,15 @@ impl ClientBuilder {
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
         tokio::spawn(driver.instrument(span));
         Ok(conn)
+    }
+
+    /// A client that reconnects: a stream of connections to `uri` (see
+    /// [`Reconnecting`](crate::Reconnecting)), with this builder's options, its
+    /// [`backoff`](Self::backoff) and its [`retry_if`](Self::retry_if) hook. Nothing happens
+    /// until the first `next`; an invalid URI is its error.
+    pub fn reconnecting(self, uri: &str) -> crate::Reconnecting {
+        let policy = self.reconnect.clone();
+        crate::Reconnecting::new(self, uri, policy)
     }
 
     /// TLS over `tcp` for `wss://`, `tcp` itself for `ws://`.

@@ -32,6 +32,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Reconnecting
+//!
+//! [`reconnecting`] (or [`ClientBuilder::reconnecting`]) is python-websockets'
+//! `async for websocket in connect(uri)`: a stream of connections that reconnects after
+//! network errors, timeouts and 5xx answers ([`is_retryable`]), with python-websockets'
+//! [`Backoff`]. `sync::reconnecting` is its blocking twin, an iterator.
+//!
 //! # Behaviour
 //!
 //! - Keepalive pings, pongs and the closing handshake run even while the application never
@@ -69,6 +76,7 @@ mod head;
 pub mod hub;
 mod options;
 mod queue;
+mod reconnect;
 mod server;
 pub mod sync;
 #[cfg(feature = "tls")]
@@ -87,6 +95,7 @@ pub use connection::{
 pub use error::{Closed, Error, Result};
 pub use hub::{Hub, Published};
 pub use proto::{CloseCode, CloseFrame, Fragment, Message, MessageKind, State};
+pub use reconnect::{is_retryable, reconnecting, Backoff, Delays, Reconnecting, RetryIf};
 pub use server::{
     respond, serve, BoxError, ProcessRequest, ProcessResponse, Server, ServerBuilder,
 };

@@ -202,6 +202,24 @@ macro_rules! client_setters {
                 self.options.config.subprotocols(protocols);
                 self
             }
+
+            /// The delays between the attempts of a reconnecting client (default:
+            /// python-websockets' backoff, see [`crate::Backoff`]).
+            pub fn backoff(mut self, backoff: crate::Backoff) -> Self {
+                self.reconnect.backoff = backoff;
+                self
+            }
+
+            /// Decides, for a reconnecting client, whether a failed attempt is retried
+            /// (`true`) or ends the connections with its error (`false`); default
+            /// [`crate::is_retryable`] (python-websockets' `process_exception`).
+            pub fn retry_if<F>(mut self, hook: F) -> Self
+            where
+                F: Fn(&crate::Error) -> bool + Send + Sync + 'static,
+            {
+                self.reconnect.retry_if = Some(std::sync::Arc::new(hook));
+                self
+            }
         }
     };
 }

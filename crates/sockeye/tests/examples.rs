@@ -43,6 +43,7 @@ const EXAMPLES: &[&str] = &[
     "recv_timeout",
     "keepalive",
     "chat",
+    "reconnecting_client",
 ];
 
 // ----- Locating and building the examples ---------------------------------------------------
@@ -279,6 +280,27 @@ async fn hello_client_talks_to_hello_server() {
     }
 }
 
+/// Runs client example `name` with `args` to its end (within [`STEP`]); its stdout, once
+/// it has exited successfully.
+async fn run_client(name: &str, args: &[String]) -> String {
+    let run = Command::new(example_path(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = timeout(STEP, run)
+        .await
+        .unwrap_or_else(|_| panic!("{name} timed out"))
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 async fn hello_pair(server_example: &str, client_example: &str) {
     let server = Server::start(server_example, &[]).await;
     for (args, expected) in [
@@ -288,27 +310,30 @@ async fn hello_pair(server_example: &str, client_example: &str) {
         ),
         (vec![server.uri()], ">>> World\n<<< Hello World!\n"),
     ] {
-        let run = Command::new(example_path(client_example))
-            .args(&args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let out = timeout(STEP, run)
-            .await
-            .expect("hello_client timed out")
-            .expect("cannot run hello_client");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "hello_client {args:?} failed: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = run_client(client_example, &args).await;
         assert_eq!(
             stdout, expected,
             "{client_example} {args:?} against {server_example}"
         );
     }
+}
+
+#[tokio::test]
+async fn reconnecting_client_connects_again_after_each_close() {
+    ensure_built();
+    // Each connection gets one message, then a normal close: the client connects again.
+    let server = sockeye::serve("127.0.0.1:0", |ws| async move {
+        ws.send("hello").await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let uri = format!("ws://{}/", server.local_addr().unwrap());
+    assert_eq!(
+        run_client("reconnecting_client", &[uri, "2".to_owned()]).await,
+        "connected (1)\n<<< hello\nconnection closed\nconnected (2)\n<<< hello\nconnection closed\n"
+    );
+    server.close().await;
 }
 
 #[tokio::test]

@@ -13,7 +13,8 @@ use crate::connection::Info;
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::proto::handshake::Target;
-use crate::proto::{Event, Side};
+use crate::proto::{CloseCode, Event, Side};
+use crate::reconnect::{Core, Outcome};
 
 /// Builds a blocking client with options other than the defaults: the same options, with the
 /// same defaults, as [`crate::ClientBuilder`].
@@ -21,6 +22,7 @@ use crate::proto::{Event, Side};
 pub struct ClientBuilder {
     options: Options,
     headers: Vec<(HeaderName, HeaderValue)>,
+    reconnect: crate::reconnect::Policy,
     #[cfg(feature = "tls")]
     tls: crate::tls::ClientTls,
 }
@@ -65,6 +67,18 @@ impl ClientBuilder {
         Ok(conn)
     }
 
+    /// A client that reconnects: an iterator of connections to `uri` (see [`Reconnecting`]),
+    /// with this builder's options, its [`backoff`](Self::backoff) and its
+    /// [`retry_if`](Self::retry_if) hook. Nothing happens until the first `next`; an invalid
+    /// URI is its error.
+    pub fn reconnecting(self, uri: &str) -> Reconnecting {
+        let core = Core::new(uri, self.reconnect.clone());
+        Reconnecting {
+            builder: self,
+            core,
+        }
+    }
+
     /// TLS over `tcp` for `wss://` (handshake until `deadline`), `tcp` itself for `ws://`.
     fn transport(
         &self,
@@ -104,6 +118,63 @@ fn tcp_connect(host: &str, port: u16, deadline: Option<Instant>) -> Result<TcpSt
         }
     }
     Err(last.unwrap_or_else(|| Error::InvalidUri(format!("{host}: no address"))))
+}
+
+/// A blocking client that reconnects: an iterator of connections to one URI, from
+/// [`ClientBuilder::reconnecting`] or [`reconnecting`]; the blocking twin of
+/// [`crate::Reconnecting`], with the same policy.
+///
+/// The first item is the first connection that opens; asking for the next item closes the
+/// previous connection (1000, if still open; waiting at most `close_timeout`) and connects
+/// again. Failed attempts are retried, sleeping [`crate::Backoff`]'s delays in between, while
+/// [`crate::is_retryable`] (or the builder's `retry_if` hook) says so, each logged at INFO
+/// (target `sockeye::client`); a fatal error is the last item.
+///
+/// ```no_run
+/// # fn run() -> Result<(), sockeye::BoxError> {
+/// for ws in sockeye::sync::reconnecting("ws://127.0.0.1:8765") {
+///     let ws = ws?;
+///     // Until the connection ends, normally or not: then reconnect.
+///     while let Ok(Some(msg)) = ws.recv() {
+///         println!("{msg:?}");
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Reconnecting {
+    builder: ClientBuilder,
+    core: Core<Connection>,
+}
+
+impl std::fmt::Debug for Reconnecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl Iterator for Reconnecting {
+    type Item = Result<Connection>;
+
+    /// Closes the previous connection, then connects until a connection opens (retrying
+    /// transient errors, sleeping in between) or an error is fatal; `None` after that error.
+    fn next(&mut self) -> Option<Result<Connection>> {
+        if let Some(previous) = self.core.start()? {
+            let _ = previous.close(CloseCode::NORMAL, "");
+        }
+        loop {
+            let result = self.builder.clone().connect(&self.core.uri);
+            match self.core.attempted(result) {
+                Outcome::Yield(item) => return Some(item),
+                Outcome::Retry(delay) => std::thread::sleep(delay),
+            }
+        }
+    }
+}
+
+/// A blocking reconnecting client with the default options. See
+/// [`ClientBuilder::reconnecting`].
+pub fn reconnecting(uri: &str) -> Reconnecting {
+    ClientBuilder::default().reconnecting(uri)
 }
 
 /// Connects to a `ws://` or `wss://` URI with the default options. See [`ClientBuilder::connect`].

@@ -68,6 +68,6 @@ mod connection;
 mod server;
 mod stream;
 
-pub use client::{connect, ClientBuilder};
+pub use client::{connect, reconnecting, ClientBuilder, Reconnecting};
 pub use connection::{broadcast, Connection, Fragments, PongWaiter};
 pub use server::{serve, Server, ServerBuilder};
