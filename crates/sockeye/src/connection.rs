@@ -33,7 +33,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Closed, Error, Result};
-use crate::head::Head;
+use crate::head::{Head, RequestHead};
 use crate::proto::{
     self, CloseCode, Event, Fragment, Message, MessageKind, PingId, PreparedMessage, Protocol,
     Side, State,
@@ -128,7 +128,7 @@ pub(crate) struct Info {
     pub(crate) side: Side,
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) remote_addr: Option<SocketAddr>,
-    pub(crate) request: Head<Request<()>>,
+    pub(crate) request: RequestHead,
     pub(crate) response: Head<Response<()>>,
     pub(crate) subprotocol: Option<String>,
 }
@@ -743,6 +743,34 @@ impl Connection {
     /// The subprotocol negotiated, if any.
     pub fn subprotocol(&self) -> Option<&str> {
         self.inner.info.subprotocol.as_deref()
+    }
+
+    /// The user that the server's basic auth authenticated (see [`crate::auth`]); `None`
+    /// without basic auth, and on the client side.
+    pub fn username(&self) -> Option<&str> {
+        self.inner.info.request.username()
+    }
+
+    /// The value of path parameter `name` of the route that matched (see
+    /// [`crate::routing`]), percent-decoded: `ws.param("id")` for `/rooms/{id}`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.inner.info.request.param(name)
+    }
+
+    /// Every path parameter of the route that matched, `(name, value)` in the pattern's
+    /// order; none without routing.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.inner
+            .info
+            .request
+            .params()
+            .iter()
+            .map(|(n, v)| (&**n, &**v))
+    }
+
+    /// The index of the route that matched, for the router's dispatch.
+    pub(crate) fn route(&self) -> Option<usize> {
+        self.inner.info.request.route()
     }
 
     /// How many bytes wait to be written.

@@ -762,6 +762,34 @@ impl Connection {
         self.inner.info.subprotocol.as_deref()
     }
 
+    /// The user that the server's basic auth authenticated (see [`crate::auth`]); `None`
+    /// without basic auth, and on the client side.
+    pub fn username(&self) -> Option<&str> {
+        self.inner.info.request.username()
+    }
+
+    /// The value of path parameter `name` of the route that matched (see
+    /// [`crate::routing`]), percent-decoded: `ws.param("id")` for `/rooms/{id}`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.inner.info.request.param(name)
+    }
+
+    /// Every path parameter of the route that matched, `(name, value)` in the pattern's
+    /// order; none without routing.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.inner
+            .info
+            .request
+            .params()
+            .iter()
+            .map(|(n, v)| (&**n, &**v))
+    }
+
+    /// The index of the route that matched, for the router's dispatch.
+    pub(crate) fn route(&self) -> Option<usize> {
+        self.inner.info.request.route()
+    }
+
     /// How many bytes wait to be written.
     pub fn buffered_amount(&self) -> usize {
         let sh = self.inner.lock();
