@@ -140,14 +140,15 @@ impl BasicAuth {
     /// `401 Unauthorized` response (with `WWW-Authenticate`) to answer with. A missing,
     /// malformed or non-Basic `Authorization` header is a 401 too.
     ///
-    /// The server builders call this; it is public for `process_request` hooks of your own.
-    pub fn check(&self, request: &Request<()>) -> Result<String, Response<Bytes>> {
+    /// The server builders call this; it is public for `process_request` hooks of your own
+    /// (`auth.check(request).err().map(|refused| *refused)`).
+    pub fn check(&self, request: &Request<()>) -> Result<String, Box<Response<Bytes>>> {
         self.username(request).map_err(|refusal| {
             let mut response = crate::respond(StatusCode::UNAUTHORIZED, refusal.body());
             response
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, self.challenge.clone());
-            response
+            Box::new(response)
         })
     }
 

@@ -160,6 +160,7 @@ impl fmt::Debug for Table {
 
 /// A route's path parameters: names (shared with the pattern) and decoded values.
 pub(crate) type Params = Box<[(Arc<str>, Box<str>)]>;
+type ParamList = Vec<(Arc<str>, Box<str>)>;
 
 impl Table {
     /// The route for `path` (without the query) and its parameters; `None` for none (404).
@@ -172,7 +173,7 @@ impl Table {
             segments.push((start, raw, percent_decode(raw)));
             start += raw.len() + 1;
         }
-        let mut best: Option<(usize, Vec<(Arc<str>, Box<str>)>)> = None;
+        let mut best: Option<(usize, ParamList)> = None;
         for (index, pattern) in self.patterns.iter().enumerate() {
             let Some(params) = pattern.matches(rest, &segments) else {
                 continue;
@@ -261,7 +262,7 @@ impl Pattern {
         &self,
         rest: &str,
         segments: &[(usize, &str, Option<Cow<'_, str>>)],
-    ) -> Option<Vec<(Arc<str>, Box<str>)>> {
+    ) -> Option<ParamList> {
         let mut params = Vec::new();
         for (i, segment) in self.segments.iter().enumerate() {
             if let Segment::Rest(name) = segment {

@@ -102,7 +102,7 @@ impl Hooks {
         if let Some(auth) = &self.basic_auth {
             match auth.check(request) {
                 Ok(user) => granted.username = Some(user.into_boxed_str()),
-                Err(refused) => return refused,
+                Err(refused) => return *refused,
             }
         }
         if let Some(response) = self.process_request.as_ref().and_then(|h| h(request)) {
