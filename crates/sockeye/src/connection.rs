@@ -27,13 +27,13 @@ use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Closed, Error, Result};
-use crate::head::Head;
+use crate::head::{Head, RequestHead};
 use crate::proto::{
     self, CloseCode, Event, Fragment, Message, MessageKind, PingId, PreparedMessage, Protocol,
     Side, State,
@@ -128,10 +128,86 @@ pub(crate) struct Info {
     pub(crate) side: Side,
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) remote_addr: Option<SocketAddr>,
-    pub(crate) request: Head<Request<()>>,
+    pub(crate) request: RequestHead,
     pub(crate) response: Head<Response<()>>,
     pub(crate) subprotocol: Option<String>,
 }
+
+/// What a connection knows about itself, from its [`Info`]: the accessors of the tokio and
+/// blocking connections (field `inner.info`).
+macro_rules! info_accessors {
+    ($connection:ty) => {
+        impl $connection {
+            /// A number that identifies this connection in logs, unique within the process
+            /// (one numbering for both front ends).
+            pub fn id(&self) -> u64 {
+                self.inner.info.id
+            }
+
+            /// Which side of the connection this is.
+            pub fn side(&self) -> crate::proto::Side {
+                self.inner.info.side
+            }
+
+            /// The local address of the transport, if it has one.
+            pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+                self.inner.info.local_addr
+            }
+
+            /// The remote address of the transport, if it has one.
+            pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+                self.inner.info.remote_addr
+            }
+
+            /// The handshake request (received by a server, sent by a client).
+            pub fn request(&self) -> &http::Request<()> {
+                self.inner.info.request.get()
+            }
+
+            /// The handshake response (sent by a server, received by a client).
+            pub fn response(&self) -> &http::Response<()> {
+                self.inner.info.response.get()
+            }
+
+            /// The subprotocol negotiated, if any.
+            pub fn subprotocol(&self) -> Option<&str> {
+                self.inner.info.subprotocol.as_deref()
+            }
+
+            /// The user that the server's basic auth authenticated (see [`crate::auth`]);
+            /// `None` without basic auth, and on the client side.
+            pub fn username(&self) -> Option<&str> {
+                self.inner.info.request.username()
+            }
+
+            /// The value of path parameter `name` of the route that matched (see
+            /// [`crate::routing`]), percent-decoded: `ws.param("id")` for `/rooms/{id}`.
+            pub fn param(&self, name: &str) -> Option<&str> {
+                self.inner.info.request.param(name)
+            }
+
+            /// Every path parameter of the route that matched, `(name, value)` in the
+            /// pattern's order; none without routing.
+            pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+                self.inner
+                    .info
+                    .request
+                    .params()
+                    .iter()
+                    .map(|(n, v)| (&**n, &**v))
+            }
+
+            /// The index of the route that matched, for the router's dispatch.
+            pub(crate) fn route(&self) -> Option<usize> {
+                self.inner.info.request.route()
+            }
+        }
+    };
+}
+
+pub(crate) use info_accessors;
+
+info_accessors!(Connection);
 
 struct Shared {
     proto: Protocol,
@@ -708,41 +784,6 @@ impl Connection {
     /// The round-trip time measured by the last ping answered (keepalive pings included).
     pub fn latency(&self) -> Option<Duration> {
         self.inner.lock().proto.latency()
-    }
-
-    /// A number that identifies this connection in logs, unique within the process.
-    pub fn id(&self) -> u64 {
-        self.inner.info.id
-    }
-
-    /// Which side of the connection this is.
-    pub fn side(&self) -> Side {
-        self.inner.info.side
-    }
-
-    /// The local address of the transport, if it has one.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.inner.info.local_addr
-    }
-
-    /// The remote address of the transport, if it has one.
-    pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.inner.info.remote_addr
-    }
-
-    /// The handshake request (received by a server, sent by a client).
-    pub fn request(&self) -> &Request<()> {
-        self.inner.info.request.get()
-    }
-
-    /// The handshake response (sent by a server, received by a client).
-    pub fn response(&self) -> &Response<()> {
-        self.inner.info.response.get()
-    }
-
-    /// The subprotocol negotiated, if any.
-    pub fn subprotocol(&self) -> Option<&str> {
-        self.inner.info.subprotocol.as_deref()
     }
 
     /// How many bytes wait to be written.

@@ -6,7 +6,7 @@
 //! each head is kept as its serialised bytes (a few hundred) and parsed again, once, the first
 //! time the application asks for it. A handler that never looks at the request pays nothing.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -92,6 +92,72 @@ impl Head<Response<()>> {
                 _ => Response::default(),
             })
         })
+    }
+}
+
+/// What a server's own checks learned from a handshake request they let through: the user
+/// that [`BasicAuth`](crate::auth::BasicAuth) authenticated, the route a
+/// [`Router`](crate::Router) chose and its parameters. Boxed, and absent unless one of them
+/// was configured, so that connections without them pay one pointer.
+#[derive(Debug, Default)]
+pub(crate) struct Granted {
+    pub(crate) username: Option<Box<str>>,
+    /// Index of the route in its router.
+    pub(crate) route: Option<usize>,
+    /// Path parameters, percent-decoded; names shared with the route's pattern.
+    pub(crate) params: Box<[(Arc<str>, Box<str>)]>,
+}
+
+/// The handshake request of a connection, and what the server granted it.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    head: Head<Request<()>>,
+    granted: Option<Box<Granted>>,
+}
+
+impl From<Request<()>> for RequestHead {
+    fn from(request: Request<()>) -> Self {
+        RequestHead::new(request, None)
+    }
+}
+
+impl RequestHead {
+    pub(crate) fn new(request: Request<()>, granted: Option<Box<Granted>>) -> Self {
+        RequestHead {
+            head: request.into(),
+            granted,
+        }
+    }
+
+    /// The request, parsed on first use.
+    pub(crate) fn get(&self) -> &Request<()> {
+        self.head.get()
+    }
+
+    /// The user authenticated by the server's basic auth.
+    pub(crate) fn username(&self) -> Option<&str> {
+        self.granted.as_ref()?.username.as_deref()
+    }
+
+    /// The index of the route that matched.
+    pub(crate) fn route(&self) -> Option<usize> {
+        self.granted.as_ref()?.route
+    }
+
+    /// The path parameters of the route that matched.
+    pub(crate) fn params(&self) -> &[(Arc<str>, Box<str>)] {
+        match &self.granted {
+            Some(g) => &g.params,
+            None => &[],
+        }
+    }
+
+    /// The value of path parameter `name`.
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
+        self.params()
+            .iter()
+            .find(|(n, _)| **n == *name)
+            .map(|(_, v)| &**v)
     }
 }
 

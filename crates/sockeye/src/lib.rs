@@ -54,6 +54,13 @@
 //! [`Hub`] maps topics to subscribed connections: [`Hub::new`] in memory, and with the
 //! `redis` feature `Hub::redis(url)` shares topics among processes through Redis.
 //!
+//! # Authentication and routing
+//!
+//! [`auth`]: HTTP Basic authentication of the handshake (`basic_auth` on the server
+//! builders; the handler reads [`Connection::username`]). [`routing`]: a [`Router`] of path
+//! patterns (`/rooms/{id}`) to handlers, served by [`route`], with 404 for other paths; the
+//! handler reads [`Connection::param`]. Both front ends.
+//!
 //! # TLS
 //!
 //! With the `tls` feature (on by default), clients connect to `wss://` URIs and servers
@@ -69,6 +76,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 mod client;
 mod connection;
 mod error;
@@ -77,6 +85,7 @@ pub mod hub;
 mod options;
 mod queue;
 mod reconnect;
+pub mod routing;
 mod server;
 pub mod sync;
 #[cfg(feature = "tls")]
@@ -96,6 +105,7 @@ pub use error::{Closed, Error, Result};
 pub use hub::{Hub, Published};
 pub use proto::{CloseCode, CloseFrame, Fragment, Message, MessageKind, State};
 pub use reconnect::{is_retryable, reconnecting, Backoff, Delays, Reconnecting, RetryIf};
+pub use routing::Router;
 pub use server::{
-    respond, serve, BoxError, ProcessRequest, ProcessResponse, Server, ServerBuilder,
+    respond, route, serve, BoxError, ProcessRequest, ProcessResponse, Server, ServerBuilder,
 };

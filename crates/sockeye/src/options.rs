@@ -111,7 +111,7 @@ macro_rules! option_setters {
 pub(crate) use option_setters;
 
 /// The server-only setters, shared by the tokio and blocking server builders (fields
-/// `options`, `process_request`, `process_response`).
+/// `options`, `hooks`).
 macro_rules! server_setters {
     ($builder:ty) => {
         impl $builder {
@@ -138,7 +138,17 @@ macro_rules! server_setters {
                 self
             }
 
-            /// Installs a `process_request` hook (see [`crate::ProcessRequest`]).
+            /// Requires HTTP Basic authentication (see [`crate::auth`]): requests without
+            /// valid credentials get `401 Unauthorized`; the handler finds the user in
+            /// `Connection::username`. Runs before the `process_request` hook and routing.
+            pub fn basic_auth(mut self, auth: crate::auth::BasicAuth) -> Self {
+                self.hooks.basic_auth = Some(std::sync::Arc::new(auth));
+                self
+            }
+
+            /// Installs a `process_request` hook (see [`crate::ProcessRequest`]). It runs
+            /// after basic auth, if any, and before routing, if any: it may answer paths
+            /// that are not routes (a health check).
             pub fn process_request<F>(mut self, hook: F) -> Self
             where
                 F: Fn(&http::Request<()>) -> Option<http::Response<bytes::Bytes>>
@@ -146,7 +156,7 @@ macro_rules! server_setters {
                     + Sync
                     + 'static,
             {
-                self.process_request = Some(std::sync::Arc::new(hook));
+                self.hooks.process_request = Some(std::sync::Arc::new(hook));
                 self
             }
 
@@ -158,7 +168,7 @@ macro_rules! server_setters {
                     + Sync
                     + 'static,
             {
-                self.process_response = Some(std::sync::Arc::new(hook));
+                self.hooks.process_response = Some(std::sync::Arc::new(hook));
                 self
             }
         }

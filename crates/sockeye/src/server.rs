@@ -16,10 +16,13 @@ use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use crate::auth::BasicAuth;
 use crate::connection::{Connection, Info, Limits, Stream};
 use crate::error::{Error, Result};
+use crate::head::{Granted, RequestHead};
 use crate::options::Options;
 use crate::proto::{self, CloseCode, Event, Protocol, Side};
+use crate::routing::{Router, Table};
 
 /// The error type handlers return: any error, boxed. `?` converts [`Error`] and most others.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -49,6 +52,75 @@ pub(crate) fn log_http_answer(path: &str, status: StatusCode) {
     }
 }
 
+/// What a server does with a handshake request before accepting it, shared by the tokio and
+/// blocking servers: basic auth, the application's hooks, the router's patterns.
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    pub(crate) basic_auth: Option<Arc<BasicAuth>>,
+    pub(crate) process_request: Option<ProcessRequest>,
+    pub(crate) process_response: Option<ProcessResponse>,
+    pub(crate) routes: Option<Arc<Table>>,
+}
+
+impl Hooks {
+    /// The answer to a handshake request, and what the server granted it (its user, its
+    /// route) if that answer accepts it.
+    ///
+    /// In order, the first that answers wins: 503 while the server closes, basic auth (401),
+    /// `process_request`, the router (404 for no route), the handshake itself (101, or 4xx
+    /// for a bad request). Then `process_response` sees the answer, whichever it is.
+    pub(crate) fn answer(
+        &self,
+        proto: &mut Protocol,
+        request: &Request<()>,
+        closing: bool,
+    ) -> (Response<Bytes>, Option<Box<Granted>>) {
+        let mut granted = Granted::default();
+        let mut response = self.decide(proto, request, closing, &mut granted);
+        if let Some(hook) = &self.process_response {
+            hook(request, &mut response);
+        }
+        let granted = (response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && (granted.username.is_some() || granted.route.is_some()))
+        .then(|| Box::new(granted));
+        (response, granted)
+    }
+
+    fn decide(
+        &self,
+        proto: &mut Protocol,
+        request: &Request<()>,
+        closing: bool,
+        granted: &mut Granted,
+    ) -> Response<Bytes> {
+        if closing {
+            return proto.reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Server is shutting down.\n",
+            );
+        }
+        if let Some(auth) = &self.basic_auth {
+            match auth.check(request) {
+                Ok(user) => granted.username = Some(user.into_boxed_str()),
+                Err(refused) => return *refused,
+            }
+        }
+        if let Some(response) = self.process_request.as_ref().and_then(|h| h(request)) {
+            return response;
+        }
+        if let Some(routes) = &self.routes {
+            match routes.find(request.uri().path()) {
+                Some((route, params)) => {
+                    granted.route = Some(route);
+                    granted.params = params;
+                }
+                None => return proto.reject(StatusCode::NOT_FOUND, "Not Found\n"),
+            }
+        }
+        proto.accept(request)
+    }
+}
+
 /// Builds a server with options other than the defaults.
 ///
 /// Defaults follow python-websockets: ping_interval 20 s, ping_timeout 20 s, open_timeout
@@ -56,8 +128,7 @@ pub(crate) fn log_http_answer(path: &str, status: StatusCode) {
 #[derive(Clone, Default)]
 pub struct ServerBuilder {
     options: Options,
-    process_request: Option<ProcessRequest>,
-    process_response: Option<ProcessResponse>,
+    hooks: Hooks,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -79,6 +150,18 @@ impl ServerBuilder {
     {
         let listener = TcpListener::bind(addr).await?;
         Ok(self.serve_listener(listener, handler))
+    }
+
+    /// Binds `addr` and serves `router`: each connection goes to the handler of the route its
+    /// path matches, and a request whose path matches none gets `404 Not Found` during the
+    /// handshake. See [`crate::routing`].
+    pub async fn route<A>(mut self, addr: A, router: Router) -> Result<Server>
+    where
+        A: ToSocketAddrs,
+    {
+        let (routes, handler) = router.into_parts();
+        self.hooks.routes = Some(routes);
+        self.serve(addr, handler).await
     }
 
     /// Serves on a listener bound elsewhere.
@@ -110,8 +193,7 @@ impl ServerBuilder {
         let shared = Arc::new(Shared {
             config: Arc::new(self.options.config.clone()),
             options: self.options,
-            process_request: self.process_request,
-            process_response: self.process_response,
+            hooks: self.hooks,
             #[cfg(feature = "tls")]
             tls: self.tls,
         });
@@ -128,8 +210,7 @@ impl ServerBuilder {
 struct Shared {
     options: Options,
     config: Arc<proto::Config>,
-    process_request: Option<ProcessRequest>,
-    process_response: Option<ProcessResponse>,
+    hooks: Hooks,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -241,6 +322,12 @@ where
     Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
 {
     ServerBuilder::default().serve(addr, handler).await
+}
+
+/// Starts a server with the default options that routes connections by path (404 for
+/// paths that match no route). See [`ServerBuilder::route`] and [`crate::routing`].
+pub async fn route<A: ToSocketAddrs>(addr: A, router: Router) -> Result<Server> {
+    ServerBuilder::default().route(addr, router).await
 }
 
 struct ActiveGuard(Arc<ServerInner>);
@@ -373,7 +460,7 @@ async fn open_connection(
         local_addr: local,
         remote_addr: Some(peer),
         subprotocol: proto.subprotocol().map(str::to_owned),
-        request: request.into(),
+        request,
         response: response.into(),
     };
     let limits: Limits = shared.options.limits;
@@ -461,7 +548,7 @@ async fn server_handshake<S>(
     proto: &mut Protocol,
     shared: &Shared,
     server: &ServerInner,
-) -> Result<Option<(Request<()>, Response<()>)>>
+) -> Result<Option<(RequestHead, Response<()>)>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -469,19 +556,8 @@ where
         Some(Event::Request(r)) => r,
         _ => return Ok(None),
     };
-    let mut response = if server.closing.load(Ordering::Acquire) {
-        proto.reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Server is shutting down.\n",
-        )
-    } else if let Some(r) = shared.process_request.as_ref().and_then(|h| h(&request)) {
-        r
-    } else {
-        proto.accept(&request)
-    };
-    if let Some(hook) = &shared.process_response {
-        hook(&request, &mut response);
-    }
+    let closing = server.closing.load(Ordering::Acquire);
+    let (response, granted) = shared.hooks.answer(proto, &request, closing);
     let status = response.status();
     proto.send_response(&response)?;
     let mut out = Vec::new();
@@ -493,7 +569,8 @@ where
         return Ok(None);
     }
     let (parts, _) = response.into_parts();
-    Ok(Some((*request, Response::from_parts(parts, ()))))
+    let request = RequestHead::new(*request, granted);
+    Ok(Some((request, Response::from_parts(parts, ()))))
 }
 
 /// Reads and feeds the core until it produces an event (the handshake request or response),

@@ -44,6 +44,8 @@ const EXAMPLES: &[&str] = &[
     "keepalive",
     "chat",
     "reconnecting_client",
+    "basic_auth",
+    "router",
 ];
 
 // ----- Locating and building the examples ---------------------------------------------------
@@ -510,6 +512,85 @@ async fn keepalive_reports_latency() {
     ws.send(Message::from(vec![0u8])).await.unwrap();
     assert!(recv_text(&ws).await.starts_with("latency: "));
     close(&ws).await;
+}
+
+/// Connects to `uri` and expects the handshake to be refused; returns the response.
+async fn refused(uri: &str) -> sockeye::proto::HttpResponse {
+    match timeout(STEP, sockeye::connect(uri))
+        .await
+        .expect("connect timed out")
+    {
+        Err(Error::Handshake(HandshakeError::UnexpectedStatus(response))) => *response,
+        other => panic!("{uri}: expected a refusal: {other:?}"),
+    }
+}
+
+async fn connect_to(uri: &str) -> ClientConnection {
+    timeout(STEP, sockeye::connect(uri))
+        .await
+        .expect("connect timed out")
+        .unwrap_or_else(|e| panic!("{uri}: {e}"))
+}
+
+#[tokio::test]
+async fn basic_auth_lets_known_users_in() {
+    // The tokio and the blocking servers behave the same.
+    for args in [&[][..], &["--sync"][..]] {
+        let mut server = Server::start("basic_auth", args).await;
+        let addr = server.addr;
+        // No credentials, a wrong password: 401 with the challenge.
+        for uri in [
+            format!("ws://{addr}/"),
+            format!("ws://alice:builder@{addr}/"),
+        ] {
+            let response = refused(&uri).await;
+            assert_eq!(response.status, 401, "{args:?} {uri}");
+            assert_eq!(
+                response.headers["www-authenticate"],
+                "Basic realm=\"example\", charset=\"UTF-8\""
+            );
+        }
+        // Alice is greeted by name, then echoed.
+        let ws = connect_to(&format!("ws://alice:wonderland@{addr}/")).await;
+        assert_eq!(recv_text(&ws).await, "Hello alice!", "{args:?}");
+        ws.send("down the rabbit hole").await.unwrap();
+        assert_eq!(recv_text(&ws).await, "down the rabbit hole");
+        close(&ws).await;
+        assert_eq!(server.line().await, "alice connected", "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn router_routes_by_path() {
+    for args in [&[][..], &["--sync"][..]] {
+        let mut server = Server::start("router", args).await;
+        let addr = server.addr;
+        let ws = connect_to(&format!("ws://{addr}/")).await;
+        assert_eq!(
+            recv_text(&ws).await,
+            "routes: /echo, /rooms/{id}",
+            "{args:?}"
+        );
+        expect_closed(&ws).await;
+
+        let ws = connect_to(&format!("ws://{addr}/echo")).await;
+        ws.send("echo?").await.unwrap();
+        assert_eq!(recv_text(&ws).await, "echo?");
+        close(&ws).await;
+
+        // The room's name is percent-decoded.
+        let ws = connect_to(&format!("ws://{addr}/rooms/caf%C3%A9")).await;
+        assert_eq!(server.line().await, "joined café", "{args:?}");
+        ws.send("hi").await.unwrap();
+        assert_eq!(recv_text(&ws).await, "[café] hi");
+        close(&ws).await;
+
+        // Other paths: 404 during the handshake.
+        for path in ["/nope", "/rooms/", "/echo/x"] {
+            let response = refused(&format!("ws://{addr}{path}")).await;
+            assert_eq!(response.status, 404, "{args:?} {path}");
+        }
+    }
 }
 
 /// Connects to room `path` of a chat server as `name` and reads its own "joined" notice.

@@ -20,13 +20,11 @@
 //! Every protocol rule lives in the core; this module only moves bytes and wakes threads.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use http::{Request, Response};
 
 use super::stream::{ReadHalf, Transport, WriteHalf};
 use crate::connection::{Info, Limits};
@@ -39,6 +37,8 @@ use crate::queue::{FragmentsState, Inbox, Item, Sender};
 
 /// Size of the I/O thread's read buffer.
 const READ_BUF: usize = 16 * 1024;
+
+crate::connection::info_accessors!(Connection);
 
 struct Shared {
     proto: Protocol,
@@ -724,42 +724,6 @@ impl Connection {
     /// The round-trip time measured by the last ping answered (keepalive pings included).
     pub fn latency(&self) -> Option<Duration> {
         self.inner.lock().proto.latency()
-    }
-
-    /// A number that identifies this connection in logs, unique within the process (shared
-    /// with the tokio front end's numbering).
-    pub fn id(&self) -> u64 {
-        self.inner.info.id
-    }
-
-    /// Which side of the connection this is.
-    pub fn side(&self) -> Side {
-        self.inner.info.side
-    }
-
-    /// The local address of the socket.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.inner.info.local_addr
-    }
-
-    /// The remote address of the socket.
-    pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.inner.info.remote_addr
-    }
-
-    /// The handshake request (received by a server, sent by a client).
-    pub fn request(&self) -> &Request<()> {
-        self.inner.info.request.get()
-    }
-
-    /// The handshake response (sent by a server, received by a client).
-    pub fn response(&self) -> &Response<()> {
-        self.inner.info.response.get()
-    }
-
-    /// The subprotocol negotiated, if any.
-    pub fn subprotocol(&self) -> Option<&str> {
-        self.inner.info.subprotocol.as_deref()
     }
 
     /// How many bytes wait to be written.

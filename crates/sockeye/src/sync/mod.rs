@@ -71,3 +71,5 @@ mod stream;
 pub use client::{connect, reconnecting, ClientBuilder, Reconnecting};
 pub use connection::{broadcast, Connection, Fragments, PongWaiter};
 pub use server::{serve, Server, ServerBuilder};
+// Routing (issue 6).
+pub use server::{route, Router};

@@ -8,15 +8,17 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 
 use super::connection::Connection;
 use super::stream::Transport;
 use crate::connection::Info;
 use crate::error::{Error, Result};
+use crate::head::RequestHead;
 use crate::options::Options;
 use crate::proto::{self, CloseCode, Event, Protocol, Side};
-use crate::server::{BoxError, ProcessRequest, ProcessResponse};
+use crate::routing::Routes;
+use crate::server::{BoxError, Hooks};
 
 /// The handler type of the blocking server, boxed.
 type Handler = dyn Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync;
@@ -26,8 +28,7 @@ type Handler = dyn Fn(Connection) -> std::result::Result<(), BoxError> + Send + 
 #[derive(Clone, Default)]
 pub struct ServerBuilder {
     options: Options,
-    process_request: Option<ProcessRequest>,
-    process_response: Option<ProcessResponse>,
+    hooks: Hooks,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -48,6 +49,21 @@ impl ServerBuilder {
     {
         let listener = TcpListener::bind(addr)?;
         self.serve_listener(listener, handler)
+    }
+
+    /// Binds `addr` and serves `router`: each connection goes to the handler of the route its
+    /// path matches, and a request whose path matches none gets `404 Not Found` during the
+    /// handshake. See [`Router`].
+    pub fn route<A: ToSocketAddrs>(mut self, addr: A, router: Router) -> Result<Server> {
+        let (routes, handlers) = router.routes.into_parts();
+        self.hooks.routes = Some(routes);
+        self.serve(addr, move |ws: Connection| {
+            match ws.route().and_then(|i| handlers.get(i)) {
+                Some(handler) => handler(ws),
+                // Cannot happen: the handshake of a routed server grants every connection a route.
+                None => Err("no route".into()),
+            }
+        })
     }
 
     /// Serves on a listener bound elsewhere.
@@ -77,8 +93,7 @@ impl ServerBuilder {
         let shared = Arc::new(Shared {
             config: Arc::new(self.options.config.clone()),
             options: self.options,
-            process_request: self.process_request,
-            process_response: self.process_response,
+            hooks: self.hooks,
             #[cfg(feature = "tls")]
             tls: self.tls,
             handler: Box::new(handler),
@@ -99,8 +114,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Shared {
     options: Options,
     config: Arc<proto::Config>,
-    process_request: Option<ProcessRequest>,
-    process_response: Option<ProcessResponse>,
+    hooks: Hooks,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
     handler: Box<Handler>,
@@ -218,6 +232,53 @@ where
     ServerBuilder::default().serve(addr, handler)
 }
 
+/// Starts a blocking server with the default options that routes connections by path (404
+/// for paths that match no route). See [`ServerBuilder::route`].
+pub fn route<A: ToSocketAddrs>(addr: A, router: Router) -> Result<Server> {
+    ServerBuilder::default().route(addr, router)
+}
+
+/// Path patterns and their handlers, for [`route`]: the blocking twin of
+/// [`crate::Router`], with the same patterns (see [`crate::routing`]).
+///
+/// ```no_run
+/// # fn run() -> Result<(), sockeye::BoxError> {
+/// use sockeye::sync::{Connection, Router};
+///
+/// let router = Router::new()
+///     .route("/", |ws: Connection| Ok(ws.send("the lobby")?))
+///     .route("/rooms/{id}", |ws: Connection| {
+///         let room = ws.param("id").unwrap_or_default();
+///         ws.send(format!("room {room}"))?;
+///         Ok(())
+///     });
+/// sockeye::sync::route("127.0.0.1:8765", router)?.serve_forever()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Routes<Box<Handler>>,
+}
+
+impl Router {
+    /// A router without routes (every path gets 404).
+    pub fn new() -> Self {
+        Router::default()
+    }
+
+    /// Routes connections whose path matches `pattern` to `handler`.
+    ///
+    /// # Panics
+    /// If `pattern` is not a valid pattern (see [`crate::Router::route`]).
+    pub fn route<H>(mut self, pattern: &str, handler: H) -> Self
+    where
+        H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+    {
+        self.routes.add(pattern, Box::new(handler));
+        self
+    }
+}
+
 fn accept_loop(listener: TcpListener, server: Arc<ServerInner>, shared: Arc<Shared>) {
     loop {
         let accepted = listener.accept();
@@ -290,7 +351,7 @@ fn handle_connection(tcp: TcpStream, peer: SocketAddr, server: &Arc<ServerInner>
         local_addr: local,
         remote_addr: Some(peer),
         subprotocol: proto.subprotocol().map(str::to_owned),
-        request: request.into(),
+        request,
         response: response.into(),
     };
     let conn = match Connection::new(proto, stream, shared.options.limits, info) {
@@ -356,24 +417,13 @@ fn server_handshake(
     proto: &mut Protocol,
     shared: &Shared,
     server: &ServerInner,
-) -> Result<Option<(Request<()>, Response<()>)>> {
+) -> Result<Option<(RequestHead, Response<()>)>> {
     let request = match read_until_event(stream, proto)? {
         Some(Event::Request(r)) => r,
         _ => return Ok(None),
     };
-    let mut response = if server.closing.load(Ordering::Acquire) {
-        proto.reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Server is shutting down.\n",
-        )
-    } else if let Some(r) = shared.process_request.as_ref().and_then(|h| h(&request)) {
-        r
-    } else {
-        proto.accept(&request)
-    };
-    if let Some(hook) = &shared.process_response {
-        hook(&request, &mut response);
-    }
+    let closing = server.closing.load(Ordering::Acquire);
+    let (response, granted) = shared.hooks.answer(proto, &request, closing);
     let status = response.status();
     proto.send_response(&response)?;
     let mut out = Vec::new();
@@ -385,7 +435,8 @@ fn server_handshake(
         return Ok(None);
     }
     let (parts, _) = response.into_parts();
-    Ok(Some((*request, Response::from_parts(parts, ()))))
+    let request = RequestHead::new(*request, granted);
+    Ok(Some((request, Response::from_parts(parts, ()))))
 }
 
 /// Reads and feeds the core until it produces an event (the handshake request or response),
