@@ -364,14 +364,29 @@ async fn accept_loop<H, Fut>(
             Ok((stream, peer)) => {
                 server.active.fetch_add(1, Ordering::AcqRel);
                 let guard = ActiveGuard(server.clone());
-                let server = server.clone();
-                let shared = shared.clone();
-                let handler = handler.clone();
                 let span = tracing::info_span!(target: "sockeye::server", "conn", remote = %peer);
+                // The opening (TLS, handshake: the core, buffers, parsed heads) is boxed and
+                // freed when done; what the task keeps for the connection's life is only
+                // `run_connection`'s future. Kept small on purpose: it is most of what an
+                // idle connection costs.
+                let opening = Box::pin(open_connection(
+                    stream,
+                    peer,
+                    shared.clone(),
+                    server.clone(),
+                ));
+                let server = server.clone();
+                let handler = handler.clone();
                 tokio::spawn(
                     async move {
                         let _guard = guard;
-                        handle_connection(stream, peer, &server, &shared, &*handler).await;
+                        let running = {
+                            let Some((conn, driver)) = opening.await else {
+                                return;
+                            };
+                            run_connection(conn, driver, server, &*handler)
+                        };
+                        running.await;
                     }
                     .instrument(span),
                 );
@@ -386,22 +401,18 @@ async fn accept_loop<H, Fut>(
     }
 }
 
-async fn handle_connection<H, Fut>(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    server: &Arc<ServerInner>,
-    shared: &Shared,
+/// Registers an open connection with its server and returns the future that runs it (the
+/// handler and the driver, see [`run_handler`]), which leaves the server's map when done.
+fn run_connection<H, Fut>(
+    conn: Connection,
+    driver: crate::connection::Driver<Stream>,
+    server: Arc<ServerInner>,
     handler: &H,
-) where
+) -> impl Future<Output = ()>
+where
     H: Fn(Connection) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
 {
-    // Boxed: everything the opening needs (the core before it moves into the connection,
-    // the TLS and handshake futures, the parsed heads) is freed when it completes instead of
-    // staying in the task's future for the life of the connection.
-    let Some((conn, driver)) = Box::pin(open_connection(tcp, peer, shared, server)).await else {
-        return;
-    };
     let id = conn.id();
     tracing::info!(target: "sockeye::server", id, "connection open");
     server
@@ -412,13 +423,26 @@ async fn handle_connection<H, Fut>(
     if server.closing.load(Ordering::Acquire) {
         let _ = conn.start_close(CloseCode::GOING_AWAY, "");
     }
+    let registered = Registered { server, id };
     let handling = handler(conn.clone());
-    run_handler(conn, driver, handling).await;
-    server
-        .connections
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    run_handler(conn, driver, handling, registered)
+}
+
+/// A connection in its server's map; leaves it when dropped (when the connection's future
+/// completes, or is dropped with the runtime).
+struct Registered {
+    server: Arc<ServerInner>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.server
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// The opening of an accepted connection: TLS if configured, then the WebSocket handshake.
@@ -426,9 +450,10 @@ async fn handle_connection<H, Fut>(
 async fn open_connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    shared: &Shared,
-    server: &Arc<ServerInner>,
+    shared: Arc<Shared>,
+    server: Arc<ServerInner>,
 ) -> Option<(Connection, crate::connection::Driver<Stream>)> {
+    let (shared, server) = (&*shared, &server);
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
     let mut proto = Protocol::server(shared.config.clone());
@@ -494,8 +519,14 @@ async fn accept_transport(tcp: TcpStream, shared: &Shared) -> Result<Stream> {
 /// twice (as arguments, and as the pinned locals they move into): a connection's task is
 /// mostly this future, for as long as the connection lives. The handler's future is boxed so
 /// that this one needs no pinning of its own (it is as big as the application makes it).
-pub(crate) fn run_handler<D, F>(conn: Connection, driver: D, handler: F) -> impl Future<Output = ()>
+pub(crate) fn run_handler<D, F, K>(
+    conn: Connection,
+    driver: D,
+    handler: F,
+    keep: K,
+) -> impl Future<Output = ()>
 where
+    K: Send,
     D: Future<Output = ()> + Unpin,
     F: Future<Output = std::result::Result<(), BoxError>>,
 {
@@ -508,6 +539,8 @@ where
     let mut handler = Some(Box::pin(handler));
     let mut driver_done = false;
     std::future::poll_fn(move |cx| {
+        // Dropped with this future, when the connection is over.
+        let _keep = &keep;
         if !driver_done && Pin::new(&mut driver).poll(cx).is_ready() {
             driver_done = true;
         }
