@@ -277,7 +277,7 @@ fn draw(path: &str, bars: &[(usize, usize, f64)], meta: &Value) -> Result<(), Bo
     let n = cases.len().max(1);
     let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (lo, hi) = (0.01f64, 100.0f64);
+    let (lo, hi) = (0.01f64, 20.0f64);
     let title = format!(
         "Relative to sockeye (= 1, higher is better, log scale) — medians, {}",
         meta["date"].as_str().unwrap_or("")
@@ -298,16 +298,16 @@ fn draw(path: &str, bars: &[(usize, usize, f64)], meta: &Value) -> Result<(), Bo
     let per = SERVERS.len() as f64 + 1.0;
     for (gi, &ci) in cases.iter().enumerate() {
         let x0 = gi as f64;
-        chart.draw_series(std::iter::once(Text::new(
+        let (px, py) = chart.backend_coord(&(x0 + 0.5, lo));
+        root.draw(&Text::new(
             CASES[ci].short.to_owned(),
-            (x0 + 0.5, lo),
+            (px, py + 8),
             ("sans-serif", 13).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
                 plotters::style::text_anchor::HPos::Center,
                 plotters::style::text_anchor::VPos::Top,
             )),
-        )))?;
-        for &(c, si, f) in bars.iter().filter(|b| b.0 == ci) {
-            let _ = c;
+        ))?;
+        for &(_, si, f) in bars.iter().filter(|b| b.0 == ci) {
             let a = x0 + (si as f64 + 0.5) / per;
             let b = a + 1.0 / per;
             let color = SERVERS[si].1;
