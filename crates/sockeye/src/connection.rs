@@ -507,35 +507,49 @@ impl Connection {
     /// Waits until `take` finds what it wants in the queue (it runs under the lock each time
     /// the queue may have changed), or the connection is over with nothing left for `take`.
     /// Resumes reading when `take` brought the queue under `max_queue`.
+    ///
+    /// Tries once before registering with `readers`: when messages are queued (a pipelining
+    /// peer), a `recv` costs one lock and no `Notify` registration.
     async fn next_item<R>(
         &self,
         mut take: impl FnMut(&mut Shared) -> Option<R>,
     ) -> std::result::Result<R, Closed> {
-        let max_queue = self.inner.limits.max_queue;
         loop {
+            if let Some(done) = self.try_next_item(&mut take) {
+                return done;
+            }
             let notified = self.inner.readers.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut sh = self.inner.lock();
-                let before = sh.queue.len();
-                let got = take(&mut sh);
-                let resume = before >= max_queue && sh.queue.len() < max_queue;
-                let done = sh.done;
-                let closed = (got.is_none() && done).then(|| closed_of(&sh));
-                drop(sh);
-                if resume {
-                    // Reading was paused for backpressure: resume it.
-                    self.inner.driver.wake();
-                }
-                if let Some(r) = got {
-                    return Ok(r);
-                }
-                if let Some(closed) = closed {
-                    return Err(closed);
-                }
+            // Registered: whatever the driver queues from now on wakes us. Look again, for
+            // what it queued between the first try and the registration.
+            if let Some(done) = self.try_next_item(&mut take) {
+                return done;
             }
             notified.await;
+        }
+    }
+
+    /// One attempt of [`next_item`](Self::next_item): `None` when there is nothing yet.
+    fn try_next_item<R>(
+        &self,
+        take: &mut impl FnMut(&mut Shared) -> Option<R>,
+    ) -> Option<std::result::Result<R, Closed>> {
+        let max_queue = self.inner.limits.max_queue;
+        let mut sh = self.inner.lock();
+        let before = sh.queue.len();
+        let got = take(&mut sh);
+        let resume = before >= max_queue && sh.queue.len() < max_queue;
+        let closed = (got.is_none() && sh.done).then(|| closed_of(&sh));
+        drop(sh);
+        if resume {
+            // Reading was paused for backpressure: resume it.
+            self.inner.driver.wake();
+        }
+        match (got, closed) {
+            (Some(r), _) => Some(Ok(r)),
+            (None, Some(closed)) => Some(Err(closed)),
+            (None, None) => None,
         }
     }
 
@@ -621,6 +635,9 @@ impl Connection {
 
     /// `send_with` for a `sender`: a whole message waits while another task's fragmented
     /// message is being sent; control frames do not.
+    ///
+    /// Tries once before registering with `writers`, so that a send under the write limit
+    /// (the common case) costs one lock and no `Notify` registration.
     async fn send_as(
         &self,
         sender: Sender,
@@ -628,42 +645,57 @@ impl Connection {
     ) -> Result<()> {
         tokio::task::coop::consume_budget().await;
         loop {
+            if let Some(done) = self.try_send(sender, &mut op) {
+                return done;
+            }
             let notified = self.inner.writers.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut sh = self.inner.lock();
-                if sh.done {
-                    return Err(Error::ConnectionClosed(closed_of(&sh)));
-                }
-                let pending = sh.proto.pending_output_len() + sh.inflight;
-                let turn = sender.may_send(sh.fragmented_sender);
-                if turn && pending <= self.inner.limits.write_limit {
-                    let was_idle = sh.proto.pending_output_len() == 0;
-                    sh.proto.handle_timeout(Instant::now().into_std());
-                    if let Err(e) = op(&mut sh) {
-                        return Err(match e {
-                            proto::Error::ConnectionClosed => {
-                                Error::ConnectionClosed(closed_of(&sh))
-                            }
-                            e => e.into(),
-                        });
-                    }
-                    let fragmented_done =
-                        matches!(sender, Sender::Fragment(_)) && sh.fragmented_sender.is_none();
-                    drop(sh);
-                    if was_idle {
-                        self.inner.driver.wake();
-                    }
-                    if fragmented_done {
-                        // Senders waiting for the fragmented message to end may go.
-                        self.inner.writers.notify_waiters();
-                    }
-                    return Ok(());
-                }
+            if let Some(done) = self.try_send(sender, &mut op) {
+                return done;
             }
             notified.await;
         }
+    }
+
+    /// One attempt of [`send_as`](Self::send_as): `None` when it must wait (over the write
+    /// limit, or another task's fragmented message goes first).
+    fn try_send(
+        &self,
+        sender: Sender,
+        op: &mut impl FnMut(&mut Shared) -> std::result::Result<(), proto::Error>,
+    ) -> Option<Result<()>> {
+        let mut sh = self.inner.lock();
+        if sh.done {
+            return Some(Err(Error::ConnectionClosed(closed_of(&sh))));
+        }
+        let pending = sh.proto.pending_output_len() + sh.inflight;
+        if !sender.may_send(sh.fragmented_sender) || pending > self.inner.limits.write_limit {
+            return None;
+        }
+        let was_idle = sh.proto.pending_output_len() == 0;
+        if matches!(sender, Sender::Control) {
+            // A ping records when it left, for `latency()`. Data frames need no clock:
+            // the driver keeps the core's time for its timers.
+            sh.proto.handle_timeout(Instant::now().into_std());
+        }
+        if let Err(e) = op(&mut sh) {
+            return Some(Err(match e {
+                proto::Error::ConnectionClosed => Error::ConnectionClosed(closed_of(&sh)),
+                e => e.into(),
+            }));
+        }
+        let fragmented_done =
+            matches!(sender, Sender::Fragment(_)) && sh.fragmented_sender.is_none();
+        drop(sh);
+        if was_idle {
+            self.inner.driver.wake();
+        }
+        if fragmented_done {
+            // Senders waiting for the fragmented message to end may go.
+            self.inner.writers.notify_waiters();
+        }
+        Some(Ok(()))
     }
 
     /// Sends a ping with a random payload. Await the returned [`Pong`] for the round-trip
