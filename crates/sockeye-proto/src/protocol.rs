@@ -117,6 +117,9 @@ pub struct Protocol {
     config: Arc<Config>,
     handshake: Handshake,
     recv: BytesMut,
+    /// The receive buffer was grown for a large frame: keep its allocation when it drains,
+    /// for the next large frame, until [`Protocol::release_memory`].
+    keep_recv: bool,
     out: Vec<u8>,
     out_pos: usize,
     events: VecDeque<Event>,
@@ -147,7 +150,8 @@ pub struct Protocol {
     rng: Rng,
 }
 
-/// The largest output buffer kept while idle; a larger one is freed once written.
+/// The largest output buffer [`Protocol::release_memory`] keeps; a larger one, grown for a
+/// large message, is kept while the connection is busy and freed when it is released.
 const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
 
 impl Protocol {
@@ -183,6 +187,7 @@ impl Protocol {
             config,
             handshake,
             recv: BytesMut::new(),
+            keep_recv: false,
             out: Vec::new(),
             out_pos: 0,
             events: VecDeque::new(),
@@ -598,7 +603,7 @@ impl Protocol {
                 return Ok(());
             }
             let Some(h) = FrameHeader::parse(&self.recv, self.config.max_frame_size)? else {
-                if self.recv.is_empty() {
+                if self.recv.is_empty() && !self.keep_recv {
                     // Idle connections keep no receive buffer. (`capacity()` of a fully
                     // consumed BytesMut can be 0 while it still holds its allocation, so
                     // replace it unconditionally; `BytesMut::new` does not allocate.)
@@ -611,7 +616,11 @@ impl Protocol {
             let len = h.payload_len as usize;
             let total = h.header_len + len;
             if self.recv.len() < total {
-                // Reserve once for the whole frame rather than growing step by step.
+                // Reserve once for the whole frame rather than growing step by step. A
+                // large buffer is kept for the next large frame: once the message using
+                // it is dropped, `reserve` takes the same allocation back instead of
+                // faulting in fresh memory.
+                self.keep_recv |= total > KEEP_OUTPUT_CAPACITY;
                 self.recv.reserve(total - self.recv.len());
                 return Ok(());
             }
@@ -1093,22 +1102,31 @@ impl Protocol {
         self.out_pos = self.out_pos.saturating_add(n).min(self.out.len());
         if self.out_pos == self.out.len() {
             self.out_pos = 0;
-            if self.out.capacity() > KEEP_OUTPUT_CAPACITY {
-                self.out = Vec::new();
-            } else {
-                self.out.clear();
-            }
+            self.out.clear();
+        }
+    }
+
+    /// Frees the buffers grown for large messages, if they are empty: an output buffer over
+    /// 16 KiB, and the receive buffer's allocation. Buffers are kept between messages, so
+    /// that a connection exchanging large messages does not allocate (and fault in) fresh
+    /// memory for each; a front end calls this when the connection may be idle, e.g. on
+    /// every timer event (the keepalive ping, every 20 s by default).
+    pub fn release_memory(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > KEEP_OUTPUT_CAPACITY {
+            self.out = Vec::new();
+        }
+        if self.recv.is_empty() {
+            self.recv = BytesMut::new();
+            self.keep_recv = false;
         }
     }
 
     /// Moves every pending byte to the end of `buf`. When `buf` is empty the buffers are
-    /// swapped rather than copied.
+    /// swapped rather than copied (the core keeps `buf`'s allocation for its next output:
+    /// a front end that writes from `buf` and passes it back empty makes no allocation).
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
         if buf.is_empty() && self.out_pos == 0 {
             std::mem::swap(buf, &mut self.out);
-            if self.out.capacity() > KEEP_OUTPUT_CAPACITY {
-                self.out = Vec::new();
-            }
             self.out.clear();
             return;
         }
@@ -1299,6 +1317,35 @@ fn body_length(status: &StatusCode, headers: &http::HeaderMap) -> Option<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_output_buffers_are_kept_between_messages_and_released_on_request() {
+        let config = Arc::new(Config::default());
+        let mut server = Protocol::open(Side::Server, config, None, None);
+        let big = vec![7u8; 1 << 20];
+        server.send(&Message::from(big.clone())).unwrap();
+        let mut wire = Vec::new();
+        server.poll_transmit(&mut wire);
+        assert_eq!(wire.len(), big.len() + 10);
+        // The front end gives its written buffer back: the core reuses its allocation.
+        wire.clear();
+        server.send(&Message::from(big.clone())).unwrap();
+        let mut second = wire;
+        server.poll_transmit(&mut second);
+        assert_eq!(&second[10..], &big[..]);
+        assert!(
+            server.out.capacity() >= big.len(),
+            "kept for the next message"
+        );
+        // While output is pending nothing is released.
+        server.send(&Message::from("x")).unwrap();
+        server.release_memory();
+        assert_eq!(server.pending_output_len(), 3);
+        server.consume_output(3);
+        server.release_memory();
+        assert!(server.out.capacity() <= KEEP_OUTPUT_CAPACITY);
+        assert_eq!(server.recv.capacity(), 0);
+    }
 
     #[test]
     fn frame_descriptions_for_the_debug_log() {

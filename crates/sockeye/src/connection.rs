@@ -971,6 +971,9 @@ thread_local! {
     static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
 }
 
+/// The largest write buffer the driver keeps once a timer fires with nothing to write.
+const KEEP_WBUF: usize = 16 * 1024;
+
 /// Reads this many times at most before letting other tasks run.
 const READS_PER_POLL: usize = 16;
 
@@ -1119,6 +1122,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 this.sleep_at = None;
                 let mut sh = this.inner.lock();
                 sh.proto.handle_timeout(Instant::now().into_std());
+                // Buffers grown for large messages are kept while they are in use, and
+                // given back here (the keepalive timer fires every ping_interval).
+                sh.proto.release_memory();
+                if this.wpos == this.wbuf.len() && this.wbuf.capacity() > KEEP_WBUF {
+                    this.wbuf = Vec::new();
+                    this.wpos = 0;
+                }
                 dispatch(&this.inner, sh);
                 progress = true;
             }
@@ -1191,9 +1201,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 }
             }
             if had_output && drained {
-                if this.wbuf.capacity() > 64 * 1024 {
-                    this.wbuf = Vec::new();
-                }
+                // Kept, however large, for the next batch; the timer branch gives back a
+                // large buffer that is not in use.
                 this.wbuf.clear();
                 this.wpos = 0;
                 let mut sh = this.inner.lock();

@@ -106,6 +106,8 @@ impl Inner {
         };
         if core.is_some_and(|c| Instant::now() >= c) && !sh.done {
             sh.proto.handle_timeout(Instant::now());
+            // Buffers grown for large messages go back at each timer event (keepalive).
+            sh.proto.release_memory();
             self.dispatch(&mut sh);
             drop(sh);
             self.flush();
