@@ -77,11 +77,15 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+#[cfg(feature = "axum")]
+pub mod axum;
 mod client;
 mod connection;
 mod error;
 mod head;
 pub mod hub;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 mod options;
 mod queue;
 mod reconnect;
