@@ -126,13 +126,14 @@ impl WebSocketUpgrade {
 }
 
 /// The options every extraction checks with: what a handshake must be whatever the
-/// application's options (their own checks come in `on_upgrade`). No `Server` header on the
-/// refusals: an axum app does not advertise sockeye.
+/// application's options (their own checks come in `on_upgrade`). Without compression, the
+/// extensions offered are not read here (an application without compression never reads
+/// them). No `Server` header on the refusals: an axum app does not advertise sockeye.
 fn structural() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
     CONFIG.get_or_init(|| {
         let mut config = Config::new();
-        config.server_header(None);
+        config.server_header(None).compression(None);
         config
     })
 }

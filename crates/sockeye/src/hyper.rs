@@ -37,7 +37,8 @@
 //!
 //! Serve hyper's HTTP/1 connections with `.with_upgrades()` (hyper-util's auto builder:
 //! `serve_connection_with_upgrades`), or hyper never hands the socket over and the upgrade
-//! fails (logged). tokio only: hyper and axum are async, so there is no `sockeye::sync` twin.
+//! fails: logged, and the client sees the connection end (1006) right after the 101. tokio
+//! only: hyper and axum are async, so there is no `sockeye::sync` twin.
 //!
 //! # What is the same as [`serve`](crate::serve), and what is not
 //!

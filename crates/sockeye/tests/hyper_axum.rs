@@ -63,6 +63,10 @@ async fn behave(ws: Connection) -> Result<(), sockeye::BoxError> {
                 ws.send(format!("latency {}", measured.is_some())).await?;
             }
             Some("path") => ws.send(ws.request().uri().path().to_owned()).await?,
+            Some("user") => {
+                ws.send(ws.username().unwrap_or("nobody").to_owned())
+                    .await?
+            }
             _ => ws.send(msg).await?,
         }
     }
@@ -108,6 +112,17 @@ async fn hyper_service(
         "/chat" => upgrader()
             .subprotocols(["chat.v2", "chat.v1"])
             .origins(Some(vec![Some("https://good.example".to_owned())])),
+        "/private" => upgrader()
+            .basic_auth(sockeye::auth::basic("hyper", [("alice", "s3cret")]))
+            .process_request(|req| {
+                (req.uri().query() == Some("busy"))
+                    .then(|| sockeye::respond(http::StatusCode::SERVICE_UNAVAILABLE, "busy\n"))
+            })
+            .process_response(|_, response| {
+                response
+                    .headers_mut()
+                    .insert("set-cookie", http::HeaderValue::from_static("seen=1"));
+            }),
         _ => upgrader(),
     };
     let (response, upgrading) = upgrader.upgrade(&mut req);
@@ -176,6 +191,14 @@ async fn recv_text(ws: &Connection) -> String {
         .expect("recv failed")
         .expect("closed instead of a message");
     msg.as_text().expect("a text message").to_owned()
+}
+
+/// The status of the response that refuses the handshake.
+async fn refused(builder: ClientBuilder, uri: &str) -> u16 {
+    match guard("connect", builder.connect(uri)).await {
+        Err(Error::Handshake(HandshakeError::UnexpectedStatus(r))) => r.status.as_u16(),
+        other => panic!("expected a refusal: {other:?}"),
+    }
 }
 
 /// The error that ended the connection (after skipping messages).
@@ -347,23 +370,16 @@ async fn options_apply_to_the_handshake(addr: SocketAddr) {
         .await
         .unwrap();
 
-    let uri = &uri;
-    let refused = |builder: ClientBuilder| async move {
-        match guard("connect", builder.connect(uri)).await {
-            Err(Error::Handshake(HandshakeError::UnexpectedStatus(r))) => r.status.as_u16(),
-            other => panic!("expected a refusal: {other:?}"),
-        }
-    };
     let evil = ClientBuilder::default()
         .subprotocols(["chat.v1"])
         .origin("https://evil.example")
         .unwrap();
-    assert_eq!(refused(evil).await, 403);
+    assert_eq!(refused(evil, &uri).await, 403);
     let other_protocols = ClientBuilder::default()
         .subprotocols(["mqtt"])
         .origin("https://good.example")
         .unwrap();
-    assert_eq!(refused(other_protocols).await, 400);
+    assert_eq!(refused(other_protocols, &uri).await, 400);
 }
 
 /// A peer that completes the handshake by hand and never answers pings: the server's
@@ -423,6 +439,25 @@ async fn hyper_refuses_bad_upgrades_with_their_status() {
 async fn hyper_upgrader_options_apply() {
     let addr = hyper_server().await;
     options_apply_to_the_handshake(addr).await;
+}
+
+#[tokio::test]
+async fn hyper_upgrader_hooks_run_as_the_servers_do() {
+    let addr = hyper_server().await;
+    // Basic auth first: 401 without credentials, whatever the query.
+    let uri = format!("ws://{addr}/private?busy");
+    assert_eq!(refused(ClientBuilder::default(), &uri).await, 401);
+    // Then process_request.
+    let uri = format!("ws://alice:s3cret@{addr}/private?busy");
+    assert_eq!(refused(ClientBuilder::default(), &uri).await, 503);
+    // Accepted: process_response added its cookie; the handler knows the user.
+    let ws = connect(&format!("ws://alice:s3cret@{addr}/private")).await;
+    assert_eq!(ws.response().headers()["set-cookie"], "seen=1");
+    ws.send("user").await.unwrap();
+    assert_eq!(recv_text(&ws).await, "alice");
+    guard("close", ws.close(CloseCode::NORMAL, ""))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -491,4 +526,25 @@ async fn axum_upgrader_options_apply() {
 async fn axum_keepalive_times_out_a_silent_peer() {
     let addr = axum_server().await;
     keepalive_times_out_a_silent_peer(addr).await;
+}
+
+#[tokio::test]
+async fn hyper_without_upgrades_ends_the_connection_at_once() {
+    // A hyper connection served without `with_upgrades()`: hyper sends the 101 but never
+    // hands the socket over. The upgrade fails (logged) and the client sees the connection
+    // end (1006) at once, rather than waiting for a handler that never runs.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |req| hyper_service(req, peer));
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    let ws = connect(&format!("ws://{addr}/ws")).await;
+    ws.send("anyone?").await.unwrap();
+    assert_eq!(closed_with(&ws).await.code(), CloseCode::ABNORMAL);
 }
