@@ -92,7 +92,8 @@ pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
 /// Upgrades requests that hyper received into sockeye connections, with options other than
 /// the defaults (those of [`ServerBuilder`](crate::ServerBuilder)).
 ///
-/// Cheap to clone; build one and share it among requests (`Arc` or a clone per connection).
+/// Build one and share it among requests (behind an `Arc`, or cloned: a clone copies the
+/// options).
 ///
 /// ```
 /// use std::time::Duration;
