@@ -928,6 +928,42 @@ fn select_subprotocol(
     }
 }
 
+/// Does this request ask to become a WebSocket: does its `Upgrade` header list `websocket`
+/// (case-insensitively)?
+///
+/// For servers that share a port with plain HTTP (hyper, axum): a request that asks is sent
+/// to [`check_request`] / [`answer`], so that a malformed one gets its 4xx rather than a page.
+/// It does not validate anything else.
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    has_token(headers, header::UPGRADE, "websocket")
+}
+
+/// A server's answer to a handshake request: [`check_request`], then [`build_response`] if
+/// it passes, or [`reject`] with the error's [`status`](HandshakeError::status) and a body
+/// that states the error. Returns the response and the outcome of the check.
+///
+/// For servers whose HTTP layer parsed the request (hyper, axum); a [`Protocol`] server
+/// answers the same way through [`Protocol::accept`].
+///
+/// [`Protocol`]: crate::Protocol
+/// [`Protocol::accept`]: crate::Protocol::accept
+pub fn answer(
+    req: &Request<()>,
+    config: &Config,
+    subprotocol: Option<Option<&str>>,
+) -> (Response<Bytes>, Result<ServerAccept, HandshakeError>) {
+    let result = check_request(req, config, subprotocol);
+    let response = match &result {
+        Ok(accept) => build_response(accept, config),
+        Err(e) => reject(
+            e.status(),
+            &format!("Failed to open a WebSocket connection: {e}.\n"),
+            config,
+        ),
+    };
+    (response, result)
+}
+
 /// Builds the server's `101 Switching Protocols` response (RFC 6455 §4.2.2 item 5).
 ///
 /// Headers: `Upgrade: websocket`, `Connection: Upgrade`, `Sec-WebSocket-Accept` computed from
@@ -1220,6 +1256,44 @@ mod tests {
         assert_eq!(percent_decode("%3a%3A"), b"::");
         assert_eq!(percent_decode("100%"), b"100%");
         assert_eq!(percent_decode("%zz%4"), b"%zz%4");
+    }
+
+    #[test]
+    fn upgrade_requests_are_recognised_by_their_upgrade_header() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_upgrade_request(&headers));
+        headers.append(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_upgrade_request(&headers));
+        headers.append(header::UPGRADE, HeaderValue::from_static("foo, WebSocket"));
+        assert!(is_upgrade_request(&headers));
+    }
+
+    #[test]
+    fn answer_accepts_or_rejects_with_the_status_of_the_error() {
+        let config = Config::new();
+        let request = |version: &'static str| {
+            Request::builder()
+                .uri("/")
+                .header("host", "example.com")
+                .header("upgrade", "websocket")
+                .header("connection", "Upgrade")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .header("sec-websocket-version", version)
+                .body(())
+                .unwrap()
+        };
+        let (response, result) = answer(&request("13"), &config, None);
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(
+            response.headers()["sec-websocket-accept"],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert!(result.is_ok());
+        let (response, result) = answer(&request("8"), &config, None);
+        assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(result, Err(HandshakeError::UnsupportedVersion));
+        let body = std::str::from_utf8(response.body()).unwrap();
+        assert!(body.contains("unsupported WebSocket version"), "{body}");
     }
 
     #[test]

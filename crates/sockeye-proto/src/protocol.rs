@@ -487,15 +487,7 @@ impl Protocol {
         request: &Request<()>,
         subprotocol: Option<Option<&str>>,
     ) -> Response<Bytes> {
-        let result = handshake::check_request(request, &self.config, subprotocol);
-        let response = match &result {
-            Ok(accept) => handshake::build_response(accept, &self.config),
-            Err(e) => handshake::reject(
-                e.status(),
-                &format!("Failed to open a WebSocket connection: {e}.\n"),
-                &self.config,
-            ),
-        };
+        let (response, result) = handshake::answer(request, &self.config, subprotocol);
         if let Handshake::AwaitAnswer(slot) = &mut self.handshake {
             *slot = Some(Box::new(result));
         }

@@ -57,8 +57,8 @@ impl ClientBuilder {
         let info = Info {
             id: 0,
             side: Side::Client,
-            local_addr: stream.tcp().local_addr().ok(),
-            remote_addr: stream.tcp().peer_addr().ok(),
+            local_addr: stream.tcp().and_then(|t| t.local_addr().ok()),
+            remote_addr: stream.tcp().and_then(|t| t.peer_addr().ok()),
             subprotocol: proto.subprotocol().map(str::to_owned),
             request: request.into(),
             response: (*response).into(),

@@ -40,24 +40,30 @@ use crate::proto::{
 };
 use crate::queue::{FragmentsState, Inbox, Item, Sender};
 
-/// The transport of a tokio connection: TCP, or TLS over TCP. One type, so that the driver
-/// is compiled once; the TLS variant is boxed so that a plain connection stays as small as
-/// a bare `TcpStream` (a rustls session is over a kilobyte even while idle).
+/// The transport of a tokio connection: TCP, TLS over TCP, or a connection hyper upgraded.
+/// One type, so that the driver is compiled once; the other variants are boxed so that a
+/// plain connection stays as small as a bare `TcpStream` (a rustls session is over a
+/// kilobyte even while idle).
 pub(crate) enum Stream {
     /// TCP.
     Plain(tokio::net::TcpStream),
     /// TLS over TCP, handshake done.
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::TlsStream<tokio::net::TcpStream>>),
+    /// A connection that hyper served and handed over after a 101 (see [`crate::hyper`]).
+    #[cfg(feature = "hyper")]
+    Upgraded(Box<hyper_util::rt::TokioIo<::hyper::upgrade::Upgraded>>),
 }
 
 impl Stream {
-    /// The TCP socket under the transport.
-    pub(crate) fn tcp(&self) -> &tokio::net::TcpStream {
+    /// The TCP socket under the transport, when there is one we can see.
+    pub(crate) fn tcp(&self) -> Option<&tokio::net::TcpStream> {
         match self {
-            Stream::Plain(s) => s,
+            Stream::Plain(s) => Some(s),
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Tls(s) => Some(s.get_ref().0),
+            #[cfg(feature = "hyper")]
+            Stream::Upgraded(_) => None,
         }
     }
 }
@@ -72,6 +78,8 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            #[cfg(feature = "hyper")]
+            Stream::Upgraded(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -86,6 +94,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            #[cfg(feature = "hyper")]
+            Stream::Upgraded(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -94,6 +104,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            #[cfg(feature = "hyper")]
+            Stream::Upgraded(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -102,6 +114,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            #[cfg(feature = "hyper")]
+            Stream::Upgraded(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }
@@ -1285,4 +1299,17 @@ pub fn text(s: impl Into<String>) -> Message {
 /// A binary message payload.
 pub fn binary(b: impl Into<Bytes>) -> Message {
     Message::Binary(b.into())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The boxed variants (TLS, hyper upgrades) cost a plain connection nothing: the
+    /// transport is as big as a bare `TcpStream`, whatever the features.
+    #[test]
+    fn transport_is_as_small_as_a_tcp_stream() {
+        assert_eq!(
+            std::mem::size_of::<super::Stream>(),
+            std::mem::size_of::<tokio::net::TcpStream>()
+        );
+    }
 }

@@ -66,22 +66,34 @@
 //! With the `tls` feature (on by default), clients connect to `wss://` URIs and servers
 //! serve TLS: see the `tls` module.
 //!
+//! # HTTP and WebSocket on one port
+//!
+//! With the `hyper` feature, `sockeye::hyper::Upgrader` turns a request that a hyper 1.x server
+//! received into a sockeye connection; with `axum`, `sockeye::axum::WebSocketUpgrade` is the same
+//! as an axum 0.8 extractor. The server's options, hooks and behaviour apply.
+//!
 //! # Cargo features
 //!
 //! - `tls` (default): `wss://` clients and TLS servers (rustls, ring).
 //! - `native-roots`: `ClientBuilder::native_roots`, the system's trust store.
 //! - `redis`: `Hub::redis` and [`hub`]`::RedisBuilder`, on the `redis` crate (tokio).
+//! - `hyper`: `sockeye::hyper`, upgrades of requests served by hyper 1.x.
+//! - `axum` (implies `hyper`): `sockeye::axum::WebSocketUpgrade`, an axum 0.8 extractor.
 //!
 //! Logs go through `tracing`, targets `sockeye::server`, `sockeye::client` and `sockeye::hub`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;
+#[cfg(feature = "axum")]
+pub mod axum;
 mod client;
 mod connection;
 mod error;
 mod head;
 pub mod hub;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 mod options;
 mod queue;
 mod reconnect;

@@ -52,8 +52,29 @@ pub(crate) fn log_http_answer(path: &str, status: StatusCode) {
     }
 }
 
+/// The handshake's own answer, asked for by [`Hooks`] once no hook answered: the core's
+/// (servers that read the request themselves), or [`proto::handshake::answer`] on a request
+/// that hyper parsed (the `hyper` feature).
+pub(crate) trait Answer {
+    /// A refusal with this status and plain-text body.
+    fn reject(&self, status: StatusCode, body: &str) -> Response<Bytes>;
+    /// 101, or the 4xx that the request's error calls for.
+    fn accept(&mut self, request: &Request<()>) -> Response<Bytes>;
+}
+
+impl Answer for Protocol {
+    fn reject(&self, status: StatusCode, body: &str) -> Response<Bytes> {
+        Protocol::reject(self, status, body)
+    }
+
+    fn accept(&mut self, request: &Request<()>) -> Response<Bytes> {
+        Protocol::accept(self, request)
+    }
+}
+
 /// What a server does with a handshake request before accepting it, shared by the tokio and
-/// blocking servers: basic auth, the application's hooks, the router's patterns.
+/// blocking servers and the hyper upgrade: basic auth, the application's hooks, the router's
+/// patterns.
 #[derive(Clone, Default)]
 pub(crate) struct Hooks {
     pub(crate) basic_auth: Option<Arc<BasicAuth>>,
@@ -71,7 +92,7 @@ impl Hooks {
     /// for a bad request). Then `process_response` sees the answer, whichever it is.
     pub(crate) fn answer(
         &self,
-        proto: &mut Protocol,
+        proto: &mut impl Answer,
         request: &Request<()>,
         closing: bool,
     ) -> (Response<Bytes>, Option<Box<Granted>>) {
@@ -88,7 +109,7 @@ impl Hooks {
 
     fn decide(
         &self,
-        proto: &mut Protocol,
+        proto: &mut impl Answer,
         request: &Request<()>,
         closing: bool,
         granted: &mut Granted,

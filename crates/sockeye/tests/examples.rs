@@ -103,6 +103,8 @@ async fn build_examples() -> Result<(), String> {
         ("tls", cfg!(feature = "tls")),
         ("native-roots", cfg!(feature = "native-roots")),
         ("redis", cfg!(feature = "redis")),
+        ("hyper", cfg!(feature = "hyper")),
+        ("axum", cfg!(feature = "axum")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -113,6 +115,9 @@ async fn build_examples() -> Result<(), String> {
     }
     for name in EXAMPLES {
         cmd.args(["--example", name]);
+    }
+    if cfg!(feature = "axum") {
+        cmd.args(["--example", "axum_app"]);
     }
     cmd.stdin(Stdio::null()).kill_on_drop(true);
     let out = timeout(BUILD, cmd.output())
@@ -669,4 +674,57 @@ async fn chat_rooms_across_two_processes_through_redis() {
     close(&ann).await;
     close(&bob).await;
     drop(redis);
+}
+
+/// A plain HTTP POST of `body`; returns the head and the body of the response.
+#[cfg(feature = "axum")]
+async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (String, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = timeout(STEP, exchange)
+        .await
+        .expect("HTTP request timed out")
+        .expect("HTTP request failed");
+    let response = String::from_utf8(response).expect("UTF-8 response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete HTTP response");
+    (head.to_owned(), body.to_owned())
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_app_serves_its_api_and_websockets_on_one_port() {
+    let server = Server::start("axum_app", &[]).await;
+    let (head, body) = http_get(server.addr, "/").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("/ws"), "{body}");
+
+    let ws = connect_to(&format!("ws://{}/ws", server.addr)).await;
+    assert!(recv_text(&ws).await.starts_with("welcome"));
+    let (_, listeners) = http_get(server.addr, "/api/listeners").await;
+    assert!(listeners.ends_with("1\n"), "{listeners:?}");
+
+    // The HTTP API reaches the WebSocket clients.
+    let (head, sent) = http_post(server.addr, "/api/announce", "Hello, everyone!").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(sent.ends_with("sent to 1\n"), "{sent:?}");
+    assert_eq!(recv_text(&ws).await, "Hello, everyone!");
+    ws.send("echo?").await.unwrap();
+    assert_eq!(recv_text(&ws).await, "echo?");
+
+    // A WebSocket route fetched as a page: 426, not a crash.
+    let (head, _) = http_get(server.addr, "/ws").await;
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    close(&ws).await;
 }

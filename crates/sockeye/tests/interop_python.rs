@@ -65,29 +65,22 @@ async def main(uri, compression):
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 "#;
 
-async fn sockeye_echo_server() -> sockeye::Server {
-    sockeye::Server::builder()
-        .max_size(8 << 20)
-        .serve("127.0.0.1:0", |ws| async move {
-            while let Some(msg) = ws.recv().await? {
-                if msg.as_text() == Some("close-4000") {
-                    ws.close(CloseCode(4000), "asked to").await?;
-                    break;
-                }
-                ws.send(msg).await?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap()
+/// Echoes until asked to close with 4000.
+async fn echo_until_close_4000(ws: sockeye::Connection) -> Result<(), sockeye::BoxError> {
+    while let Some(msg) = ws.recv().await? {
+        if msg.as_text() == Some("close-4000") {
+            ws.close(CloseCode(4000), "asked to").await?;
+            break;
+        }
+        ws.send(msg).await?;
+    }
+    Ok(())
 }
 
-#[tokio::test]
-async fn python_client_against_sockeye_server() {
-    let server = sockeye_echo_server().await;
-    let uri = format!("ws://{}/", server.local_addr().unwrap());
+/// Runs [`PY_CLIENT`] against `uri` with compression on, then off, and checks its report.
+async fn python_client_session(uri: &str) {
     for compression in ["on", "off"] {
-        let out = run_python(PY_CLIENT, &[&uri, compression]).await;
+        let out = run_python(PY_CLIENT, &[uri, compression]).await;
         let expected = if compression == "on" {
             "deflate"
         } else {
@@ -97,7 +90,42 @@ async fn python_client_against_sockeye_server() {
         assert!(out.contains("ping ok"), "{out}");
         assert!(out.contains("close 4000 asked to"), "{out}");
     }
+}
+
+async fn sockeye_echo_server() -> sockeye::Server {
+    sockeye::Server::builder()
+        .max_size(8 << 20)
+        .serve("127.0.0.1:0", echo_until_close_4000)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn python_client_against_sockeye_server() {
+    let server = sockeye_echo_server().await;
+    let uri = format!("ws://{}/", server.local_addr().unwrap());
+    python_client_session(&uri).await;
     server.close().await;
+}
+
+/// The same client against an axum router that also serves HTTP on the port: the upgrade
+/// behaves as the server does (compression both ways, pings, close codes).
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn python_client_against_an_axum_upgrade() {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/", get(|| async { "HTTP here\n" }))
+        .route(
+            "/ws",
+            get(|ws: sockeye::axum::WebSocketUpgrade| async move {
+                ws.max_size(8 << 20).on_upgrade(echo_until_close_4000)
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("ws://{}/ws", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    python_client_session(&uri).await;
 }
 
 const PY_SERVER: &str = r#"
