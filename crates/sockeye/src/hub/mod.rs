@@ -255,7 +255,7 @@ impl Hub {
         self.lock().topics.keys().cloned().collect()
     }
 
-    /// Whether this hub shares its topics through Redis ([`Hub::redis`]).
+    /// Whether this hub shares its topics through Redis (`Hub::redis`, feature `redis`).
     pub fn is_redis(&self) -> bool {
         #[cfg(feature = "redis")]
         {
