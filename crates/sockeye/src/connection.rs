@@ -287,6 +287,25 @@ fn get<T>(m: &mut Mutex<T>) -> &mut T {
     m.get_mut().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A reference to a connection kept by its server (for `Server::connections`): not a
+/// handle, so it neither keeps the connection open nor costs a whole `Connection`.
+pub(crate) struct Registration(Arc<Inner>);
+
+impl Registration {
+    /// A new handle to the connection.
+    pub(crate) fn connection(&self) -> Connection {
+        self.0.handles.fetch_add(1, Ordering::Relaxed);
+        Connection::from_inner(self.0.clone())
+    }
+}
+
+impl Connection {
+    /// The server's reference to this connection.
+    pub(crate) fn registration(&self) -> Registration {
+        Registration(self.inner.clone())
+    }
+}
+
 impl Clone for Connection {
     /// Another handle to the same connection (a `Stream`/`Sink` operation in progress on
     /// this handle is not shared).

@@ -240,7 +240,9 @@ struct ServerInner {
     local_addr: Option<SocketAddr>,
     /// Serving TLS (`wss://`).
     secure: bool,
-    connections: Mutex<HashMap<u64, Connection>>,
+    /// The open connections, as references that do not count as handles (8 bytes each, not a
+    /// whole `Connection`).
+    connections: Mutex<HashMap<u64, crate::connection::Registration>>,
     closing: AtomicBool,
     stop_accepting: Notify,
     /// Handshakes and handlers running.
@@ -288,7 +290,7 @@ impl Server {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .cloned()
+            .map(crate::connection::Registration::connection)
             .collect()
     }
 
@@ -440,7 +442,7 @@ where
         .connections
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(id, conn.clone());
+        .insert(id, conn.registration());
     if server.closing.load(Ordering::Acquire) {
         let _ = conn.start_close(CloseCode::GOING_AWAY, "");
     }
