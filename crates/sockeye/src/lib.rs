@@ -83,8 +83,10 @@ mod error;
 mod head;
 pub mod hub;
 mod options;
+mod proxy;
 mod queue;
 mod reconnect;
+mod redirect;
 pub mod routing;
 mod server;
 pub mod sync;
@@ -104,7 +106,9 @@ pub use connection::{
 pub use error::{Closed, Error, Result};
 pub use hub::{Hub, Published};
 pub use proto::{CloseCode, CloseFrame, Fragment, Message, MessageKind, State};
+pub use proxy::{Proxy, ProxyError};
 pub use reconnect::{is_retryable, reconnecting, Backoff, Delays, Reconnecting, RetryIf};
+pub use redirect::RedirectError;
 pub use routing::Router;
 pub use server::{
     respond, route, serve, BoxError, ProcessRequest, ProcessResponse, Server, ServerBuilder,

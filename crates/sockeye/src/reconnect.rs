@@ -150,6 +150,7 @@ impl Iterator for Delays {
 pub fn is_retryable(error: &Error) -> bool {
     match error {
         Error::Io(_) | Error::OpenTimeout => true,
+        Error::Proxy(e) => e.is_transient(),
         Error::Handshake(HandshakeError::UnexpectedEof) => true,
         Error::Handshake(HandshakeError::UnexpectedStatus(response)) => matches!(
             response.status,
