@@ -11,7 +11,7 @@ use sockeye::{Error, Proxy, ProxyError};
 
 #[path = "support/clients.rs"]
 mod clients;
-use clients::{greeter, open, Settings, FRONTS, GUARD};
+use clients::{greeter, greeting, open, Settings, FRONTS, GUARD};
 #[path = "support/proxies.rs"]
 mod proxies;
 use proxies::{http_proxy, scripted_proxy, socks5_proxy, Hosts, TestProxy};
@@ -46,15 +46,11 @@ async fn http_connect_tunnels_to_names_and_addresses() {
     let proxy = http_proxy(None, hosts).await;
     let settings = through(&proxy.url("http://"));
     for front in FRONTS {
-        let opened = open(front, &settings, &format!("ws://{NAME}:{port}/by-name"))
-            .await
-            .unwrap();
-        assert!(opened.greeting.starts_with("/by-name "), "{front:?}");
+        let opened = greeting(front, &settings, &format!("ws://{NAME}:{port}/by-name")).await;
+        assert!(opened.starts_with("/by-name "), "{front:?}");
         // An explicit proxy is used for loopback addresses too.
-        let opened = open(front, &settings, &format!("ws://127.0.0.1:{port}/by-ip"))
-            .await
-            .unwrap();
-        assert!(opened.greeting.starts_with("/by-ip "), "{front:?}");
+        let opened = greeting(front, &settings, &format!("ws://127.0.0.1:{port}/by-ip")).await;
+        assert!(opened.starts_with("/by-ip "), "{front:?}");
     }
     let name = format!("{NAME}:{port}");
     let ip = format!("127.0.0.1:{port}");
@@ -70,16 +66,14 @@ async fn http_connect_tunnels_to_names_and_addresses() {
     assert!(matches!(e, Error::Io(_)), "{e}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_connect_credentials() {
-    let (server, hosts) = server().await;
-    let uri = format!("ws://{NAME}:{}/", server.local_addr().unwrap().port());
-    // alice:p@ss:w, percent-encoded in the URL.
-    let proxy = http_proxy(Some("Basic YWxpY2U6cEBzczp3"), hosts).await;
+/// Credentials, on both front ends: `scheme` + `good@` opens a tunnel through `proxy`;
+/// none is [`ProxyError::AuthRequired`]; `wrong@` is [`ProxyError::AuthFailed`], whose
+/// message does not show the password.
+async fn check_credentials(proxy: &TestProxy, scheme: &str, good: &str, wrong: &str, uri: &str) {
     for front in FRONTS {
-        let ok = through(&proxy.url("http://alice:p%40ss%3Aw@"));
-        assert!(open(front, &ok, &uri).await.is_ok(), "{front:?}");
-        let e = open(front, &through(&proxy.url("http://")), &uri)
+        let ok = through(&proxy.url(&format!("{scheme}{good}@")));
+        assert!(open(front, &ok, uri).await.is_ok(), "{front:?}");
+        let e = open(front, &through(&proxy.url(scheme)), uri)
             .await
             .unwrap_err();
         assert!(
@@ -87,17 +81,30 @@ async fn http_connect_credentials() {
             "{front:?}: {e}"
         );
         assert!(e.to_string().contains("requires authentication"), "{e}");
-        let e = open(front, &through(&proxy.url("http://alice:wrong@")), &uri)
-            .await
-            .unwrap_err();
+        let e = open(
+            front,
+            &through(&proxy.url(&format!("{scheme}{wrong}@"))),
+            uri,
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(&e, Error::Proxy(ProxyError::AuthFailed { .. })),
             "{front:?}: {e}"
         );
-        // The password stays out of the message.
-        assert!(!e.to_string().contains("wrong"), "{e}");
+        let password = wrong.split(':').nth(1).unwrap();
+        assert!(!e.to_string().contains(password), "{e}");
     }
     assert_eq!(proxy.tunnels().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connect_credentials() {
+    let (server, hosts) = server().await;
+    let uri = format!("ws://{NAME}:{}/", server.local_addr().unwrap().port());
+    // alice:p@ss:w, percent-encoded in the URL.
+    let proxy = http_proxy(Some("Basic YWxpY2U6cEBzczp3"), hosts).await;
+    check_credentials(&proxy, "http://", "alice:p%40ss%3Aw", "alice:wrong", &uri).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,16 +114,12 @@ async fn socks5_resolves_remotely_with_socks5h_locally_with_socks5() {
     let proxy = socks5_proxy(None, hosts).await;
     for front in FRONTS {
         let remote = through(&proxy.url("socks5h://"));
-        let opened = open(front, &remote, &format!("ws://{NAME}:{port}/h"))
-            .await
-            .unwrap();
-        assert!(opened.greeting.starts_with("/h "), "{front:?}");
+        let opened = greeting(front, &remote, &format!("ws://{NAME}:{port}/h")).await;
+        assert!(opened.starts_with("/h "), "{front:?}");
         // socks5://: the client resolves the name and sends an address.
         let local = through(&proxy.url("socks5://"));
-        let opened = open(front, &local, &format!("ws://localhost:{port}/local"))
-            .await
-            .unwrap();
-        assert!(opened.greeting.starts_with("/local "), "{front:?}");
+        let opened = greeting(front, &local, &format!("ws://localhost:{port}/local")).await;
+        assert!(opened.starts_with("/local "), "{front:?}");
         // A name the client cannot resolve fails before the proxy is asked.
         let e = open(front, &local, &format!("ws://{NAME}:{port}/"))
             .await
@@ -140,25 +143,7 @@ async fn socks5_username_password() {
     let (server, hosts) = server().await;
     let uri = format!("ws://{NAME}:{}/", server.local_addr().unwrap().port());
     let proxy = socks5_proxy(Some(("alice", "s3cret")), hosts).await;
-    for front in FRONTS {
-        let ok = through(&proxy.url("socks5h://alice:s3cret@"));
-        assert!(open(front, &ok, &uri).await.is_ok(), "{front:?}");
-        let e = open(front, &through(&proxy.url("socks5h://")), &uri)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&e, Error::Proxy(ProxyError::AuthRequired { .. })),
-            "{front:?}: {e}"
-        );
-        let e = open(front, &through(&proxy.url("socks5h://alice:nope@")), &uri)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&e, Error::Proxy(ProxyError::AuthFailed { .. })),
-            "{front:?}: {e}"
-        );
-    }
-    assert_eq!(proxy.tunnels().len(), 2);
+    check_credentials(&proxy, "socks5h://", "alice:s3cret", "alice:nope", &uri).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ mod clients;
 #[cfg(feature = "tls")]
 #[path = "support/pki.rs"]
 mod pki;
-use clients::{greeter, open, redirect, Answers, Settings, FRONTS, GUARD};
+use clients::{greeter, greeting, open, redirect, Answers, Settings, FRONTS, GUARD};
 
 /// Answers: a 302 to the location `f` gives for a path, if any.
 fn answers(f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Answers {
@@ -90,38 +90,19 @@ async fn credentials_stay_with_their_origin() {
     };
     let with_userinfo = start.replace("ws://", "ws://user:pass@");
     for front in FRONTS {
-        let same = open(front, &settings, &format!("{start}/same"))
-            .await
-            .unwrap();
+        let same = greeting(front, &settings, &format!("{start}/same")).await;
         assert_eq!(
-            same.greeting, "/same-landed auth=Bearer secret cookie=k=v x-kept=1",
+            same, "/same-landed auth=Bearer secret cookie=k=v x-kept=1",
             "{front:?}"
         );
-        let away = open(front, &settings, &format!("{start}/away"))
-            .await
-            .unwrap();
-        assert_eq!(
-            away.greeting, "/landed auth=- cookie=- x-kept=1",
-            "{front:?}"
-        );
+        let away = greeting(front, &settings, &format!("{start}/away")).await;
+        assert_eq!(away, "/landed auth=- cookie=- x-kept=1", "{front:?}");
         // The URI's user:password: kept to the same origin, dropped elsewhere.
         let default = Settings::default();
-        let same = open(front, &default, &format!("{with_userinfo}/same"))
-            .await
-            .unwrap();
-        assert!(
-            same.greeting.contains("auth=Basic dXNlcjpwYXNz"),
-            "{}",
-            same.greeting
-        );
-        let away = open(front, &default, &format!("{with_userinfo}/away"))
-            .await
-            .unwrap();
-        assert!(
-            away.greeting.contains("auth=-"),
-            "{front:?}: {}",
-            away.greeting
-        );
+        let same = greeting(front, &default, &format!("{with_userinfo}/same")).await;
+        assert!(same.contains("auth=Basic dXNlcjpwYXNz"), "{}", same);
+        let away = greeting(front, &default, &format!("{with_userinfo}/away")).await;
+        assert!(away.contains("auth=-"), "{front:?}: {}", away);
     }
 }
 

@@ -111,13 +111,7 @@ impl ClientBuilder {
         let mut tcp = tcp_connect(&proxy.host, proxy.port, deadline)?;
         let mut buf = [0u8; 512];
         loop {
-            let left = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Err(Error::OpenTimeout),
-                },
-                None => None,
-            };
+            let left = time_left(deadline)?;
             tcp.set_read_timeout(left)?;
             tcp.set_write_timeout(left)?;
             let out = tunnel.transmit();
@@ -175,6 +169,18 @@ type Opened = (
     http::Request<()>,
     Box<http::Response<()>>,
 );
+
+/// The time left until `deadline` (`None`: no deadline), or [`Error::OpenTimeout`] once it
+/// has passed: the socket timeouts of a blocking opening handshake.
+pub(crate) fn time_left(deadline: Option<Instant>) -> Result<Option<Duration>> {
+    match deadline {
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(Error::OpenTimeout),
+        },
+        None => Ok(None),
+    }
+}
 
 /// A socket timeout is the open timeout running out.
 fn timed_out(e: std::io::Error) -> Error {

@@ -114,6 +114,14 @@ pub async fn open(front: Front, settings: &Settings, uri: &str) -> Result<Opened
         .expect("test took too long")
 }
 
+/// The greeting of a connection that must open.
+pub async fn greeting(front: Front, settings: &Settings, uri: &str) -> String {
+    match open(front, settings, uri).await {
+        Ok(opened) => opened.greeting,
+        Err(e) => panic!("{front:?} {uri}: {e}"),
+    }
+}
+
 fn clone_request(r: &Request<()>) -> Request<()> {
     let mut c = Request::new(());
     *c.uri_mut() = r.uri().clone();
