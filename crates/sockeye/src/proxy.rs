@@ -18,12 +18,13 @@ use crate::proto::handshake::{basic_credentials, percent_decode, Target};
 /// How a client reaches servers: directly, through the proxy the environment names (the
 /// default), or through a given proxy. Set it with the client builders' `proxy` setter.
 ///
-/// - [`Proxy::from_env`] (default): `ws://` URIs use `http_proxy` (or `HTTP_PROXY`),
-///   `wss://` URIs `https_proxy` (or `HTTPS_PROXY`), both falling back to `all_proxy` (or
-///   `ALL_PROXY`); `no_proxy` (or `NO_PROXY`) lists hosts to reach directly. Lowercase names
-///   win over uppercase ones, as in curl. Loopback hosts (`localhost`, `127.0.0.0/8`,
-///   `::1`) are always reached directly, as Go does: a proxy between a machine and itself
-///   is never wanted.
+/// - [`Proxy::from_env`] (default): `ws://` URIs use `ws_proxy` (python-websockets'
+///   variable) or else `http_proxy`, `wss://` URIs `wss_proxy` or else `https_proxy`, both
+///   falling back to `all_proxy`; `no_proxy` lists hosts to reach directly (see
+///   [`Proxy::from_env`]). Each name is looked up in lowercase, then in uppercase
+///   (`HTTP_PROXY`...): lowercase wins, as in curl. Loopback hosts (`localhost`,
+///   `127.0.0.0/8`, `::1`) are always reached directly, as Go does: a proxy between a
+///   machine and itself is never wanted.
 /// - [`Proxy::none`]: always directly.
 /// - [`Proxy::url`]: always through this proxy, loopback hosts included.
 ///
@@ -71,7 +72,14 @@ impl fmt::Debug for Proxy {
 
 impl Proxy {
     /// The proxy the environment names for each URI (the default; see [`Proxy`]). The
-    /// variables are read at each connection.
+    /// variables are read at each connection; empty ones count as unset.
+    ///
+    /// `no_proxy` / `NO_PROXY` is a comma-separated list: `*` matches every host; a name
+    /// matches itself and its subdomains, with or without a leading `.` or `*.`
+    /// (`example.com`, `.example.com`); an IP address matches itself, `addr/bits` a network
+    /// (`10.0.0.0/8`); any entry may end with `:port` to match that port only (IPv6 in
+    /// brackets then: `[::1]:8080`). In a CGI program (`REQUEST_METHOD` set), uppercase
+    /// `HTTP_PROXY` is ignored: it may come from the request (httpoxy).
     pub fn from_env() -> Proxy {
         Proxy(Mode::Env)
     }
@@ -141,14 +149,15 @@ fn from_env(target: &Target, lookup: impl Fn(&str) -> Option<String>) -> Result<
             return Ok(None);
         }
     }
+    // python-websockets' WebSocket-only variables first.
     let found = if target.secure {
-        var(&lookup, "https_proxy", true)
+        var(&lookup, "wss_proxy", true).or_else(|| var(&lookup, "https_proxy", true))
     } else {
         // httpoxy: in a CGI program (REQUEST_METHOD set), HTTP_PROXY comes from the
         // request's `Proxy` header; only the lowercase name is trusted there, as in curl
         // and reqwest.
         let cgi = lookup("REQUEST_METHOD").is_some();
-        var(&lookup, "http_proxy", !cgi)
+        var(&lookup, "ws_proxy", true).or_else(|| var(&lookup, "http_proxy", !cgi))
     };
     let Some((name, value)) = found.or_else(|| var(&lookup, "all_proxy", true)) else {
         return Ok(None);
@@ -885,6 +894,28 @@ mod tests {
             env_proxy(&vars, "ws://a.test/").as_deref(),
             Some("http://all:4")
         );
+    }
+
+    #[test]
+    fn env_websocket_variables_come_first() {
+        let vars = [
+            ("ws_proxy", "http://ws:1"),
+            ("http_proxy", "http://h:2"),
+            ("WSS_PROXY", "socks5h://wss:3"),
+            ("https_proxy", "http://s:4"),
+        ];
+        assert_eq!(
+            env_proxy(&vars, "ws://a.test/").as_deref(),
+            Some("http://ws:1")
+        );
+        #[cfg(feature = "tls")]
+        assert_eq!(
+            env_proxy(&vars, "wss://a.test/").as_deref(),
+            Some("socks5h://wss:3")
+        );
+        // https_proxy is for wss:// only (python-websockets also uses it for ws://).
+        let vars = [("https_proxy", "http://s:4")];
+        assert_eq!(env_proxy(&vars, "ws://a.test/"), None);
     }
 
     #[test]

@@ -17,7 +17,11 @@ use clients::{greeter, greeting, open, Settings, FRONTS};
 mod proxies;
 use proxies::{http_proxy, socks5_proxy, Hosts};
 
-const VARS: [&str; 9] = [
+const VARS: [&str; 13] = [
+    "ws_proxy",
+    "WS_PROXY",
+    "wss_proxy",
+    "WSS_PROXY",
     "http_proxy",
     "HTTP_PROXY",
     "https_proxy",
