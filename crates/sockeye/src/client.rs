@@ -85,7 +85,7 @@ impl ClientBuilder {
         };
         let (conn, driver) = Connection::new(proto, stream, Vec::new(), self.options.limits, info);
         let span = tracing::info_span!(target: "sockeye::client", "conn", id = conn.id());
-        let uri = &chain.uri;
+        let uri = crate::redirect::shown(&chain.uri);
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
         tokio::spawn(driver.instrument(span));
         Ok(conn)

@@ -135,7 +135,7 @@ impl Chain {
         let Some(location) = response.headers.get(LOCATION) else {
             return Err(redirect(RedirectError::MissingLocation {
                 status,
-                uri: self.uri.to_string(),
+                uri: shown(&self.uri),
             }));
         };
         let invalid = |reason: &str| {
@@ -154,8 +154,8 @@ impl Chain {
         };
         if self.target.secure && !target.secure {
             return Err(redirect(RedirectError::Insecure {
-                from: self.uri.to_string(),
-                to: next.to_string(),
+                from: shown(&self.uri),
+                to: shown(&next),
             }));
         }
         let same_origin = same_origin(&self.target, &target);
@@ -167,14 +167,12 @@ impl Chain {
             _ => next,
         };
         if self.visited.contains(&next) {
-            return Err(redirect(RedirectError::Loop {
-                uri: next.to_string(),
-            }));
+            return Err(redirect(RedirectError::Loop { uri: shown(&next) }));
         }
         if self.visited.len() > self.max {
             return Err(redirect(RedirectError::TooMany {
                 max: self.max,
-                uri: next.to_string(),
+                uri: shown(&next),
             }));
         }
         if !same_origin {
@@ -182,7 +180,12 @@ impl Chain {
             self.headers
                 .retain(|(name, _)| name != AUTHORIZATION && name != COOKIE);
         }
-        tracing::info!(target: "sockeye::client", "{} redirected ({status}) to {next}", self.uri);
+        tracing::info!(
+            target: "sockeye::client",
+            "{} redirected ({status}) to {}",
+            shown(&self.uri),
+            shown(&next)
+        );
         self.visited.push(next.clone());
         self.uri = next;
         self.target = target;
@@ -192,6 +195,19 @@ impl Chain {
 
 fn redirect(e: RedirectError) -> Error {
     Error::Redirect(e)
+}
+
+/// A URI for errors and logs: `user:password@` shown as `user@`.
+pub(crate) fn shown(uri: &Uri) -> String {
+    let text = uri.to_string();
+    match (userinfo(uri), uri.authority()) {
+        (Some(info), Some(authority)) if info.contains(':') => {
+            let user = info.split(':').next().unwrap_or("");
+            let host = authority.as_str().rsplit_once('@').map_or("", |(_, h)| h);
+            text.replacen(authority.as_str(), &format!("{user}@{host}"), 1)
+        }
+        _ => text,
+    }
 }
 
 /// Same scheme, host and port (RFC 6454 §4; hosts compare without case).
@@ -484,6 +500,22 @@ mod tests {
         let mut c = chain("ws://a.test/", 10);
         let e = c.follow(answer(302, Some("/caf\u{e9}"))).unwrap_err();
         assert!(e.to_string().contains("not printable ASCII"), "{e}");
+    }
+
+    #[test]
+    fn passwords_stay_out_of_errors() {
+        assert_eq!(
+            shown(&uri("ws://u:secret@a.test:8/p?q")),
+            "ws://u@a.test:8/p?q"
+        );
+        assert_eq!(shown(&uri("ws://u@a.test/")), "ws://u@a.test/");
+        let mut c = chain("ws://u:secret@a.test/a", 10);
+        c.follow(answer(302, Some("/b"))).unwrap();
+        let e = c.follow(answer(302, Some("/a"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "redirect loop: ws://u@a.test/a was visited already"
+        );
     }
 
     #[test]

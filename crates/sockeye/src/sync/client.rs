@@ -61,7 +61,7 @@ impl ClientBuilder {
             response: (*response).into(),
         };
         let conn = Connection::new(proto, stream, self.options.limits, info)?;
-        let uri = &chain.uri;
+        let uri = crate::redirect::shown(&chain.uri);
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
         Ok(conn)
     }
