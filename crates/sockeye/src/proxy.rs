@@ -40,7 +40,7 @@ use crate::proto::handshake::{basic_credentials, percent_decode, Target};
 ///
 /// let proxy = Proxy::url("socks5h://alice:s%40cret@proxy.example:1080")?;
 /// assert_eq!(
-///     proxy.for_uri("wss://example.com/chat")?.as_deref(),
+///     proxy.for_uri("ws://example.com/chat")?.as_deref(),
 ///     Some("socks5h://alice@proxy.example:1080"),
 /// );
 /// assert_eq!(Proxy::none().for_uri("ws://example.com/")?, None);
@@ -49,7 +49,11 @@ use crate::proto::handshake::{basic_credentials, percent_decode, Target};
 /// # Ok::<(), sockeye::Error>(())
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Proxy(Mode);
+pub struct Proxy {
+    mode: Mode,
+    /// Hosts reached directly (`NO_PROXY` syntax), besides the environment's.
+    bypass: Option<String>,
+}
 
 #[derive(Clone, Default, PartialEq, Eq)]
 enum Mode {
@@ -61,11 +65,15 @@ enum Mode {
 
 impl fmt::Debug for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Mode::Env => f.write_str("Proxy::from_env()"),
-            Mode::Off => f.write_str("Proxy::none()"),
+        match &self.mode {
+            Mode::Env => f.write_str("Proxy::from_env()")?,
+            Mode::Off => f.write_str("Proxy::none()")?,
             // The password stays out of logs.
-            Mode::Url(url) => write!(f, "Proxy::url({:?})", url.shown),
+            Mode::Url(url) => write!(f, "Proxy::url({:?})", url.shown)?,
+        }
+        match &self.bypass {
+            Some(list) => write!(f, ".no_proxy({list:?})"),
+            None => Ok(()),
         }
     }
 }
@@ -81,18 +89,43 @@ impl Proxy {
     /// brackets then: `[::1]:8080`). In a CGI program (`REQUEST_METHOD` set), uppercase
     /// `HTTP_PROXY` is ignored: it may come from the request (httpoxy).
     pub fn from_env() -> Proxy {
-        Proxy(Mode::Env)
+        Proxy {
+            mode: Mode::Env,
+            bypass: None,
+        }
     }
 
     /// No proxy: connect to servers directly, whatever the environment says.
     pub fn none() -> Proxy {
-        Proxy(Mode::Off)
+        Proxy {
+            mode: Mode::Off,
+            bypass: None,
+        }
     }
 
     /// Always this proxy: `http://`, `socks5://` or `socks5h://`, with optional
     /// `user:password@`. An invalid or unsupported URL is an [`Error::Proxy`] now.
     pub fn url(url: &str) -> Result<Proxy> {
-        Ok(Proxy(Mode::Url(ProxyUrl::parse(url)?)))
+        Ok(Proxy {
+            mode: Mode::Url(ProxyUrl::parse(url)?),
+            bypass: None,
+        })
+    }
+
+    /// Hosts to reach directly, in `NO_PROXY`'s syntax (see [`Proxy::from_env`]): for
+    /// [`Proxy::url`], the exceptions to the proxy; for [`Proxy::from_env`], more
+    /// exceptions besides the environment's `NO_PROXY`.
+    ///
+    /// ```
+    /// let proxy = sockeye::Proxy::url("http://proxy.corp.example:3128")?
+    ///     .no_proxy("corp.example, 10.0.0.0/8");
+    /// assert_eq!(proxy.for_uri("ws://chat.corp.example/")?, None);
+    /// assert!(proxy.for_uri("ws://example.com/")?.is_some());
+    /// # Ok::<(), sockeye::Error>(())
+    /// ```
+    pub fn no_proxy(mut self, hosts: &str) -> Proxy {
+        self.bypass = Some(hosts.to_owned());
+        self
     }
 
     /// The proxy a connection to `uri` goes through, its URL without the password, or
@@ -113,7 +146,12 @@ impl Proxy {
         target: &Target,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<ProxyUrl>> {
-        match &self.0 {
+        if let Some(list) = &self.bypass {
+            if no_proxy_matches(list, &target.host, target.port) {
+                return Ok(None);
+            }
+        }
+        match &self.mode {
             Mode::Off => Ok(None),
             Mode::Url(url) => Ok(Some(url.clone())),
             Mode::Env => from_env(target, lookup),
