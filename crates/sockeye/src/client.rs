@@ -115,15 +115,14 @@ impl ClientBuilder {
         let Some(proxy) = self.dial.proxy.select(target)? else {
             return Ok(TcpStream::connect((target.host.as_str(), target.port)).await?);
         };
-        let dest = match target.host.parse() {
-            Ok(ip) => Dest::Ip(ip),
-            Err(_) if proxy.resolves_locally() => {
+        let dest = match proxy.dest(&target.host) {
+            Some(dest) => dest,
+            None => {
                 let mut addrs =
                     tokio::net::lookup_host((target.host.as_str(), target.port)).await?;
                 let addr = addrs.next().ok_or_else(|| no_address(&target.host))?;
                 Dest::Ip(addr.ip())
             }
-            Err(_) => Dest::Name(target.host.clone()),
         };
         let mut tunnel = Tunnel::new(&proxy, &target.host, target.port, dest)?;
         let mut tcp = TcpStream::connect((proxy.host.as_str(), proxy.port)).await?;

@@ -389,9 +389,15 @@ impl ProxyUrl {
         })
     }
 
-    /// Whether the client resolves the server's name itself (`socks5://`).
-    pub(crate) fn resolves_locally(&self) -> bool {
-        self.kind == Kind::Socks5 { remote_dns: false }
+    /// What to ask the proxy to connect to for `host`: an IP address as is, a name as is
+    /// (the proxy resolves it), or `None` when the client must resolve it first and pass
+    /// the address (`socks5://`).
+    pub(crate) fn dest(&self, host: &str) -> Option<Dest> {
+        match host.parse() {
+            Ok(ip) => Some(Dest::Ip(ip)),
+            Err(_) if self.kind == (Kind::Socks5 { remote_dns: false }) => None,
+            Err(_) => Some(Dest::Name(host.to_owned())),
+        }
     }
 }
 
@@ -1090,8 +1096,12 @@ mod tests {
             shown("socks5h://u:p@p.test:9").unwrap(),
             "socks5h://u@p.test:9"
         );
-        assert!(ProxyUrl::parse("socks5://p").unwrap().resolves_locally());
-        assert!(!ProxyUrl::parse("socks5h://p").unwrap().resolves_locally());
+        let name = Some(Dest::Name("h.test".into()));
+        let ip = Some(Dest::Ip("::1".parse().unwrap()));
+        assert_eq!(ProxyUrl::parse("socks5://p").unwrap().dest("h.test"), None);
+        assert_eq!(ProxyUrl::parse("socks5://p").unwrap().dest("::1"), ip);
+        assert_eq!(ProxyUrl::parse("socks5h://p").unwrap().dest("h.test"), name);
+        assert_eq!(ProxyUrl::parse("http://p").unwrap().dest("h.test"), name);
         for (bad, reason) in [
             ("https://p.test", "not supported"),
             ("socks4://p.test", "scheme"),

@@ -96,16 +96,15 @@ impl ClientBuilder {
         let Some(proxy) = self.dial.proxy.select(target)? else {
             return tcp_connect(&target.host, target.port, deadline);
         };
-        let dest = match target.host.parse() {
-            Ok(ip) => Dest::Ip(ip),
-            Err(_) if proxy.resolves_locally() => {
+        let dest = match proxy.dest(&target.host) {
+            Some(dest) => dest,
+            None => {
                 let mut addrs = (target.host.as_str(), target.port).to_socket_addrs()?;
                 let addr = addrs
                     .next()
                     .ok_or_else(|| crate::client::no_address(&target.host))?;
                 Dest::Ip(addr.ip())
             }
-            Err(_) => Dest::Name(target.host.clone()),
         };
         let mut tunnel = Tunnel::new(&proxy, &target.host, target.port, dest)?;
         let mut tcp = tcp_connect(&proxy.host, proxy.port, deadline)?;
