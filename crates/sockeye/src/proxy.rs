@@ -698,7 +698,7 @@ impl Tunnel {
         let len = self.buf.len();
         match self.step {
             Step::Done => 0,
-            Step::SocksMethod | Step::SocksAuth => 2 - len,
+            Step::SocksMethod | Step::SocksAuth => 2usize.saturating_sub(len),
             Step::SocksReply => {
                 // VER REP RSV ATYP, then the address (its first byte is a name's length)
                 // and the port.
@@ -741,6 +741,9 @@ impl Tunnel {
 
     /// Takes bytes read from the proxy (at most [`wants`](Self::wants)).
     pub(crate) fn receive(&mut self, data: &[u8]) -> Result<()> {
+        if data.len() > self.wants() {
+            return Err(Error::Misuse("proxy tunnel: more bytes than it asked for"));
+        }
         self.buf.extend_from_slice(data);
         match self.step {
             Step::Done => Err(self.error("data after the tunnel opened")),
@@ -1337,6 +1340,43 @@ mod tests {
             e.to_string(),
             "SOCKS5 proxy socks5h://p:1080 failed to connect: connection refused (reply 5)"
         );
+    }
+
+    #[test]
+    fn random_answers_never_panic() {
+        // xorshift: deterministic, no dependency.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for proxy in ["http://p", "http://u:p@p", "socks5h://p", "socks5://u:p@p"] {
+            let proxy = ProxyUrl::parse(proxy).unwrap();
+            for _ in 0..2000 {
+                let mut t = Tunnel::new(&proxy, "h.test", 1, name()).unwrap();
+                // Bytes biased towards the ones the parsers look for.
+                let alphabet = b"\x00\x01\x02\x03\x04\x05\xff HTTP/1.0 200\r\n";
+                for _ in 0..64 {
+                    t.transmit();
+                    let want = t.wants();
+                    if want == 0 {
+                        break;
+                    }
+                    let n = 1 + (next() as usize) % want;
+                    let chunk: Vec<u8> = (0..n)
+                        .map(|_| alphabet[(next() as usize) % alphabet.len()])
+                        .collect();
+                    if t.receive(&chunk).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let proxy = ProxyUrl::parse("socks5h://p").unwrap();
+        let mut t = Tunnel::new(&proxy, "h.test", 1, name()).unwrap();
+        assert!(matches!(t.receive(&[5, 0, 0]), Err(Error::Misuse(_))));
     }
 
     #[test]

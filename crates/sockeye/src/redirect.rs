@@ -372,6 +372,29 @@ mod tests {
         );
     }
 
+    #[test]
+    fn random_locations_never_panic() {
+        let base = uri("wss://u:p@a.test:9/x/y?z");
+        let alphabet = b"/.?#:@[]%ws ab1";
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..20_000 {
+            let len = (state % 24) as usize;
+            let reference: String = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    alphabet[(state as usize) % alphabet.len()] as char
+                })
+                .collect();
+            if let Ok(resolved) = resolve(&base, &reference) {
+                assert!(resolved.scheme().is_some() && resolved.authority().is_some());
+            }
+            let mut c = chain("ws://a.test/", 10);
+            let _ = c.follow(answer(302, Some(&reference)));
+        }
+    }
+
     fn answer(status: u16, location: Option<&str>) -> Error {
         let mut headers = http::HeaderMap::new();
         if let Some(l) = location {
