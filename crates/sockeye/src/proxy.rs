@@ -909,98 +909,119 @@ mod tests {
             .map(|p| p.shown)
     }
 
-    #[test]
-    fn env_picks_by_scheme_with_all_proxy_fallback() {
-        let vars = [("HTTP_PROXY", "http://h:1"), ("HTTPS_PROXY", "http://s:2")];
-        assert_eq!(
-            env_proxy(&vars, "ws://a.test/").as_deref(),
-            Some("http://h:1")
-        );
-        #[cfg(feature = "tls")]
-        assert_eq!(
-            env_proxy(&vars, "wss://a.test/").as_deref(),
-            Some("http://s:2")
-        );
-        let vars = [
-            ("ALL_PROXY", "socks5h://all:3"),
-            ("HTTPS_PROXY", "http://s:2"),
-        ];
-        assert_eq!(
-            env_proxy(&vars, "ws://a.test/").as_deref(),
-            Some("socks5h://all:3")
-        );
-        #[cfg(feature = "tls")]
-        assert_eq!(
-            env_proxy(&vars, "wss://a.test/").as_deref(),
-            Some("http://s:2")
-        );
-        assert_eq!(env_proxy(&[], "ws://a.test/"), None);
+    /// The environment's choice: variables, URI, the proxy expected.
+    type EnvCase = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        Option<&'static str>,
+    );
+
+    const ENV_CASES: &[EnvCase] = &[
+        // By scheme, falling back to ALL_PROXY.
+        (
+            &[("HTTP_PROXY", "http://h:1"), ("HTTPS_PROXY", "http://s:2")],
+            "ws://a.test/",
+            Some("http://h:1"),
+        ),
+        (
+            &[("HTTP_PROXY", "http://h:1"), ("HTTPS_PROXY", "http://s:2")],
+            "wss://a.test/",
+            Some("http://s:2"),
+        ),
+        (
+            &[
+                ("ALL_PROXY", "socks5h://all:3"),
+                ("HTTPS_PROXY", "http://s:2"),
+            ],
+            "ws://a.test/",
+            Some("socks5h://all:3"),
+        ),
+        (
+            &[
+                ("ALL_PROXY", "socks5h://all:3"),
+                ("HTTPS_PROXY", "http://s:2"),
+            ],
+            "wss://a.test/",
+            Some("http://s:2"),
+        ),
+        (&[], "ws://a.test/", None),
         // Empty values are unset.
-        let vars = [("http_proxy", " "), ("ALL_PROXY", "http://all:4")];
-        assert_eq!(
-            env_proxy(&vars, "ws://a.test/").as_deref(),
-            Some("http://all:4")
-        );
-    }
+        (
+            &[("http_proxy", " "), ("ALL_PROXY", "http://all:4")],
+            "ws://a.test/",
+            Some("http://all:4"),
+        ),
+        // python-websockets' WebSocket variables first; https_proxy is for wss:// only.
+        (
+            &[("ws_proxy", "http://ws:1"), ("http_proxy", "http://h:2")],
+            "ws://a.test/",
+            Some("http://ws:1"),
+        ),
+        (
+            &[
+                ("WSS_PROXY", "socks5h://wss:3"),
+                ("https_proxy", "http://s:4"),
+            ],
+            "wss://a.test/",
+            Some("socks5h://wss:3"),
+        ),
+        (&[("https_proxy", "http://s:4")], "ws://a.test/", None),
+        // Lowercase wins.
+        (
+            &[
+                ("HTTP_PROXY", "http://upper:1"),
+                ("http_proxy", "http://lower:2"),
+            ],
+            "ws://a.test/",
+            Some("http://lower:2"),
+        ),
+        (
+            &[
+                ("ALL_PROXY", "http://upper:1"),
+                ("all_proxy", "http://lower:2"),
+            ],
+            "ws://a.test/",
+            Some("http://lower:2"),
+        ),
+        (
+            &[
+                ("ALL_PROXY", "http://p:1"),
+                ("NO_PROXY", "*"),
+                ("no_proxy", "b.test"),
+            ],
+            "ws://a.test/",
+            Some("http://p:1"),
+        ),
+        (
+            &[
+                ("ALL_PROXY", "http://p:1"),
+                ("NO_PROXY", "*"),
+                ("no_proxy", "b.test"),
+            ],
+            "ws://b.test/",
+            None,
+        ),
+        // httpoxy: in CGI, only lowercase http_proxy.
+        (
+            &[("HTTP_PROXY", "http://evil:1"), ("REQUEST_METHOD", "GET")],
+            "ws://a.test/",
+            None,
+        ),
+        (
+            &[("http_proxy", "http://ok:1"), ("REQUEST_METHOD", "GET")],
+            "ws://a.test/",
+            Some("http://ok:1"),
+        ),
+    ];
 
     #[test]
-    fn env_websocket_variables_come_first() {
-        let vars = [
-            ("ws_proxy", "http://ws:1"),
-            ("http_proxy", "http://h:2"),
-            ("WSS_PROXY", "socks5h://wss:3"),
-            ("https_proxy", "http://s:4"),
-        ];
-        assert_eq!(
-            env_proxy(&vars, "ws://a.test/").as_deref(),
-            Some("http://ws:1")
-        );
-        #[cfg(feature = "tls")]
-        assert_eq!(
-            env_proxy(&vars, "wss://a.test/").as_deref(),
-            Some("socks5h://wss:3")
-        );
-        // https_proxy is for wss:// only (python-websockets also uses it for ws://).
-        let vars = [("https_proxy", "http://s:4")];
-        assert_eq!(env_proxy(&vars, "ws://a.test/"), None);
-    }
-
-    #[test]
-    fn env_lowercase_wins_and_cgi_ignores_http_proxy() {
-        let vars = [
-            ("HTTP_PROXY", "http://upper:1"),
-            ("http_proxy", "http://lower:2"),
-        ];
-        assert_eq!(
-            env_proxy(&vars, "ws://a.test/").as_deref(),
-            Some("http://lower:2")
-        );
-        let vars = [
-            ("ALL_PROXY", "http://upper:1"),
-            ("all_proxy", "http://lower:2"),
-        ];
-        assert_eq!(
-            env_proxy(&vars, "ws://a.test/").as_deref(),
-            Some("http://lower:2")
-        );
-        let vars = [("HTTP_PROXY", "http://evil:1"), ("REQUEST_METHOD", "GET")];
-        assert_eq!(env_proxy(&vars, "ws://a.test/"), None);
-        let vars = [("http_proxy", "http://ok:1"), ("REQUEST_METHOD", "GET")];
-        assert_eq!(
-            env_proxy(&vars, "ws://a.test/").as_deref(),
-            Some("http://ok:1")
-        );
-        // Lowercase no_proxy wins too: here it excludes nothing.
-        let vars = [
-            ("ALL_PROXY", "http://p:1"),
-            ("NO_PROXY", "*"),
-            ("no_proxy", "b.test"),
-        ];
-        assert_eq!(
-            env_proxy(&vars, "ws://a.test/").as_deref(),
-            Some("http://p:1")
-        );
-        assert_eq!(env_proxy(&vars, "ws://b.test/"), None);
+    fn env_selection() {
+        for &(vars, uri, want) in ENV_CASES {
+            if uri.starts_with("wss:") && !cfg!(feature = "tls") {
+                continue;
+            }
+            assert_eq!(env_proxy(vars, uri).as_deref(), want, "{vars:?} {uri}");
+        }
     }
 
     #[test]
