@@ -711,15 +711,13 @@ impl Tunnel {
                 total.saturating_sub(len)
             }
             // The head ends with CRLF CRLF: read no more than could complete it.
+            // The head ends with an empty line; a line ends with LF, CRLF or a bare LF
+            // (RFC 9112 §2.2 lets a recipient accept it).
             Step::ConnectHead => {
-                if self.buf.ends_with(b"\r\n\r") {
+                if self.buf.ends_with(b"\n") || self.buf.ends_with(b"\n\r") {
                     1
-                } else if self.buf.ends_with(b"\r\n") {
-                    2
-                } else if self.buf.ends_with(b"\r") {
-                    3
                 } else {
-                    4
+                    2
                 }
             }
         }
@@ -762,14 +760,16 @@ impl Tunnel {
         }
         // The status line is checked as soon as it is complete: a peer that is not an
         // HTTP proxy is told apart without waiting for the whole head.
-        let Some(line_end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+        let Some(line_end) = self.buf.iter().position(|b| *b == b'\n') else {
             return Ok(());
         };
-        let status = parse_status_line(&self.buf[..line_end]).ok_or_else(|| {
-            let line = String::from_utf8_lossy(&self.buf[..line_end.min(80)]).into_owned();
+        let line = &self.buf[..line_end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let status = parse_status_line(line).ok_or_else(|| {
+            let line = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
             self.error(format!("not an HTTP answer to CONNECT: {line:?}"))
         })?;
-        if !self.buf.ends_with(b"\r\n\r\n") {
+        if !(self.buf.ends_with(b"\n\n") || self.buf.ends_with(b"\n\r\n")) {
             return Ok(());
         }
         let proxy = self.proxy.clone();
@@ -1260,17 +1260,24 @@ mod tests {
     #[test]
     fn http_connect_reads_nothing_past_the_head() {
         let proxy = ProxyUrl::parse("http://p").unwrap();
-        let mut t = Tunnel::new(&proxy, "ws.test", 1, name()).unwrap();
-        t.transmit();
-        let answer = b"HTTP/1.1 200 OK\r\n\r\n";
-        let mut fed = 0;
-        while t.wants() > 0 {
-            let n = t.wants();
-            assert!(fed + n <= answer.len(), "would read past the head");
-            t.receive(&answer[fed..fed + n]).unwrap();
-            fed += n;
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nVia: a\r\nX: \r\r\n\r\n",
+            b"HTTP/1.0 200 OK\n\n",
+            b"HTTP/1.0 200 OK\nVia: a\r\n\n",
+            b"HTTP/1.0 200 OK\r\nVia: a\n\r\n",
+        ] {
+            let mut t = Tunnel::new(&proxy, "ws.test", 1, name()).unwrap();
+            t.transmit();
+            let mut fed = 0;
+            while t.wants() > 0 {
+                let n = t.wants();
+                assert!(fed + n <= answer.len(), "would read past {answer:?}");
+                t.receive(&answer[fed..fed + n]).unwrap();
+                fed += n;
+            }
+            assert_eq!(fed, answer.len(), "{answer:?}");
         }
-        assert_eq!(fed, answer.len());
     }
 
     #[test]
