@@ -63,6 +63,14 @@ pub(crate) struct ConnectArgs {
     /// Accept any TLS certificate for wss:// (self-signed test servers).
     #[arg(long)]
     insecure: bool,
+    /// Connect through this proxy: http://[USER:PASS@]HOST[:PORT] (CONNECT),
+    /// socks5://... or socks5h://... (default: the one the environment names, with
+    /// HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY).
+    #[arg(long, value_name = "URL", conflicts_with = "no_proxy")]
+    proxy: Option<String>,
+    /// Connect directly, whatever the proxy environment variables say.
+    #[arg(long)]
+    no_proxy: bool,
     /// Do not offer permessage-deflate.
     #[arg(long)]
     no_compression: bool,
@@ -188,6 +196,11 @@ pub(crate) async fn connect(args: ConnectArgs) -> Result<ExitCode, sockeye::BoxE
         builder = builder.max_size(bytes);
     }
     builder = builder.insecure(args.insecure);
+    if let Some(url) = &args.proxy {
+        builder = builder.proxy(sockeye::Proxy::url(url)?);
+    } else if args.no_proxy {
+        builder = builder.proxy(sockeye::Proxy::none());
+    }
     let ws = builder.connect(uri).await?;
     eprintln!("Connected to {uri}.");
     if !args.subprotocols.is_empty() {

@@ -253,6 +253,75 @@ fn invalid_header_is_refused() {
     assert!(stderr.contains("expected 'Name: value'"), "{stderr}");
 }
 
+/// A one-tunnel HTTP CONNECT proxy on a thread: answers the first request with 200 and
+/// relays to `target` (whatever the request asked for); reports the request line.
+fn one_tunnel_proxy(target: String) -> (String, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (mut client, _) = listener.accept().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut reader = BufReader::new(client.try_clone().unwrap());
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        let server = std::net::TcpStream::connect(&target).unwrap();
+        client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .unwrap();
+        let (mut from_server, mut to_client) = (server.try_clone().unwrap(), client);
+        let mut to_server = server;
+        let up = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut reader, &mut to_server);
+            let _ = to_server.shutdown(std::net::Shutdown::Write);
+        });
+        let _ = std::io::copy(&mut from_server, &mut to_client);
+        let _ = to_client.shutdown(std::net::Shutdown::Write);
+        let _ = up.join();
+        request_line.trim_end().to_owned()
+    });
+    (url, handle)
+}
+
+#[test]
+fn proxy_option_tunnels_through_an_http_proxy() {
+    let served = Served::echo();
+    let port = served
+        .uri()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let (proxy, handle) = one_tunnel_proxy(format!("127.0.0.1:{port}"));
+    // A name only the proxy "resolves": the connection can only go through it.
+    let uri = format!("ws://cli.sockeye.test:{port}/");
+    let (ok, stdout, stderr) = run_connect(&["--proxy", &proxy, &uri], "via proxy\n", 1);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("< via proxy"), "{stdout}");
+    let request_line = handle.join().unwrap();
+    assert_eq!(
+        request_line,
+        format!("CONNECT cli.sockeye.test:{port} HTTP/1.1")
+    );
+}
+
+#[test]
+fn invalid_proxy_options_are_refused() {
+    let (ok, _, stderr) = run_connect(&["--proxy", "socks4://p", "ws://127.0.0.1:9/"], "", 0);
+    assert!(!ok);
+    assert!(stderr.contains("invalid proxy URL socks4://p"), "{stderr}");
+    let args = ["--proxy", "http://p", "--no-proxy", "ws://127.0.0.1:9/"];
+    let (ok, _, stderr) = run_connect(&args, "", 0);
+    assert!(!ok);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
 #[test]
 fn server_error_close_exits_non_zero() {
     let server = TestServer::start();

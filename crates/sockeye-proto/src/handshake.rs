@@ -481,7 +481,7 @@ fn header_value(name: &'static str, value: &str) -> Result<HeaderValue, Handshak
 // ---------------------------------------------------------------------------------------------
 
 /// Decodes `%XX` escapes (RFC 3986 §2.1); a `%` not followed by two hex digits is kept.
-fn percent_decode(s: &str) -> Vec<u8> {
+pub fn percent_decode(s: &str) -> Vec<u8> {
     fn hex(b: u8) -> Option<u8> {
         match b {
             b'0'..=b'9' => Some(b - b'0'),
@@ -507,6 +507,23 @@ fn percent_decode(s: &str) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+/// The HTTP Basic credentials (RFC 7617) of a URI's `user:password` userinfo, percent-decoded
+/// as python-websockets does: `Basic base64(user ":" password)`, the value of an
+/// `Authorization` (or a proxy's `Proxy-Authorization`) header.
+///
+/// Errors: [`HandshakeError::InvalidHttp`] for a username without a password.
+pub fn basic_credentials(userinfo: &str) -> Result<String, HandshakeError> {
+    let Some((user, password)) = userinfo.split_once(':') else {
+        return Err(HandshakeError::InvalidHttp(
+            "URI has a username but no password".to_owned(),
+        ));
+    };
+    let mut credentials = percent_decode(user);
+    credentials.push(b':');
+    credentials.extend(percent_decode(password));
+    Ok(format!("Basic {}", BASE64.encode(credentials)))
 }
 
 /// Where a WebSocket URI points: host, port and whether TLS is needed.
@@ -593,15 +610,7 @@ pub fn build_request(uri: &Uri, key: &str, config: &Config) -> Result<Request<()
     headers.append(header::HOST, header_value("Host", &host_header)?);
 
     if let Some((userinfo, _)) = authority.as_str().rsplit_once('@') {
-        let Some((user, password)) = userinfo.split_once(':') else {
-            return Err(HandshakeError::InvalidHttp(
-                "URI has a username but no password".to_owned(),
-            ));
-        };
-        let mut credentials = percent_decode(user);
-        credentials.push(b':');
-        credentials.extend(percent_decode(password));
-        let value = format!("Basic {}", BASE64.encode(credentials));
+        let value = basic_credentials(userinfo)?;
         headers.append(
             header::AUTHORIZATION,
             header_value("Authorization", &value)?,

@@ -2,7 +2,7 @@
 
 use http::header::{HeaderName, HeaderValue};
 use http::Uri;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -11,7 +11,29 @@ use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::proto::handshake::Target;
 use crate::proto::{Event, Protocol, Side};
+use crate::proxy::{Dest, Tunnel};
+use crate::redirect::Chain;
 use crate::server::read_until_event;
+
+/// How the client builders reach servers, both front ends: the proxy and the redirects.
+#[derive(Debug, Clone)]
+pub(crate) struct Dial {
+    pub(crate) proxy: crate::Proxy,
+    pub(crate) max_redirects: usize,
+}
+
+impl Default for Dial {
+    fn default() -> Self {
+        Dial {
+            proxy: crate::Proxy::from_env(),
+            max_redirects: crate::redirect::DEFAULT_MAX_REDIRECTS,
+        }
+    }
+}
+
+/// What an opening handshake that succeeded leaves: the transport, the core, the request
+/// sent and the response.
+type Opened<S> = (S, Protocol, http::Request<()>, Box<http::Response<()>>);
 
 /// Builds a client with options other than the defaults.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +41,7 @@ pub struct ClientBuilder {
     options: Options,
     headers: Vec<(HeaderName, HeaderValue)>,
     reconnect: crate::reconnect::Policy,
+    dial: Dial,
     #[cfg(feature = "tls")]
     tls: crate::tls::ClientTls,
 }
@@ -29,25 +52,22 @@ crate::options::client_setters!(ClientBuilder);
 crate::options::tls_client_setters!(ClientBuilder);
 
 impl ClientBuilder {
-    /// Connects to a `ws://` or `wss://` URI and runs the opening handshake (TLS first for
-    /// `wss://`).
+    /// Connects to a `ws://` or `wss://` URI and runs the opening handshake: through the
+    /// [`proxy`](Self::proxy), if any, then TLS for `wss://`, following
+    /// [redirects](Self::max_redirects).
     pub async fn connect(self, uri: &str) -> Result<Connection> {
-        let (uri, target) = target(uri)?;
+        let mut chain = Chain::new(uri, &self.headers, self.dial.max_redirects)?;
         let config = std::sync::Arc::new(self.options.config.clone());
         let open = async {
-            let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
-            let _ = tcp.set_nodelay(true);
-            let mut stream = self.transport(tcp, &target).await?;
-            let (mut proto, request, out) = start_handshake(config, &uri, &self.headers)?;
-            stream.write_all(&out).await?;
-            let response = match read_until_event(&mut stream, &mut proto).await? {
-                Some(Event::Response(r)) => r,
-                _ => return Err(Error::Misuse("handshake ended without a response")),
-            };
-            Ok::<_, Error>((stream, proto, request, response))
+            loop {
+                match self.attempt(&config, &chain).await {
+                    Ok(opened) => return Ok::<_, Error>(opened),
+                    Err(e) => chain.follow(e)?,
+                }
+            }
         };
-        // TCP connect, TLS and WebSocket handshakes together within open_timeout; the core
-        // also times the WebSocket handshake itself.
+        // Proxy, TCP connect, TLS and WebSocket handshakes, and every redirect, together
+        // within open_timeout; the core also times each WebSocket handshake itself.
         let (stream, proto, request, response) = match self.options.config_open_timeout() {
             Some(t) => tokio::time::timeout(t, open)
                 .await
@@ -65,9 +85,62 @@ impl ClientBuilder {
         };
         let (conn, driver) = Connection::new(proto, stream, Vec::new(), self.options.limits, info);
         let span = tracing::info_span!(target: "sockeye::client", "conn", id = conn.id());
+        let uri = crate::redirect::shown(&chain.uri);
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
         tokio::spawn(driver.instrument(span));
         Ok(conn)
+    }
+
+    /// One opening handshake, with the chain's URI and headers.
+    async fn attempt(
+        &self,
+        config: &std::sync::Arc<crate::proto::Config>,
+        chain: &Chain,
+    ) -> Result<Opened<Stream>> {
+        let tcp = self.tcp(&chain.target).await?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream = self.transport(tcp, &chain.target).await?;
+        let (mut proto, request, out) =
+            start_handshake(config.clone(), &chain.uri, &chain.headers)?;
+        stream.write_all(&out).await?;
+        let response = match read_until_event(&mut stream, &mut proto).await? {
+            Some(Event::Response(r)) => r,
+            _ => return Err(Error::Misuse("handshake ended without a response")),
+        };
+        Ok((stream, proto, request, response))
+    }
+
+    /// A TCP connection to the server: direct, or a tunnel through the proxy.
+    async fn tcp(&self, target: &Target) -> Result<TcpStream> {
+        let Some(proxy) = self.dial.proxy.select(target)? else {
+            return Ok(TcpStream::connect((target.host.as_str(), target.port)).await?);
+        };
+        let dest = match proxy.dest(&target.host) {
+            Some(dest) => dest,
+            None => {
+                let mut addrs =
+                    tokio::net::lookup_host((target.host.as_str(), target.port)).await?;
+                let addr = addrs.next().ok_or_else(|| no_address(&target.host))?;
+                Dest::Ip(addr.ip())
+            }
+        };
+        let mut tunnel = Tunnel::new(&proxy, &target.host, target.port, dest)?;
+        let mut tcp = TcpStream::connect((proxy.host.as_str(), proxy.port)).await?;
+        let mut buf = [0u8; 512];
+        loop {
+            let out = tunnel.transmit();
+            if !out.is_empty() {
+                tcp.write_all(&out).await?;
+            }
+            let want = tunnel.wants().min(buf.len());
+            if want == 0 {
+                return Ok(tcp);
+            }
+            match tcp.read(&mut buf[..want]).await? {
+                0 => return Err(tunnel.eof()),
+                n => tunnel.receive(&buf[..n])?,
+            }
+        }
     }
 
     /// A client that reconnects: a stream of connections to `uri` (see
@@ -95,6 +168,11 @@ impl ClientBuilder {
             Err(no_tls())
         }
     }
+}
+
+/// The error for a host name that resolves to no address.
+pub(crate) fn no_address(host: &str) -> Error {
+    Error::InvalidUri(format!("{host}: no address"))
 }
 
 /// The error for `wss://` in a build without the `tls` feature.

@@ -30,6 +30,12 @@ pub enum Error {
     /// A blocking wait with a time limit ran out: `sockeye::sync`'s `recv_timeout` got no
     /// message, or `PongWaiter::wait` no pong, in time. The connection is still usable.
     RecvTimeout,
+    /// A redirect of the opening handshake could not be followed: too many, a loop, `wss://`
+    /// to `ws://`, a missing or invalid `Location` (see `ClientBuilder::max_redirects`).
+    Redirect(crate::redirect::RedirectError),
+    /// The connection through a proxy failed: the proxy refused, wanted credentials, or did
+    /// not speak its protocol; or the proxy URL is invalid (see [`crate::Proxy`]).
+    Proxy(crate::proxy::ProxyError),
     /// TLS failed: the server's certificate was not trusted (unknown CA, wrong name,
     /// expired), the peer refused ours, or the TLS handshake or a record was bad.
     #[cfg(feature = "tls")]
@@ -95,6 +101,8 @@ impl fmt::Display for Error {
             ),
             Error::Misuse(m) => write!(f, "API misuse: {m}"),
             Error::RecvTimeout => f.write_str("timed out waiting"),
+            Error::Redirect(e) => write!(f, "{e}"),
+            Error::Proxy(e) => write!(f, "{e}"),
             #[cfg(feature = "tls")]
             Error::Tls(e) => write!(f, "TLS error: {e}"),
         }
@@ -107,6 +115,8 @@ impl std::error::Error for Error {
             Error::Handshake(e) => Some(e),
             Error::Protocol(e) => Some(e),
             Error::Io(e) => Some(&**e),
+            Error::Redirect(e) => Some(e),
+            Error::Proxy(e) => Some(e),
             #[cfg(feature = "tls")]
             Error::Tls(e) => Some(e),
             _ => None,

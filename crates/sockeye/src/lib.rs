@@ -39,6 +39,24 @@
 //! network errors, timeouts and 5xx answers ([`is_retryable`]), with python-websockets'
 //! [`Backoff`]. `sync::reconnecting` is its blocking twin, an iterator.
 //!
+//! # Redirects and proxies
+//!
+//! Clients follow redirects (301, 302, 303, 307, 308) to `ws://` or `wss://` locations, at
+//! most 10 (`max_redirects`), never from `wss://` to `ws://`, and keep credentials to their
+//! origin. They connect through the proxy the environment names (`HTTP_PROXY`,
+//! `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`) unless told otherwise: see [`Proxy`] (HTTP
+//! `CONNECT` and SOCKS5, with credentials). Both front ends, reconnecting clients too.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), sockeye::BoxError> {
+//! let ws = sockeye::ClientBuilder::default()
+//!     .proxy(sockeye::Proxy::url("socks5h://127.0.0.1:1080")?)
+//!     .max_redirects(3)
+//!     .connect("wss://example.com/chat")
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Behaviour
 //!
 //! - Keepalive pings, pongs and the closing handshake run even while the application never
@@ -95,8 +113,10 @@ pub mod hub;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod options;
+mod proxy;
 mod queue;
 mod reconnect;
+mod redirect;
 pub mod routing;
 mod server;
 pub mod sync;
@@ -116,7 +136,9 @@ pub use connection::{
 pub use error::{Closed, Error, Result};
 pub use hub::{Hub, Published};
 pub use proto::{CloseCode, CloseFrame, Fragment, Message, MessageKind, State};
+pub use proxy::{Proxy, ProxyError};
 pub use reconnect::{is_retryable, reconnecting, Backoff, Delays, Reconnecting, RetryIf};
+pub use redirect::RedirectError;
 pub use routing::Router;
 pub use server::{
     respond, route, serve, BoxError, ProcessRequest, ProcessResponse, Server, ServerBuilder,

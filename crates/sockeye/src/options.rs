@@ -178,10 +178,32 @@ macro_rules! server_setters {
 pub(crate) use server_setters;
 
 /// The client-only setters, shared by the tokio and blocking client builders (fields
-/// `options`, `headers`).
+/// `options`, `headers`, `reconnect`, `dial`).
 macro_rules! client_setters {
     ($builder:ty) => {
         impl $builder {
+            /// How to reach servers: [`Proxy::from_env`](crate::Proxy::from_env) (the
+            /// default: `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`),
+            /// [`Proxy::none`](crate::Proxy::none), or
+            /// [`Proxy::url`](crate::Proxy::url) (HTTP `CONNECT` or SOCKS5). Redirects
+            /// choose again for their URI.
+            pub fn proxy(mut self, proxy: crate::Proxy) -> Self {
+                self.dial.proxy = proxy;
+                self
+            }
+
+            /// How many redirects (301, 302, 303, 307, 308) to follow, 0 for none: the
+            /// answer is then the connection's error (default 10). `Location` is resolved
+            /// against the URI that answered and must be `ws://` or `wss://`; `wss://` never
+            /// goes to `ws://`; a URI visited twice is an error; the `Authorization` and
+            /// `Cookie` headers given to the builder, and the URI's `user:password@`, are
+            /// not sent to another origin (scheme, host, port). The chain fits in one
+            /// `open_timeout`; the connection's `request()` is the last request sent.
+            pub fn max_redirects(mut self, redirects: usize) -> Self {
+                self.dial.max_redirects = redirects;
+                self
+            }
+
             /// A header to add to the handshake request.
             pub fn header(mut self, name: &str, value: &str) -> crate::Result<Self> {
                 let name = http::header::HeaderName::from_bytes(name.as_bytes())

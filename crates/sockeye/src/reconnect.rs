@@ -143,13 +143,17 @@ impl Iterator for Delays {
 /// Retried (the error may be transient): I/O errors (connection refused or reset,
 /// unreachable network, name resolution), the open timeout, the connection closed before
 /// the handshake's response ([`HandshakeError::UnexpectedEof`]), and the HTTP statuses 500,
-/// 502, 503 and 504 (server or proxy errors). Everything else is fatal: an invalid URI,
+/// 502, 503 and 504 (server or gateway errors); and the proxy failures that may be transient
+/// ([`ProxyError::is_transient`](crate::ProxyError::is_transient): a proxy's 5xx to
+/// `CONNECT`, SOCKS5 replies 1, 3, 4, 5, 6, a proxy that closed before answering).
+/// Everything else is fatal: an invalid URI, redirect errors, proxy credentials refused,
 /// other statuses (403, 404, 429, ...), a response that is not a valid handshake, and TLS
 /// errors that are not I/O errors (an untrusted certificate stays untrusted; python retries
 /// them, as its `SSLError` is an `OSError`).
 pub fn is_retryable(error: &Error) -> bool {
     match error {
         Error::Io(_) | Error::OpenTimeout => true,
+        Error::Proxy(e) => e.is_transient(),
         Error::Handshake(HandshakeError::UnexpectedEof) => true,
         Error::Handshake(HandshakeError::UnexpectedStatus(response)) => matches!(
             response.status,

@@ -324,13 +324,7 @@ fn handshake_sync(
     deadline: Option<Instant>,
 ) -> Result<rustls::Connection> {
     while session.is_handshaking() || session.wants_write() {
-        let left = match deadline {
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => return Err(Error::OpenTimeout),
-            },
-            None => None,
-        };
+        let left = crate::sync::client::time_left(deadline)?;
         tcp.set_read_timeout(left)?;
         tcp.set_write_timeout(left)?;
         match session.complete_io(tcp) {

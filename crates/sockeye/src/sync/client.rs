@@ -1,6 +1,6 @@
 //! The blocking client: `connect(uri)`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,10 @@ use crate::connection::Info;
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::proto::handshake::Target;
-use crate::proto::{CloseCode, Event, Side};
+use crate::proto::{CloseCode, Event, Protocol, Side};
+use crate::proxy::{Dest, Tunnel};
 use crate::reconnect::{Core, Outcome};
+use crate::redirect::Chain;
 
 /// Builds a blocking client with options other than the defaults: the same options, with the
 /// same defaults, as [`crate::ClientBuilder`].
@@ -23,6 +25,7 @@ pub struct ClientBuilder {
     options: Options,
     headers: Vec<(HeaderName, HeaderValue)>,
     reconnect: crate::reconnect::Policy,
+    dial: crate::client::Dial,
     #[cfg(feature = "tls")]
     tls: crate::tls::ClientTls,
 }
@@ -33,25 +36,20 @@ crate::options::client_setters!(ClientBuilder);
 crate::options::tls_client_setters!(ClientBuilder);
 
 impl ClientBuilder {
-    /// Connects to a `ws://` or `wss://` URI and runs the opening handshake (TLS first for
-    /// `wss://`), blocking until the connection is open (at most `open_timeout` for TCP
-    /// connect and handshakes together). Starts the connection's I/O thread.
+    /// Connects to a `ws://` or `wss://` URI and runs the opening handshake (through the
+    /// [`proxy`](Self::proxy), if any, then TLS for `wss://`, following
+    /// [redirects](Self::max_redirects)), blocking until the connection is open (at most
+    /// `open_timeout` for all of it). Starts the connection's I/O thread.
     pub fn connect(self, uri: &str) -> Result<Connection> {
-        let (uri, target) = crate::client::target(uri)?;
+        let mut chain = Chain::new(uri, &self.headers, self.dial.max_redirects)?;
         let start = Instant::now();
         let deadline = self.options.config_open_timeout().map(|t| start + t);
-        let tcp = tcp_connect(&target.host, target.port, deadline)?;
-        let _ = tcp.set_nodelay(true);
-        let mut stream = self.transport(tcp, &target, deadline)?;
         let config = std::sync::Arc::new(self.options.config.clone());
-        let (mut proto, request, out) =
-            crate::client::start_handshake(config, &uri, &self.headers)?;
-        // The core's open timeout counts from the start: TCP connect and handshakes together.
-        proto.handle_timeout(start);
-        stream.write_all(&out)?;
-        let response = match read_until_event(&mut stream, &mut proto)? {
-            Some(Event::Response(r)) => r,
-            _ => return Err(Error::Misuse("handshake ended without a response")),
+        let (stream, proto, request, response) = loop {
+            match self.attempt(&config, &chain, start, deadline) {
+                Ok(opened) => break opened,
+                Err(e) => chain.follow(e)?,
+            }
         };
         let info = Info {
             id: 0,
@@ -63,8 +61,73 @@ impl ClientBuilder {
             response: (*response).into(),
         };
         let conn = Connection::new(proto, stream, self.options.limits, info)?;
+        let uri = crate::redirect::shown(&chain.uri);
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
         Ok(conn)
+    }
+
+    /// One opening handshake, with the chain's URI and headers, until `deadline`.
+    fn attempt(
+        &self,
+        config: &std::sync::Arc<crate::proto::Config>,
+        chain: &Chain,
+        start: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Opened> {
+        let tcp = self.tcp(&chain.target, deadline)?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream = self.transport(tcp, &chain.target, deadline)?;
+        let (mut proto, request, out) =
+            crate::client::start_handshake(config.clone(), &chain.uri, &chain.headers)?;
+        // The core's open timeout counts from the start: proxy, TCP connect, handshakes and
+        // redirects together.
+        proto.handle_timeout(start);
+        stream.write_all(&out)?;
+        let response = match read_until_event(&mut stream, &mut proto)? {
+            Some(Event::Response(r)) => r,
+            _ => return Err(Error::Misuse("handshake ended without a response")),
+        };
+        Ok((stream, proto, request, response))
+    }
+
+    /// A TCP connection to the server, within `deadline`: direct, or a tunnel through the
+    /// proxy.
+    fn tcp(&self, target: &Target, deadline: Option<Instant>) -> Result<TcpStream> {
+        let Some(proxy) = self.dial.proxy.select(target)? else {
+            return tcp_connect(&target.host, target.port, deadline);
+        };
+        let dest = match proxy.dest(&target.host) {
+            Some(dest) => dest,
+            None => {
+                let mut addrs = (target.host.as_str(), target.port).to_socket_addrs()?;
+                let addr = addrs
+                    .next()
+                    .ok_or_else(|| crate::client::no_address(&target.host))?;
+                Dest::Ip(addr.ip())
+            }
+        };
+        let mut tunnel = Tunnel::new(&proxy, &target.host, target.port, dest)?;
+        let mut tcp = tcp_connect(&proxy.host, proxy.port, deadline)?;
+        let mut buf = [0u8; 512];
+        loop {
+            let left = time_left(deadline)?;
+            tcp.set_read_timeout(left)?;
+            tcp.set_write_timeout(left)?;
+            let out = tunnel.transmit();
+            if !out.is_empty() {
+                tcp.write_all(&out).map_err(timed_out)?;
+            }
+            let want = tunnel.wants().min(buf.len());
+            if want == 0 {
+                tcp.set_read_timeout(None)?;
+                tcp.set_write_timeout(None)?;
+                return Ok(tcp);
+            }
+            match tcp.read(&mut buf[..want]).map_err(timed_out)? {
+                0 => return Err(tunnel.eof()),
+                n => tunnel.receive(&buf[..n])?,
+            }
+        }
     }
 
     /// A client that reconnects: an iterator of connections to `uri` (see [`Reconnecting`]),
@@ -97,6 +160,35 @@ impl ClientBuilder {
     }
 }
 
+/// What an opening handshake that succeeded leaves: the transport, the core, the request
+/// sent and the response.
+type Opened = (
+    Transport,
+    Protocol,
+    http::Request<()>,
+    Box<http::Response<()>>,
+);
+
+/// The time left until `deadline` (`None`: no deadline), or [`Error::OpenTimeout`] once it
+/// has passed: the socket timeouts of a blocking opening handshake.
+pub(crate) fn time_left(deadline: Option<Instant>) -> Result<Option<Duration>> {
+    match deadline {
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(Error::OpenTimeout),
+        },
+        None => Ok(None),
+    }
+}
+
+/// A socket timeout is the open timeout running out.
+fn timed_out(e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::OpenTimeout,
+        _ => e.into(),
+    }
+}
+
 /// Opens the TCP connection, trying each address in turn, within `deadline`.
 fn tcp_connect(host: &str, port: u16, deadline: Option<Instant>) -> Result<TcpStream> {
     let mut last = None;
@@ -117,7 +209,7 @@ fn tcp_connect(host: &str, port: u16, deadline: Option<Instant>) -> Result<TcpSt
             Err(e) => last = Some(e.into()),
         }
     }
-    Err(last.unwrap_or_else(|| Error::InvalidUri(format!("{host}: no address"))))
+    Err(last.unwrap_or_else(|| crate::client::no_address(host)))
 }
 
 /// A blocking client that reconnects: an iterator of connections to one URI, from

@@ -63,7 +63,7 @@
 //!
 //! Logs go through `tracing`, targets `sockeye::server` and `sockeye::client`.
 
-mod client;
+pub(crate) mod client;
 mod connection;
 mod server;
 mod stream;
