@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::proto::handshake::Target;
 use crate::proto::{Event, Protocol, Side};
-use crate::server::read_until_event;
+use crate::server::{read_until_event, within};
 
 /// Builds a client with options other than the defaults.
 #[derive(Debug, Clone, Default)]
@@ -33,12 +33,55 @@ impl ClientBuilder {
     /// `wss://`).
     pub async fn connect(self, uri: &str) -> Result<Connection> {
         let (uri, target) = target(uri)?;
-        let config = std::sync::Arc::new(self.options.config.clone());
-        let open = async {
+        let dial = async {
             let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
             let _ = tcp.set_nodelay(true);
-            let mut stream = self.transport(tcp, &target).await?;
-            let (mut proto, request, out) = start_handshake(config, &uri, &self.headers)?;
+            self.transport(Stream::Plain(tcp), &target).await
+        };
+        self.open(&uri, dial).await
+    }
+
+    /// Connects to the Unix domain socket at `path` and runs the opening handshake for `uri`,
+    /// as [`connect`](Self::connect) does over TCP (python-websockets' `unix_connect`). `uri`
+    /// gives the request's `Host` and path, and its port is not used: `ws://localhost/` will
+    /// do for a server that does not look at them. `wss://` runs TLS over the socket and
+    /// verifies the server's certificate for the URI's host. The connection has no
+    /// [`local_addr`](Connection::local_addr) nor [`remote_addr`](Connection::remote_addr).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), sockeye::BoxError> {
+    /// let ws = sockeye::ClientBuilder::default()
+    ///     .max_size(Some(64 * 1024))
+    ///     .unix_connect("/run/app/ws.sock", "ws://localhost/chat")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(unix)]
+    pub async fn unix_connect(
+        self,
+        path: impl AsRef<std::path::Path>,
+        uri: &str,
+    ) -> Result<Connection> {
+        let (uri, target) = target(uri)?;
+        let dial = async {
+            let socket = tokio::net::UnixStream::connect(path).await?;
+            self.transport(Stream::Unix(Box::new(socket)), &target)
+                .await
+        };
+        self.open(&uri, dial).await
+    }
+
+    /// The opening: `dial` (connect, TLS) then the WebSocket handshake, all within
+    /// `open_timeout`; spawns the connection's driver.
+    async fn open(
+        &self,
+        uri: &Uri,
+        dial: impl std::future::Future<Output = Result<Stream>>,
+    ) -> Result<Connection> {
+        let config = std::sync::Arc::new(self.options.config.clone());
+        let open = async {
+            let mut stream = dial.await?;
+            let (mut proto, request, out) = start_handshake(config, uri, &self.headers)?;
             stream.write_all(&out).await?;
             let response = match read_until_event(&mut stream, &mut proto).await? {
                 Some(Event::Response(r)) => r,
@@ -46,24 +89,22 @@ impl ClientBuilder {
             };
             Ok::<_, Error>((stream, proto, request, response))
         };
-        // TCP connect, TLS and WebSocket handshakes together within open_timeout; the core
-        // also times the WebSocket handshake itself.
-        let (stream, proto, request, response) = match self.options.config_open_timeout() {
-            Some(t) => tokio::time::timeout(t, open)
-                .await
-                .map_err(|_| Error::OpenTimeout)??,
-            None => open.await?,
-        };
+        // Connect, TLS and WebSocket handshakes together within open_timeout; the core also
+        // times the WebSocket handshake itself.
+        let (stream, proto, request, response) =
+            within(self.options.config_open_timeout(), open).await?;
+        let (local_addr, remote_addr) = stream.addresses();
         let info = Info {
             id: 0,
             side: Side::Client,
-            local_addr: stream.tcp().local_addr().ok(),
-            remote_addr: stream.tcp().peer_addr().ok(),
+            local_addr,
+            remote_addr,
             subprotocol: proto.subprotocol().map(str::to_owned),
             request: request.into(),
             response: (*response).into(),
         };
-        let (conn, driver) = Connection::new(proto, stream, Vec::new(), self.options.limits, info);
+        let limits = self.options.limits;
+        let (conn, driver) = Connection::new(proto, stream, Vec::new(), limits, info);
         let span = tracing::info_span!(target: "sockeye::client", "conn", id = conn.id());
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
         tokio::spawn(driver.instrument(span));
@@ -79,19 +120,32 @@ impl ClientBuilder {
         crate::Reconnecting::new(self, uri, policy)
     }
 
-    /// TLS over `tcp` for `wss://`, `tcp` itself for `ws://`.
-    async fn transport(&self, tcp: TcpStream, target: &Target) -> Result<Stream> {
+    /// TLS over `socket` (a bare TCP or Unix socket) for `wss://`, `socket` itself for
+    /// `ws://`.
+    async fn transport(&self, socket: Stream, target: &Target) -> Result<Stream> {
         if !target.secure {
-            return Ok(Stream::Plain(tcp));
+            return Ok(socket);
         }
         #[cfg(feature = "tls")]
         {
-            let tls = Box::pin(crate::tls::connect_tokio(&self.tls, &target.host, tcp)).await?;
-            Ok(Stream::Tls(Box::new(tls)))
+            let (tls, host) = (&self.tls, &target.host);
+            match socket {
+                Stream::Plain(tcp) => {
+                    let tls = Box::pin(crate::tls::connect_tokio(tls, host, tcp)).await?;
+                    Ok(Stream::Tls(Box::new(tls)))
+                }
+                #[cfg(unix)]
+                Stream::Unix(unix) => {
+                    let tls = Box::pin(crate::tls::connect_tokio(tls, host, *unix)).await?;
+                    Ok(Stream::UnixTls(Box::new(tls)))
+                }
+                // Dialled sockets are bare.
+                other => Ok(other),
+            }
         }
         #[cfg(not(feature = "tls"))]
         {
-            drop(tcp);
+            drop(socket);
             Err(no_tls())
         }
     }
@@ -139,4 +193,12 @@ pub(crate) fn start_handshake(
 /// [`ClientBuilder::connect`].
 pub async fn connect(uri: &str) -> Result<Connection> {
     ClientBuilder::default().connect(uri).await
+}
+
+/// Connects to a server on the Unix domain socket at `path`, with the default options; `uri`
+/// gives the handshake's `Host` and path (`ws://localhost/`). See
+/// [`ClientBuilder::unix_connect`].
+#[cfg(unix)]
+pub async fn unix_connect(path: impl AsRef<std::path::Path>, uri: &str) -> Result<Connection> {
+    ClientBuilder::default().unix_connect(path, uri).await
 }

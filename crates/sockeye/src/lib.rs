@@ -90,6 +90,21 @@ mod server;
 pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(unix)]
+mod unix;
+/// No Unix domain sockets on this platform: a server never has a socket file.
+#[cfg(not(unix))]
+mod unix {
+    pub(crate) enum SocketFile {}
+    impl SocketFile {
+        pub(crate) fn path(&self) -> &std::path::Path {
+            match *self {}
+        }
+        pub(crate) fn remove(&self) {
+            match *self {}
+        }
+    }
+}
 
 /// The `bytes` crate, re-exported: payloads are `Bytes`.
 pub use bytes;
@@ -97,6 +112,8 @@ pub use bytes;
 pub use http;
 pub use sockeye_proto as proto;
 
+#[cfg(unix)]
+pub use client::unix_connect;
 pub use client::{connect, ClientBuilder};
 pub use connection::{
     binary, broadcast, text, ClientConnection, Connection, Fragments, Pong, ServerConnection,
@@ -106,6 +123,8 @@ pub use hub::{Hub, Published};
 pub use proto::{CloseCode, CloseFrame, Fragment, Message, MessageKind, State};
 pub use reconnect::{is_retryable, reconnecting, Backoff, Delays, Reconnecting, RetryIf};
 pub use routing::Router;
+#[cfg(unix)]
+pub use server::unix_serve;
 pub use server::{
     respond, route, serve, BoxError, ProcessRequest, ProcessResponse, Server, ServerBuilder,
 };

@@ -8,7 +8,7 @@ use http::header::{HeaderName, HeaderValue};
 
 use super::connection::Connection;
 use super::server::read_until_event;
-use super::stream::Transport;
+use super::stream::{Socket, Transport};
 use crate::connection::Info;
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -42,22 +42,48 @@ impl ClientBuilder {
         let deadline = self.options.config_open_timeout().map(|t| start + t);
         let tcp = tcp_connect(&target.host, target.port, deadline)?;
         let _ = tcp.set_nodelay(true);
-        let mut stream = self.transport(tcp, &target, deadline)?;
+        self.open(Socket::Tcp(tcp), &uri, &target, start, deadline)
+    }
+
+    /// Connects to the Unix domain socket at `path` and runs the opening handshake for
+    /// `uri`, as [`connect`](Self::connect) does over TCP: the blocking twin of
+    /// [`crate::ClientBuilder::unix_connect`]. `uri` gives the request's `Host` and path
+    /// (its port is not used); `wss://` runs TLS over the socket, verifying the URI's host.
+    #[cfg(unix)]
+    pub fn unix_connect(self, path: impl AsRef<std::path::Path>, uri: &str) -> Result<Connection> {
+        let (uri, target) = crate::client::target(uri)?;
+        let start = Instant::now();
+        let deadline = self.options.config_open_timeout().map(|t| start + t);
+        let socket = std::os::unix::net::UnixStream::connect(path)?;
+        self.open(Socket::Unix(socket), &uri, &target, start, deadline)
+    }
+
+    /// The opening over a connected socket: TLS for `wss://`, then the WebSocket handshake;
+    /// starts the connection's I/O thread.
+    fn open(
+        self,
+        socket: Socket,
+        uri: &http::Uri,
+        target: &Target,
+        start: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Connection> {
+        let mut stream = self.transport(socket, target, deadline)?;
         let config = std::sync::Arc::new(self.options.config.clone());
-        let (mut proto, request, out) =
-            crate::client::start_handshake(config, &uri, &self.headers)?;
-        // The core's open timeout counts from the start: TCP connect and handshakes together.
+        let (mut proto, request, out) = crate::client::start_handshake(config, uri, &self.headers)?;
+        // The core's open timeout counts from the start: connect and handshakes together.
         proto.handle_timeout(start);
         stream.write_all(&out)?;
         let response = match read_until_event(&mut stream, &mut proto)? {
             Some(Event::Response(r)) => r,
             _ => return Err(Error::Misuse("handshake ended without a response")),
         };
+        let (local_addr, remote_addr) = stream.socket.addresses();
         let info = Info {
             id: 0,
             side: Side::Client,
-            local_addr: stream.tcp.local_addr().ok(),
-            remote_addr: stream.tcp.peer_addr().ok(),
+            local_addr,
+            remote_addr,
             subprotocol: proto.subprotocol().map(str::to_owned),
             request: request.into(),
             response: (*response).into(),
@@ -82,7 +108,7 @@ impl ClientBuilder {
     /// TLS over `tcp` for `wss://` (handshake until `deadline`), `tcp` itself for `ws://`.
     fn transport(
         &self,
-        tcp: TcpStream,
+        tcp: Socket,
         target: &Target,
         deadline: Option<Instant>,
     ) -> Result<Transport> {
@@ -175,6 +201,14 @@ impl Iterator for Reconnecting {
 /// [`ClientBuilder::reconnecting`].
 pub fn reconnecting(uri: &str) -> Reconnecting {
     ClientBuilder::default().reconnecting(uri)
+}
+
+/// Connects to a server on the Unix domain socket at `path`, with the default options; `uri`
+/// gives the handshake's `Host` and path (`ws://localhost/`). See
+/// [`ClientBuilder::unix_connect`].
+#[cfg(unix)]
+pub fn unix_connect(path: impl AsRef<std::path::Path>, uri: &str) -> Result<Connection> {
+    ClientBuilder::default().unix_connect(path, uri)
 }
 
 /// Connects to a `ws://` or `wss://` URI with the default options. See [`ClientBuilder::connect`].

@@ -66,10 +66,12 @@
 mod client;
 mod connection;
 mod server;
-mod stream;
+pub(crate) mod stream;
 
 pub use client::{connect, reconnecting, ClientBuilder, Reconnecting};
 pub use connection::{broadcast, Connection, Fragments, PongWaiter};
 pub use server::{serve, Server, ServerBuilder};
+#[cfg(unix)]
+pub use {client::unix_connect, server::unix_serve};
 // Routing (issue 6).
 pub use server::{route, Router};
