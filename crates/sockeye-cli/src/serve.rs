@@ -95,8 +95,10 @@ impl ServeArgs {
 /// Runs `sockeye serve` until Ctrl-C or SIGTERM, then closes the server gracefully: open
 /// connections get close code 1001 (going away), handlers finish, the process exits 0.
 pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError> {
+    // Before the server says where it listens: from then on a signal stops it gracefully.
+    let signal = shutdown_signal();
     if args.sync {
-        return serve_sync_echo(args).await;
+        return serve_sync_echo(args, signal).await;
     }
     let mut builder = sockeye::Server::builder()
         .max_size(args.max_size)
@@ -145,7 +147,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError
         (None, _) => "relay server".to_owned(),
     };
     args.announce(&mode, server.local_addr(), server.is_tls());
-    shutdown_signal().await;
+    signal.await;
     eprintln!("shutting down");
     server.close().await;
     Ok(ExitCode::SUCCESS)
@@ -171,7 +173,10 @@ where
 /// The blocking echo server (`serve --echo --sync`): its threads serve; this task waits for
 /// the signal to stop, then shuts the server down (1001 to open connections) from a blocking
 /// thread.
-async fn serve_sync_echo(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError> {
+async fn serve_sync_echo(
+    args: ServeArgs,
+    signal: impl std::future::Future<Output = ()>,
+) -> Result<ExitCode, sockeye::BoxError> {
     let mut builder = sockeye::sync::Server::builder()
         .max_size(args.max_size)
         .max_fragments(args.max_fragments)
@@ -199,7 +204,7 @@ async fn serve_sync_echo(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError>
         server.local_addr(),
         server.is_tls(),
     );
-    shutdown_signal().await;
+    signal.await;
     eprintln!("shutting down");
     tokio::task::spawn_blocking(move || server.shutdown()).await?;
     Ok(ExitCode::SUCCESS)
