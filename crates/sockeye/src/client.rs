@@ -51,7 +51,7 @@ impl ClientBuilder {
     /// ```no_run
     /// # async fn run() -> Result<(), sockeye::BoxError> {
     /// let ws = sockeye::ClientBuilder::default()
-    ///     .max_size(Some(64 * 1024))
+    ///     .max_size(64 * 1024)
     ///     .unix_connect("/run/app/ws.sock", "ws://localhost/chat")
     ///     .await?;
     /// # Ok(()) }

@@ -61,6 +61,14 @@
 //! patterns (`/rooms/{id}`) to handlers, served by [`route`], with 404 for other paths; the
 //! handler reads [`Connection::param`]. Both front ends.
 //!
+//! # Unix domain sockets and graceful shutdown
+//!
+//! `unix_serve(path, handler)` and `unix_connect(path, uri)` (Unix only; both front ends)
+//! serve and connect over a Unix domain socket, with every option, hook, route and TLS
+//! setting of their TCP twins. [`Server::close`] is the graceful shutdown to call on
+//! SIGTERM/SIGINT: 503 to handshakes in progress, 1001 to open connections, then it waits for
+//! the handlers (examples `graceful_shutdown`, `graceful_shutdown_sync`).
+//!
 //! # TLS
 //!
 //! With the `tls` feature (on by default), clients connect to `wss://` URIs and servers
@@ -90,21 +98,7 @@ mod server;
 pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
-#[cfg(unix)]
 mod unix;
-/// No Unix domain sockets on this platform: a server never has a socket file.
-#[cfg(not(unix))]
-mod unix {
-    pub(crate) enum SocketFile {}
-    impl SocketFile {
-        pub(crate) fn path(&self) -> &std::path::Path {
-            match *self {}
-        }
-        pub(crate) fn remove(&self) {
-            match *self {}
-        }
-    }
-}
 
 /// The `bytes` crate, re-exported: payloads are `Bytes`.
 pub use bytes;
