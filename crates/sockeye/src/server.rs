@@ -220,9 +220,16 @@ impl ServerBuilder {
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
     {
         let (listener, file) = crate::unix::bind(path.as_ref())?;
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::UnixListener::from_std(listener)?;
-        Ok(self.start(Listener::Unix(listener), None, Some(file), handler))
+        let registered = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(listener));
+        match registered {
+            Ok(listener) => Ok(self.start(Listener::Unix(listener), None, Some(file), handler)),
+            Err(e) => {
+                file.remove();
+                Err(e.into())
+            }
+        }
     }
 
     /// Binds a Unix domain socket at `path` and serves `router` on it. See

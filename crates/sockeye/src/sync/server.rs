@@ -167,7 +167,17 @@ impl ServerBuilder {
         let server = inner.clone();
         let accept = std::thread::Builder::new()
             .name("sockeye-accept".into())
-            .spawn(move || accept_loop(listener, server, shared))?;
+            .spawn(move || accept_loop(listener, server, shared));
+        let accept = match accept {
+            Ok(thread) => thread,
+            Err(e) => {
+                // No server after all: a socket file it bound goes.
+                if let Some(file) = &inner.unix {
+                    file.remove();
+                }
+                return Err(e.into());
+            }
+        };
         *lock(&inner.accept_thread) = Some(accept);
         Ok(Server { inner })
     }
