@@ -49,6 +49,8 @@ impl ClientBuilder {
     /// `uri`, as [`connect`](Self::connect) does over TCP: the blocking twin of
     /// [`crate::ClientBuilder::unix_connect`]. `uri` gives the request's `Host` and path
     /// (its port is not used); `wss://` runs TLS over the socket, verifying the URI's host.
+    /// `open_timeout` bounds the handshakes; the `connect` itself returns at once on a Unix
+    /// socket (`std` cannot time it), unless the server's backlog is full.
     #[cfg(unix)]
     pub fn unix_connect(self, path: impl AsRef<std::path::Path>, uri: &str) -> Result<Connection> {
         let (uri, target) = crate::client::target(uri)?;
