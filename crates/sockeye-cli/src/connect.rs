@@ -77,6 +77,11 @@ pub(crate) struct ConnectArgs {
     /// Largest message accepted, in bytes (default 1 MiB).
     #[arg(long, value_name = "BYTES")]
     max_size: Option<usize>,
+    /// Connect to the Unix domain socket at this path instead of the URI's host and port; the
+    /// URI still gives the handshake's Host and path (e.g. ws://localhost/).
+    #[cfg(unix)]
+    #[arg(long, value_name = "PATH")]
+    unix: Option<std::path::PathBuf>,
 }
 
 /// What the input thread (line editor or standard input) passes to the tokio side.
@@ -180,6 +185,13 @@ fn parse_close(args: &str) -> Result<(CloseCode, String), String> {
     Ok((code, reason.to_owned()))
 }
 
+/// Connects over TCP and says so.
+async fn connect_to(builder: sockeye::ClientBuilder, uri: &str) -> sockeye::Result<Connection> {
+    let ws = builder.connect(uri).await?;
+    eprintln!("Connected to {uri}.");
+    Ok(ws)
+}
+
 pub(crate) async fn connect(args: ConnectArgs) -> Result<ExitCode, sockeye::BoxError> {
     let uri = args.uri.as_str();
     let mut builder = sockeye::ClientBuilder::default().compression(!args.no_compression);
@@ -201,8 +213,17 @@ pub(crate) async fn connect(args: ConnectArgs) -> Result<ExitCode, sockeye::BoxE
     } else if args.no_proxy {
         builder = builder.proxy(sockeye::Proxy::none());
     }
-    let ws = builder.connect(uri).await?;
-    eprintln!("Connected to {uri}.");
+    #[cfg(unix)]
+    let ws = match &args.unix {
+        Some(path) => {
+            let ws = builder.unix_connect(path, uri).await?;
+            eprintln!("Connected to {uri} through unix socket {}.", path.display());
+            ws
+        }
+        None => connect_to(builder, uri).await?,
+    };
+    #[cfg(not(unix))]
+    let ws = connect_to(builder, uri).await?;
     if !args.subprotocols.is_empty() {
         match ws.subprotocol() {
             Some(p) => eprintln!("Subprotocol: {p}."),

@@ -18,6 +18,12 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(default_value = "127.0.0.1:8765")]
     addr: String,
+    /// Listen on a Unix domain socket at this path instead of TCP (clients: `sockeye connect
+    /// --unix PATH ws://localhost/`). A stale socket file there is replaced; the file is
+    /// removed when the server stops.
+    #[cfg(unix)]
+    #[arg(long, value_name = "PATH", conflicts_with = "addr")]
+    unix: Option<PathBuf>,
     /// Echo every message back instead of relaying it.
     #[arg(long)]
     echo: bool,
@@ -54,16 +60,45 @@ impl ServeArgs {
         (self.ping_interval > 0.0).then(|| Duration::from_secs_f64(self.ping_interval))
     }
 
+    /// The Unix socket path, when given.
+    fn unix(&self) -> Option<&PathBuf> {
+        #[cfg(unix)]
+        return self.unix.as_ref();
+        #[cfg(not(unix))]
+        None
+    }
+
+    /// Prints where the server listens, and how to stop it.
+    fn announce(&self, what: &str, server_addr: Option<std::net::SocketAddr>, tls: bool) {
+        let (ws, http) = if tls {
+            ("wss", "https")
+        } else {
+            ("ws", "http")
+        };
+        if let Some(path) = self.unix() {
+            let path = path.display();
+            eprintln!("sockeye {what} on unix socket {path} ({ws}://) (Ctrl-C to stop)");
+        } else if let Some(addr) = server_addr {
+            eprintln!("sockeye {what} on {ws}://{addr}/ (Ctrl-C to stop)");
+            if what.starts_with("relay") {
+                eprintln!("demo page: {http}://{addr}/");
+            }
+        }
+    }
+
     /// The TLS certificate and key, when both are given.
     fn tls(&self) -> Option<(&PathBuf, &PathBuf)> {
         self.tls_cert.as_ref().zip(self.tls_key.as_ref())
     }
 }
 
-/// Runs `sockeye serve` until Ctrl-C or SIGTERM.
+/// Runs `sockeye serve` until Ctrl-C or SIGTERM, then closes the server gracefully: open
+/// connections get close code 1001 (going away), handlers finish, the process exits 0.
 pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError> {
+    // Before the server says where it listens: from then on a signal stops it gracefully.
+    let signal = shutdown_signal();
     if args.sync {
-        return serve_sync_echo(args).await;
+        return serve_sync_echo(args, signal).await;
     }
     let mut builder = sockeye::Server::builder()
         .max_size(args.max_size)
@@ -74,66 +109,74 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError
         builder = builder.tls_pem_files(cert, key)?;
     }
     let server = if args.echo {
-        builder
-            .process_request(|request| {
-                (request.uri().path() == "/healthz")
-                    .then(|| sockeye::respond(StatusCode::OK, "OK\n"))
-            })
-            .serve(args.addr.as_str(), |ws| async move {
-                while let Some(message) = ws.recv().await? {
-                    ws.send(message).await?;
-                }
-                Ok(())
-            })
-            .await?
+        let builder = builder.process_request(|request| {
+            (request.uri().path() == "/healthz").then(|| sockeye::respond(StatusCode::OK, "OK\n"))
+        });
+        listen(builder, &args, |ws| async move {
+            while let Some(message) = ws.recv().await? {
+                ws.send(message).await?;
+            }
+            Ok(())
+        })
+        .await?
     } else {
         let hub = match &args.redis {
             Some(url) => sockeye::Hub::redis(url).await?,
             None => sockeye::Hub::new(),
         };
-        builder
-            .process_request(|request| match request.uri().path() {
-                "/healthz" => Some(sockeye::respond(StatusCode::OK, "OK\n")),
-                "/" if !demo::is_upgrade(request) => Some(demo::page()),
-                _ => None,
-            })
-            .serve(args.addr.as_str(), move |ws| {
-                let hub = hub.clone();
-                async move {
-                    if ws.request().uri().path() == demo::CLOCK_PATH {
-                        demo::clock(ws).await
-                    } else {
-                        relay(ws, hub).await
-                    }
+        let builder = builder.process_request(|request| match request.uri().path() {
+            "/healthz" => Some(sockeye::respond(StatusCode::OK, "OK\n")),
+            "/" if !demo::is_upgrade(request) => Some(demo::page()),
+            _ => None,
+        });
+        listen(builder, &args, move |ws| {
+            let hub = hub.clone();
+            async move {
+                if ws.request().uri().path() == demo::CLOCK_PATH {
+                    demo::clock(ws).await
+                } else {
+                    relay(ws, hub).await
                 }
-            })
-            .await?
+            }
+        })
+        .await?
     };
     let mode = match (&args.redis, args.echo) {
-        (_, true) => "echo".to_owned(),
-        (Some(url), _) => format!("relay (topics shared through Redis at {url})"),
-        (None, _) => "relay".to_owned(),
+        (_, true) => "echo server".to_owned(),
+        (Some(url), _) => format!("relay server (topics shared through Redis at {url})"),
+        (None, _) => "relay server".to_owned(),
     };
-    let (ws, http) = if server.is_tls() {
-        ("wss", "https")
-    } else {
-        ("ws", "http")
-    };
-    if let Some(addr) = server.local_addr() {
-        eprintln!("sockeye {mode} server on {ws}://{addr}/ (Ctrl-C to stop)");
-        if !args.echo {
-            eprintln!("demo page: {http}://{addr}/");
-        }
-    }
-    shutdown_signal().await;
+    args.announce(&mode, server.local_addr(), server.is_tls());
+    signal.await;
     eprintln!("shutting down");
     server.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Starts the tokio server on the Unix socket of `--unix`, or on the address.
+async fn listen<H, Fut>(
+    builder: sockeye::ServerBuilder,
+    args: &ServeArgs,
+    handler: H,
+) -> Result<sockeye::Server, sockeye::Error>
+where
+    H: Fn(Connection) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), sockeye::BoxError>> + Send + 'static,
+{
+    #[cfg(unix)]
+    if let Some(path) = args.unix() {
+        return builder.unix_serve(path, handler).await;
+    }
+    builder.serve(args.addr.as_str(), handler).await
+}
+
 /// The blocking echo server (`serve --echo --sync`): its threads serve; this task waits for
-/// the signal to stop.
-async fn serve_sync_echo(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError> {
+/// the signal to stop, then shuts the server down (1001 to open connections) from a blocking
+/// thread.
+async fn serve_sync_echo(
+    args: ServeArgs,
+    signal: impl std::future::Future<Output = ()>,
+) -> Result<ExitCode, sockeye::BoxError> {
     let mut builder = sockeye::sync::Server::builder()
         .max_size(args.max_size)
         .max_fragments(args.max_fragments)
@@ -142,21 +185,26 @@ async fn serve_sync_echo(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError>
     if let Some((cert, key)) = args.tls() {
         builder = builder.tls_pem_files(cert, key)?;
     }
-    let server = builder
-        .process_request(|request| {
-            (request.uri().path() == "/healthz").then(|| sockeye::respond(StatusCode::OK, "OK\n"))
-        })
-        .serve(args.addr.as_str(), |ws| {
-            while let Some(message) = ws.recv()? {
-                ws.send(message)?;
-            }
-            Ok(())
-        })?;
-    let scheme = if server.is_tls() { "wss" } else { "ws" };
-    if let Some(addr) = server.local_addr() {
-        eprintln!("sockeye echo server (blocking) on {scheme}://{addr}/ (Ctrl-C to stop)");
-    }
-    shutdown_signal().await;
+    let builder = builder.process_request(|request| {
+        (request.uri().path() == "/healthz").then(|| sockeye::respond(StatusCode::OK, "OK\n"))
+    });
+    let echo = |ws: sockeye::sync::Connection| {
+        while let Some(message) = ws.recv()? {
+            ws.send(message)?;
+        }
+        Ok(())
+    };
+    let server = match args.unix() {
+        #[cfg(unix)]
+        Some(path) => builder.unix_serve(path, echo)?,
+        _ => builder.serve(args.addr.as_str(), echo)?,
+    };
+    args.announce(
+        "echo server (blocking)",
+        server.local_addr(),
+        server.is_tls(),
+    );
+    signal.await;
     eprintln!("shutting down");
     tokio::task::spawn_blocking(move || server.shutdown()).await?;
     Ok(ExitCode::SUCCESS)

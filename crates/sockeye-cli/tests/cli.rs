@@ -333,3 +333,81 @@ fn relay_across_two_processes_through_redis_and_a_redis_restart() {
         assert!(log.contains("reconnected"), "{log}");
     }
 }
+
+/// Graceful shutdown (issue 6 item 9): SIGTERM or SIGINT (Ctrl-C) makes `sockeye serve`
+/// close its connections with 1001 (going away) and exit 0, for the tokio echo server, the
+/// relay and the blocking echo server.
+#[test]
+fn serve_shuts_down_gracefully_on_sigterm_and_sigint() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["--echo"], "TERM"),
+        (&[], "INT"),
+        (&["--echo", "--sync"], "TERM"),
+        (&["--echo", "--sync"], "INT"),
+    ];
+    // One runtime with its own threads, so that the client keeps running (and answers the
+    // server's close) while this thread waits for the server to exit.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (args, signal) in cases {
+        let mut server = Served::start(args, None);
+        let ws = rt.block_on(async {
+            let ws = tokio::time::timeout(Duration::from_secs(10), sockeye::connect(&server.uri()))
+                .await
+                .unwrap()
+                .unwrap();
+            // The connection is open and served (the relay's demo clock answers nothing;
+            // a ping does, on every server).
+            let pong = ws.ping().await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), pong)
+                .await
+                .unwrap()
+                .unwrap();
+            ws
+        });
+        let status = server.signal_and_wait(signal);
+        assert!(status.success(), "{args:?} SIG{signal}: {status}");
+        rt.block_on(async {
+            let end = tokio::time::timeout(Duration::from_secs(10), ws.recv()).await;
+            assert_eq!(end.unwrap().unwrap(), None, "{args:?} SIG{signal}");
+        });
+        assert_eq!(
+            ws.close_code(),
+            sockeye::CloseCode::GOING_AWAY,
+            "{args:?} SIG{signal}"
+        );
+        assert!(server.log().contains("shutting down"), "{}", server.log());
+    }
+}
+
+/// `serve --unix PATH` and `connect --unix PATH URI`, both servers; SIGTERM removes the socket.
+#[cfg(unix)]
+#[test]
+fn serve_and_connect_over_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("sockeye-cli-unix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for args in [&["--echo"][..], &["--echo", "--sync"]] {
+        let path = dir.join("echo.sock");
+        let mut server = Served::start_unix(args, &path);
+        assert_eq!(server.addr, path.display().to_string());
+        assert!(path.exists());
+        let unix = path.to_str().unwrap();
+        let (ok, stdout, stderr) =
+            run_connect(&["--unix", unix, "ws://localhost/"], "over unix\n", 1);
+        assert!(ok, "{stderr}");
+        assert_eq!(stdout, "< over unix\n");
+        assert!(stderr.contains("through unix socket"), "{stderr}");
+        assert!(server.signal_and_wait("TERM").success());
+        assert!(!path.exists(), "{args:?}: the socket file is left");
+    }
+    // No server there: a clear error, non-zero status.
+    let missing = dir.join("none.sock");
+    let (ok, _, stderr) = run_connect(
+        &["--unix", missing.to_str().unwrap(), "ws://localhost/"],
+        "",
+        0,
+    );
+    assert!(!ok);
+    assert!(stderr.contains("No such file"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,7 +13,7 @@ use crate::proto::handshake::Target;
 use crate::proto::{Event, Protocol, Side};
 use crate::proxy::{Dest, Tunnel};
 use crate::redirect::Chain;
-use crate::server::read_until_event;
+use crate::server::{read_until_event, within};
 
 /// How the client builders reach servers, both front ends: the proxy and the redirects.
 #[derive(Debug, Clone)]
@@ -68,27 +68,64 @@ impl ClientBuilder {
         };
         // Proxy, TCP connect, TLS and WebSocket handshakes, and every redirect, together
         // within open_timeout; the core also times each WebSocket handshake itself.
-        let (stream, proto, request, response) = match self.options.config_open_timeout() {
-            Some(t) => tokio::time::timeout(t, open)
-                .await
-                .map_err(|_| Error::OpenTimeout)??,
-            None => open.await?,
+        let opened = within(self.options.config_open_timeout(), open).await?;
+        Ok(self.start(opened, &chain.uri))
+    }
+
+    /// Connects to the Unix domain socket at `path` and runs the opening handshake for `uri`,
+    /// as [`connect`](Self::connect) does over TCP (python-websockets' `unix_connect`). `uri`
+    /// gives the request's `Host` and path, and its port is not used: `ws://localhost/` will
+    /// do for a server that does not look at them. `wss://` runs TLS over the socket and
+    /// verifies the server's certificate for the URI's host. No proxy applies, and a
+    /// redirect is not followed (it is the error). The connection has no
+    /// [`local_addr`](Connection::local_addr) nor [`remote_addr`](Connection::remote_addr).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), sockeye::BoxError> {
+    /// let ws = sockeye::ClientBuilder::default()
+    ///     .max_size(64 * 1024)
+    ///     .unix_connect("/run/app/ws.sock", "ws://localhost/chat")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(unix)]
+    pub async fn unix_connect(
+        self,
+        path: impl AsRef<std::path::Path>,
+        uri: &str,
+    ) -> Result<Connection> {
+        let (uri, target) = target(uri)?;
+        let config = std::sync::Arc::new(self.options.config.clone());
+        let open = async {
+            let socket = tokio::net::UnixStream::connect(path).await?;
+            let stream = self
+                .transport(Stream::Unix(Box::new(socket)), &target)
+                .await?;
+            handshake(stream, &config, &uri, &self.headers).await
         };
+        let opened = within(self.options.config_open_timeout(), open).await?;
+        Ok(self.start(opened, &uri))
+    }
+
+    /// The connection an opening handshake gave: its handle, its driver spawned.
+    fn start(&self, opened: Opened<Stream>, uri: &Uri) -> Connection {
+        let (stream, proto, request, response) = opened;
+        let (local_addr, remote_addr) = stream.addresses();
         let info = Info {
             id: 0,
             side: Side::Client,
-            local_addr: stream.tcp().and_then(|t| t.local_addr().ok()),
-            remote_addr: stream.tcp().and_then(|t| t.peer_addr().ok()),
+            local_addr,
+            remote_addr,
             subprotocol: proto.subprotocol().map(str::to_owned),
             request: request.into(),
             response: (*response).into(),
         };
         let (conn, driver) = Connection::new(proto, stream, Vec::new(), self.options.limits, info);
         let span = tracing::info_span!(target: "sockeye::client", "conn", id = conn.id());
-        let uri = crate::redirect::shown(&chain.uri);
+        let uri = crate::redirect::shown(uri);
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
         tokio::spawn(driver.instrument(span));
-        Ok(conn)
+        conn
     }
 
     /// One opening handshake, with the chain's URI and headers.
@@ -99,15 +136,8 @@ impl ClientBuilder {
     ) -> Result<Opened<Stream>> {
         let tcp = self.tcp(&chain.target).await?;
         let _ = tcp.set_nodelay(true);
-        let mut stream = self.transport(tcp, &chain.target).await?;
-        let (mut proto, request, out) =
-            start_handshake(config.clone(), &chain.uri, &chain.headers)?;
-        stream.write_all(&out).await?;
-        let response = match read_until_event(&mut stream, &mut proto).await? {
-            Some(Event::Response(r)) => r,
-            _ => return Err(Error::Misuse("handshake ended without a response")),
-        };
-        Ok((stream, proto, request, response))
+        let stream = self.transport(Stream::Plain(tcp), &chain.target).await?;
+        handshake(stream, config, &chain.uri, &chain.headers).await
     }
 
     /// A TCP connection to the server: direct, or a tunnel through the proxy.
@@ -152,22 +182,51 @@ impl ClientBuilder {
         crate::Reconnecting::new(self, uri, policy)
     }
 
-    /// TLS over `tcp` for `wss://`, `tcp` itself for `ws://`.
-    async fn transport(&self, tcp: TcpStream, target: &Target) -> Result<Stream> {
+    /// TLS over `socket` (a bare TCP or Unix socket) for `wss://`, `socket` itself for
+    /// `ws://`.
+    async fn transport(&self, socket: Stream, target: &Target) -> Result<Stream> {
         if !target.secure {
-            return Ok(Stream::Plain(tcp));
+            return Ok(socket);
         }
         #[cfg(feature = "tls")]
         {
-            let tls = Box::pin(crate::tls::connect_tokio(&self.tls, &target.host, tcp)).await?;
-            Ok(Stream::Tls(Box::new(tls)))
+            let (tls, host) = (&self.tls, &target.host);
+            match socket {
+                Stream::Plain(tcp) => {
+                    let tls = Box::pin(crate::tls::connect_tokio(tls, host, tcp)).await?;
+                    Ok(Stream::Tls(Box::new(tls)))
+                }
+                #[cfg(unix)]
+                Stream::Unix(unix) => {
+                    let tls = Box::pin(crate::tls::connect_tokio(tls, host, *unix)).await?;
+                    Ok(Stream::UnixTls(Box::new(tls)))
+                }
+                // Dialled sockets are bare.
+                other => Ok(other),
+            }
         }
         #[cfg(not(feature = "tls"))]
         {
-            drop(tcp);
+            drop(socket);
             Err(no_tls())
         }
     }
+}
+
+/// The WebSocket opening handshake for `uri` over an open transport.
+async fn handshake(
+    mut stream: Stream,
+    config: &std::sync::Arc<crate::proto::Config>,
+    uri: &Uri,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Result<Opened<Stream>> {
+    let (mut proto, request, out) = start_handshake(config.clone(), uri, headers)?;
+    stream.write_all(&out).await?;
+    let response = match read_until_event(&mut stream, &mut proto).await? {
+        Some(Event::Response(r)) => r,
+        _ => return Err(Error::Misuse("handshake ended without a response")),
+    };
+    Ok((stream, proto, request, response))
 }
 
 /// The error for a host name that resolves to no address.
@@ -217,4 +276,12 @@ pub(crate) fn start_handshake(
 /// [`ClientBuilder::connect`].
 pub async fn connect(uri: &str) -> Result<Connection> {
     ClientBuilder::default().connect(uri).await
+}
+
+/// Connects to a server on the Unix domain socket at `path`, with the default options; `uri`
+/// gives the handshake's `Host` and path (`ws://localhost/`). See
+/// [`ClientBuilder::unix_connect`].
+#[cfg(unix)]
+pub async fn unix_connect(path: impl AsRef<std::path::Path>, uri: &str) -> Result<Connection> {
+    ClientBuilder::default().unix_connect(path, uri).await
 }

@@ -79,6 +79,14 @@
 //! patterns (`/rooms/{id}`) to handlers, served by [`route`], with 404 for other paths; the
 //! handler reads [`Connection::param`]. Both front ends.
 //!
+//! # Unix domain sockets and graceful shutdown
+//!
+//! `unix_serve(path, handler)` and `unix_connect(path, uri)` (Unix only; both front ends)
+//! serve and connect over a Unix domain socket, with every option, hook, route and TLS
+//! setting of their TCP twins. [`Server::close`] is the graceful shutdown to call on
+//! SIGTERM/SIGINT: 503 to handshakes in progress, 1001 to open connections, then it waits for
+//! the handlers (examples `graceful_shutdown`, `graceful_shutdown_sync`).
+//!
 //! # TLS
 //!
 //! With the `tls` feature (on by default), clients connect to `wss://` URIs and servers
@@ -122,6 +130,7 @@ mod server;
 pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
+mod unix;
 
 /// The `bytes` crate, re-exported: payloads are `Bytes`.
 pub use bytes;
@@ -129,6 +138,8 @@ pub use bytes;
 pub use http;
 pub use sockeye_proto as proto;
 
+#[cfg(unix)]
+pub use client::unix_connect;
 pub use client::{connect, ClientBuilder};
 pub use connection::{
     binary, broadcast, text, ClientConnection, Connection, Fragments, Pong, ServerConnection,
@@ -140,6 +151,8 @@ pub use proxy::{Proxy, ProxyError};
 pub use reconnect::{is_retryable, reconnecting, Backoff, Delays, Reconnecting, RetryIf};
 pub use redirect::RedirectError;
 pub use routing::Router;
+#[cfg(unix)]
+pub use server::unix_serve;
 pub use server::{
     respond, route, serve, BoxError, ProcessRequest, ProcessResponse, Server, ServerBuilder,
 };

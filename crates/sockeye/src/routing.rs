@@ -52,7 +52,7 @@ use crate::connection::Connection;
 use crate::server::BoxError;
 
 /// A handler's future, boxed: routes have handlers of different types.
-type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 type Handler = Box<dyn Fn(Connection) -> BoxFuture + Send + Sync>;
 
 /// Path patterns and their handlers, for [`route`](crate::route). See the [module

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -23,6 +23,7 @@ use crate::head::{Granted, RequestHead};
 use crate::options::Options;
 use crate::proto::{self, CloseCode, Event, Protocol, Side};
 use crate::routing::{Router, Table};
+use crate::unix::SocketFile;
 
 /// The error type handlers return: any error, boxed. `?` converts [`Error`] and most others.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -176,13 +177,25 @@ impl ServerBuilder {
     /// Binds `addr` and serves `router`: each connection goes to the handler of the route its
     /// path matches, and a request whose path matches none gets `404 Not Found` during the
     /// handshake. See [`crate::routing`].
-    pub async fn route<A>(mut self, addr: A, router: Router) -> Result<Server>
+    pub async fn route<A>(self, addr: A, router: Router) -> Result<Server>
     where
         A: ToSocketAddrs,
     {
+        let (builder, handler) = self.routed(router);
+        builder.serve(addr, handler).await
+    }
+
+    /// The builder with `router`'s patterns, and the handler that dispatches to its routes.
+    fn routed(
+        mut self,
+        router: Router,
+    ) -> (
+        Self,
+        impl Fn(Connection) -> crate::routing::BoxFuture + Send + Sync + 'static,
+    ) {
         let (routes, handler) = router.into_parts();
         self.hooks.routes = Some(routes);
-        self.serve(addr, handler).await
+        (self, handler)
     }
 
     /// Serves on a listener bound elsewhere.
@@ -192,12 +205,105 @@ impl ServerBuilder {
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
     {
         let local_addr = listener.local_addr().ok();
+        self.start(Listener::Tcp(listener), local_addr, None, handler)
+    }
+
+    /// Binds a Unix domain socket at `path` and serves on it, as [`serve`](Self::serve) does
+    /// on TCP: every option, hook and TLS setting applies. Clients connect with
+    /// [`crate::unix_connect`]. Connections have no [`local_addr`](Connection::local_addr)
+    /// nor [`remote_addr`](Connection::remote_addr); the path is [`Server::unix_path`].
+    ///
+    /// If a file is already at `path`: a stale socket (nothing listens there) is replaced; a
+    /// socket a server listens on, or a file that is not a socket, is left alone and the
+    /// error is `AddrInUse`. [`Server::close`] removes the socket file (if it is still the
+    /// one this server bound).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), sockeye::BoxError> {
+    /// let server = sockeye::unix_serve("/tmp/echo.sock", |ws: sockeye::Connection| async move {
+    ///     while let Some(msg) = ws.recv().await? {
+    ///         ws.send(msg).await?;
+    ///     }
+    ///     Ok(())
+    /// })
+    /// .await?;
+    /// let ws = sockeye::unix_connect("/tmp/echo.sock", "ws://localhost/").await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(unix)]
+    pub async fn unix_serve<H, Fut>(
+        self,
+        path: impl AsRef<std::path::Path>,
+        handler: H,
+    ) -> Result<Server>
+    where
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
+        let (listener, file) = crate::unix::bind(path.as_ref())?;
+        let registered = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(listener));
+        match registered {
+            Ok(listener) => Ok(self.start(Listener::Unix(listener), None, Some(file), handler)),
+            Err(e) => {
+                file.remove();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Binds a Unix domain socket at `path` and serves `router` on it. See
+    /// [`unix_serve`](Self::unix_serve) and [`route`](Self::route).
+    #[cfg(unix)]
+    pub async fn unix_route(
+        self,
+        path: impl AsRef<std::path::Path>,
+        router: Router,
+    ) -> Result<Server> {
+        let (builder, handler) = self.routed(router);
+        builder.unix_serve(path, handler).await
+    }
+
+    /// Serves on a Unix domain socket listener bound elsewhere. Its socket file is the
+    /// application's: [`Server::close`] leaves it.
+    #[cfg(unix)]
+    pub fn unix_serve_listener<H, Fut>(
+        self,
+        listener: tokio::net::UnixListener,
+        handler: H,
+    ) -> Server
+    where
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
+        let file = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(SocketFile::not_owned));
+        self.start(Listener::Unix(listener), None, file, handler)
+    }
+
+    /// Starts the accept loop on `listener`.
+    fn start<H, Fut>(
+        self,
+        listener: Listener,
+        local_addr: Option<SocketAddr>,
+        unix: Option<SocketFile>,
+        handler: H,
+    ) -> Server
+    where
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
         #[cfg(feature = "tls")]
         let secure = self.tls.is_some();
         #[cfg(not(feature = "tls"))]
         let secure = false;
+        log_listening(local_addr, unix.as_ref(), secure);
         let inner = Arc::new(ServerInner {
             local_addr,
+            unix,
             secure,
             connections: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
@@ -207,10 +313,6 @@ impl ServerBuilder {
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
         });
-        if let Some(addr) = local_addr {
-            let scheme = if secure { "wss" } else { "ws" };
-            tracing::info!(target: "sockeye::server", "server listening on {addr} ({scheme}://)");
-        }
         let shared = Arc::new(Shared {
             config: Arc::new(self.options.config.clone()),
             options: self.options,
@@ -228,6 +330,52 @@ impl ServerBuilder {
     }
 }
 
+/// Logs where a server listens (both front ends).
+pub(crate) fn log_listening(addr: Option<SocketAddr>, unix: Option<&SocketFile>, secure: bool) {
+    let scheme = if secure { "wss" } else { "ws" };
+    if let Some(addr) = addr {
+        tracing::info!(target: "sockeye::server", "server listening on {addr} ({scheme}://)");
+    } else if let Some(file) = unix {
+        let path = file.path().display();
+        tracing::info!(target: "sockeye::server", "server listening on unix:{path} ({scheme}://)");
+    }
+}
+
+/// A connection's remote address in logs: the TCP address, or `unix` for a Unix socket
+/// (whose clients are unnamed).
+pub(crate) struct Remote(pub(crate) Option<SocketAddr>);
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unix"),
+        }
+    }
+}
+
+/// What the accept loop listens on.
+enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// The next connection, and its remote address (`None` on a Unix socket).
+    async fn accept(&self) -> std::io::Result<(Stream, Option<SocketAddr>)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Stream::Plain(s), Some(peer)))
+            }
+            #[cfg(unix)]
+            Listener::Unix(l) => Ok((Stream::Unix(Box::new(l.accept().await?.0)), None)),
+        }
+    }
+}
+
 struct Shared {
     options: Options,
     config: Arc<proto::Config>,
@@ -238,6 +386,8 @@ struct Shared {
 
 struct ServerInner {
     local_addr: Option<SocketAddr>,
+    /// The socket file of a server on a Unix domain socket.
+    unix: Option<SocketFile>,
     /// Serving TLS (`wss://`).
     secure: bool,
     /// The open connections, as references that do not count as handles (8 bytes each, not a
@@ -278,6 +428,13 @@ impl Server {
         self.inner.local_addr
     }
 
+    /// The path of the Unix domain socket the server listens on, for a server started by
+    /// [`ServerBuilder::unix_serve`] or [`ServerBuilder::unix_serve_listener`]; `None` on
+    /// TCP (where [`local_addr`](Self::local_addr) is the address).
+    pub fn unix_path(&self) -> Option<&std::path::Path> {
+        self.inner.unix.as_ref().map(SocketFile::path)
+    }
+
     /// Whether the server serves TLS (`wss://` URIs) rather than plain TCP (`ws://`).
     pub fn is_tls(&self) -> bool {
         self.inner.secure
@@ -315,10 +472,17 @@ impl Server {
 
     /// Closes the server gracefully: stops accepting connections, answers handshakes in
     /// progress with 503, closes open connections with 1001 (going away), and waits for
-    /// every handler to return.
+    /// every handler to return. A server that bound a Unix socket
+    /// ([`ServerBuilder::unix_serve`]) removes its socket file.
+    ///
+    /// For a graceful shutdown on SIGINT/SIGTERM, call it when the signal arrives (see
+    /// `examples/graceful_shutdown.rs` and the README's "Graceful shutdown").
     pub async fn close(&self) {
         self.inner.closing.store(true, Ordering::Release);
         self.inner.stop_accepting.notify_waiters();
+        if let Some(file) = &self.inner.unix {
+            file.remove();
+        }
         for c in self.connections() {
             let _ = c.start_close(CloseCode::GOING_AWAY, "");
         }
@@ -347,6 +511,18 @@ where
     ServerBuilder::default().serve(addr, handler).await
 }
 
+/// Starts a server on the Unix domain socket at `path`, with the default options. See
+/// [`ServerBuilder::unix_serve`] (what happens to a file already at `path`, and to the
+/// socket file when the server closes).
+#[cfg(unix)]
+pub async fn unix_serve<H, Fut>(path: impl AsRef<std::path::Path>, handler: H) -> Result<Server>
+where
+    H: Fn(Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+{
+    ServerBuilder::default().unix_serve(path, handler).await
+}
+
 /// Starts a server with the default options that routes connections by path (404 for
 /// paths that match no route). See [`ServerBuilder::route`] and [`crate::routing`].
 pub async fn route<A: ToSocketAddrs>(addr: A, router: Router) -> Result<Server> {
@@ -364,7 +540,7 @@ impl Drop for ActiveGuard {
 }
 
 async fn accept_loop<H, Fut>(
-    listener: TcpListener,
+    listener: Listener,
     server: Arc<ServerInner>,
     shared: Arc<Shared>,
     handler: Arc<H>,
@@ -387,7 +563,8 @@ async fn accept_loop<H, Fut>(
             Ok((stream, peer)) => {
                 server.active.fetch_add(1, Ordering::AcqRel);
                 let guard = ActiveGuard(server.clone());
-                let span = tracing::info_span!(target: "sockeye::server", "conn", remote = %peer);
+                let span =
+                    tracing::info_span!(target: "sockeye::server", "conn", remote = %Remote(peer));
                 // The opening (TLS, handshake: the core, buffers, parsed heads) is boxed and
                 // freed when done; what the task keeps for the connection's life is only
                 // `run_connection`'s future. Kept small on purpose: it is most of what an
@@ -471,20 +648,19 @@ impl Drop for Registered {
 /// The opening of an accepted connection: TLS if configured, then the WebSocket handshake.
 /// `None` when it did not open (refused, failed, or answered by `process_request`).
 async fn open_connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    socket: Stream,
+    peer: Option<SocketAddr>,
     shared: Arc<Shared>,
     server: Arc<ServerInner>,
 ) -> Option<(Connection, crate::connection::Driver<Stream>)> {
     let (shared, server) = (&*shared, &server);
-    let _ = tcp.set_nodelay(true);
-    let local = tcp.local_addr().ok();
+    let (local, _) = socket.addresses();
     let mut proto = Protocol::server(shared.config.clone());
     // Stream mode from the start, as the connections built on it run (see `queue.rs`).
     proto.set_stream_fragments(true);
     // The core's open timeout counts from here: TLS and WebSocket handshakes together.
     proto.handle_timeout(tokio::time::Instant::now().into_std());
-    let mut stream = match accept_transport(tcp, shared).await {
+    let mut stream = match accept_transport(socket, shared).await {
         Ok(s) => s,
         Err(e) => {
             // A scanner, a plain-HTTP client, a client that does not trust us: not our
@@ -506,7 +682,7 @@ async fn open_connection(
         id: 0,
         side: Side::Server,
         local_addr: local,
-        remote_addr: Some(peer),
+        remote_addr: peer,
         subprotocol: proto.subprotocol().map(str::to_owned),
         request,
         response: response.into(),
@@ -515,24 +691,43 @@ async fn open_connection(
     Some(Connection::new(proto, stream, Vec::new(), limits, info))
 }
 
-/// The transport of an accepted connection: TLS over `tcp` when the server has a TLS
-/// configuration (handshake within `open_timeout`), `tcp` itself otherwise.
-async fn accept_transport(tcp: TcpStream, shared: &Shared) -> Result<Stream> {
+/// The transport of an accepted connection: TLS over `socket` (TCP or Unix) when the server
+/// has a TLS configuration (handshake within `open_timeout`), `socket` itself otherwise.
+async fn accept_transport(socket: Stream, shared: &Shared) -> Result<Stream> {
     #[cfg(feature = "tls")]
     if let Some(config) = &shared.tls {
+        let timeout = shared.options.config_open_timeout();
         // Boxed: the TLS session is kept by the stream afterwards, and a future holding it
         // inline would make every connection's task bigger, plain ones too.
-        let accept = Box::pin(crate::tls::accept_tokio(config, tcp));
-        let tls = match shared.options.config_open_timeout() {
-            Some(t) => tokio::time::timeout(t, accept)
-                .await
-                .map_err(|_| Error::OpenTimeout)??,
-            None => accept.await?,
+        return match socket {
+            Stream::Plain(tcp) => {
+                let accept = Box::pin(crate::tls::accept_tokio(config, tcp));
+                Ok(Stream::Tls(Box::new(within(timeout, accept).await?)))
+            }
+            #[cfg(unix)]
+            Stream::Unix(unix) => {
+                let accept = Box::pin(crate::tls::accept_tokio(config, *unix));
+                Ok(Stream::UnixTls(Box::new(within(timeout, accept).await?)))
+            }
+            // Accepted sockets are bare.
+            other => Ok(other),
         };
-        return Ok(Stream::Tls(Box::new(tls)));
     }
     let _ = shared;
-    Ok(Stream::Plain(tcp))
+    Ok(socket)
+}
+
+/// Runs `future` within `timeout` (none: no limit); running out is [`Error::OpenTimeout`].
+pub(crate) async fn within<T>(
+    timeout: Option<Duration>,
+    future: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, future)
+            .await
+            .map_err(|_| Error::OpenTimeout)?,
+        None => future.await,
+    }
 }
 
 /// Polls the handler and the driver in one task: the connection keeps answering pings and

@@ -37,9 +37,9 @@
 //! # Ok(()) }
 //! ```
 
+use crate::sync::stream::Socket;
 use std::fmt;
 use std::io;
-use std::net::TcpStream;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -272,23 +272,29 @@ impl ServerCertVerifier for AcceptAnyServerCert {
 
 // ----- tokio ---------------------------------------------------------------------------------
 
-/// Runs the client side of the TLS handshake over `tcp` (tokio).
-pub(crate) async fn connect_tokio(
+/// Runs the client side of the TLS handshake over `tcp` (tokio; TCP or a Unix socket).
+pub(crate) async fn connect_tokio<S>(
     tls: &ClientTls,
     host: &str,
-    tcp: tokio::net::TcpStream,
-) -> Result<tokio_rustls::TlsStream<tokio::net::TcpStream>> {
+    tcp: S,
+) -> Result<tokio_rustls::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let name = ClientTls::server_name(host)?;
     let connector = tokio_rustls::TlsConnector::from(tls.config()?);
     let stream = connector.connect(name, tcp).await?;
     Ok(tokio_rustls::TlsStream::Client(stream))
 }
 
-/// Runs the server side of the TLS handshake over `tcp` (tokio).
-pub(crate) async fn accept_tokio(
+/// Runs the server side of the TLS handshake over `tcp` (tokio; TCP or a Unix socket).
+pub(crate) async fn accept_tokio<S>(
     config: &Arc<ServerConfig>,
-    tcp: tokio::net::TcpStream,
-) -> Result<tokio_rustls::TlsStream<tokio::net::TcpStream>> {
+    tcp: S,
+) -> Result<tokio_rustls::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
     let stream = acceptor.accept(tcp).await?;
     Ok(tokio_rustls::TlsStream::Server(stream))
@@ -300,7 +306,7 @@ pub(crate) async fn accept_tokio(
 pub(crate) fn connect_sync(
     tls: &ClientTls,
     host: &str,
-    tcp: &mut TcpStream,
+    tcp: &mut Socket,
     deadline: Option<Instant>,
 ) -> Result<rustls::Connection> {
     let name = ClientTls::server_name(host)?;
@@ -311,7 +317,7 @@ pub(crate) fn connect_sync(
 /// Runs the server side of the TLS handshake over `tcp` (blocking), until `deadline`.
 pub(crate) fn accept_sync(
     config: &Arc<ServerConfig>,
-    tcp: &mut TcpStream,
+    tcp: &mut Socket,
     deadline: Option<Instant>,
 ) -> Result<rustls::Connection> {
     let session = rustls::ServerConnection::new(config.clone())?;
@@ -320,7 +326,7 @@ pub(crate) fn accept_sync(
 
 fn handshake_sync(
     mut session: rustls::Connection,
-    tcp: &mut TcpStream,
+    tcp: &mut Socket,
     deadline: Option<Instant>,
 ) -> Result<rustls::Connection> {
     while session.is_handshaking() || session.wants_write() {

@@ -46,6 +46,8 @@ const EXAMPLES: &[&str] = &[
     "reconnecting_client",
     "basic_auth",
     "router",
+    "graceful_shutdown",
+    "graceful_shutdown_sync",
 ];
 
 // ----- Locating and building the examples ---------------------------------------------------
@@ -727,4 +729,99 @@ async fn axum_app_serves_its_api_and_websockets_on_one_port() {
     let (head, _) = http_get(server.addr, "/ws").await;
     assert!(head.starts_with("HTTP/1.1 426"), "{head}");
     close(&ws).await;
+}
+
+// ----- Graceful shutdown ---------------------------------------------------------------------
+
+/// Sends `signal` (`TERM`, `INT`) to process `pid` with `kill`.
+#[cfg(unix)]
+async fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "kill -s {signal} {pid} failed");
+}
+
+/// Starts the example, connects a client, sends it `signal`: the client gets 1001, the
+/// example prints its lines and exits 0.
+#[cfg(unix)]
+async fn graceful_shutdown_on(name: &str, signal: &str) {
+    let mut server = Server::start(name, &[]).await;
+    let ws = server.connect().await;
+    ws.send("still here?").await.unwrap();
+    assert_eq!(recv_text(&ws).await, "still here?");
+    send_signal(server._child.id().unwrap(), signal).await;
+    assert_eq!(server.line().await, format!("shutting down (SIG{signal})"));
+    let end = timeout(STEP, ws.recv()).await.expect("no close");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    assert_eq!(ws.close_code(), CloseCode::GOING_AWAY);
+    assert_eq!(server.line().await, "server closed");
+    let status = timeout(STEP, server._child.wait())
+        .await
+        .expect("the example did not exit")
+        .unwrap();
+    assert!(status.success(), "{name} on SIG{signal}: {status}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn graceful_shutdown_on_sigterm_and_sigint() {
+    graceful_shutdown_on("graceful_shutdown", "TERM").await;
+    graceful_shutdown_on("graceful_shutdown", "INT").await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn graceful_shutdown_sync_on_sigterm_and_sigint() {
+    graceful_shutdown_on("graceful_shutdown_sync", "TERM").await;
+    graceful_shutdown_on("graceful_shutdown_sync", "INT").await;
+}
+
+async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
+    timeout(STEP, lines.next_line())
+        .await
+        .expect("no line")
+        .unwrap()
+        .expect("exited")
+}
+
+/// The tokio example on a Unix socket (`unix:PATH`): served, then closed on SIGTERM with the
+/// socket file removed.
+#[cfg(unix)]
+#[tokio::test]
+async fn graceful_shutdown_on_a_unix_socket() {
+    ensure_built();
+    let dir = std::env::temp_dir().join(format!("sockeye-example-unix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("echo.sock");
+    let mut child = Command::new(example_path("graceful_shutdown"))
+        .arg(format!("unix:{}", path.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(
+        next_line(&mut lines).await,
+        format!("listening on unix:{}", path.display())
+    );
+    let ws = timeout(STEP, sockeye::unix_connect(&path, "ws://localhost/"))
+        .await
+        .unwrap()
+        .unwrap();
+    ws.send("over unix").await.unwrap();
+    assert_eq!(recv_text(&ws).await, "over unix");
+    send_signal(child.id().unwrap(), "TERM").await;
+    assert_eq!(next_line(&mut lines).await, "shutting down (SIGTERM)");
+    expect_closed(&ws).await;
+    assert_eq!(ws.close_code(), CloseCode::GOING_AWAY);
+    assert_eq!(next_line(&mut lines).await, "server closed");
+    let status = timeout(STEP, child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    assert!(!path.exists(), "the socket file is left");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -485,3 +485,77 @@ fn pem_file_errors_name_the_file() {
         .unwrap_err();
     assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
 }
+
+/// wss:// over a Unix domain socket, both front ends and across them: TLS runs over the
+/// socket, the certificate is verified for the URI's host, and a wrong host is refused.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_over_unix_sockets() {
+    let pki = Pki::new();
+    let pair = pki.server();
+    let tokio_path = pki.dir.join("tokio.sock");
+    let server = bounded(
+        sockeye::Server::builder()
+            .tls_pem_files(&pair.cert, &pair.key)
+            .unwrap()
+            .unix_serve(&tokio_path, |ws: sockeye::ServerConnection| async move {
+                while let Some(msg) = ws.recv().await? {
+                    ws.send(msg).await?;
+                }
+                Ok(())
+            }),
+    )
+    .await
+    .unwrap();
+    assert!(server.is_tls());
+    let ws = bounded(trusting(&pki).unix_connect(&tokio_path, "wss://localhost/chat"))
+        .await
+        .unwrap();
+    assert_eq!(ws.request().uri().path(), "/chat");
+    echo_check(&ws, "Hello over TLS over a Unix socket!").await;
+    // The certificate is for localhost, not for this host.
+    let e = bounded(trusting(&pki).unix_connect(&tokio_path, "wss://elsewhere.test/"))
+        .await
+        .unwrap_err();
+    assert_wrong_name(&e);
+    // A plain client to a TLS server: the server refuses what is not a ClientHello.
+    let plain = sockeye::ClientBuilder::default().open_timeout(Some(Duration::from_secs(5)));
+    assert!(bounded(plain.unix_connect(&tokio_path, "ws://localhost/"))
+        .await
+        .is_err());
+
+    let sync_path = pki.dir.join("sync.sock");
+    let sync_server = sync::Server::builder()
+        .tls_pem_files(&pair.cert, &pair.key)
+        .unwrap()
+        .unix_serve(&sync_path, |ws: sync::Connection| {
+            while let Some(msg) = ws.recv_timeout(GUARD)? {
+                ws.send(msg)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let ca = pki.ca_file();
+    let (tp, sp) = (tokio_path.clone(), sync_path.clone());
+    blocking(move || {
+        for path in [&tp, &sp] {
+            let ws = sync_trusting(&ca)
+                .unix_connect(path, "wss://localhost/")
+                .unwrap();
+            sync_echo_check(&ws, "blocking client");
+            ws.close(CloseCode::NORMAL, "").unwrap();
+            assert!(ws.closed().unwrap().is_ok(), "{:?}", ws.closed());
+        }
+    })
+    .await;
+    let ws = bounded(trusting(&pki).unix_connect(&sync_path, "wss://localhost/"))
+        .await
+        .unwrap();
+    echo_check(&ws, "tokio client, blocking server").await;
+    // Graceful close over TLS: 1001 reaches the client, the socket files go.
+    blocking(move || sync_server.shutdown()).await;
+    assert_eq!(bounded(ws.recv()).await.unwrap(), None);
+    assert_eq!(ws.close_code(), CloseCode::GOING_AWAY);
+    bounded(server.close()).await;
+    assert!(!tokio_path.exists() && !sync_path.exists());
+}

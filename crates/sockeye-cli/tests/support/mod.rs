@@ -29,7 +29,7 @@ impl Served {
     /// Starts `sockeye serve ARGS 127.0.0.1:0` (through `sh` when a shell prefix such as a
     /// `ulimit` is given) and waits for its "... on ws://ADDR/" (or wss://) line on stderr.
     pub fn start(args: &[&str], shell_prefix: Option<&str>) -> Served {
-        let mut cmd = match shell_prefix {
+        let cmd = match shell_prefix {
             Some(prefix) => {
                 let mut c = Command::new("sh");
                 let line = format!("{prefix}; exec \"$0\" serve {} 127.0.0.1:0", args.join(" "));
@@ -42,6 +42,31 @@ impl Served {
                 c
             }
         };
+        Served::spawn(cmd, |line| {
+            ["ws", "wss"].into_iter().find_map(|scheme| {
+                let rest = line.split(&format!(" on {scheme}://")).nth(1)?;
+                Some((
+                    scheme.to_owned(),
+                    rest.split('/').next().unwrap().to_owned(),
+                ))
+            })
+        })
+    }
+
+    /// Starts `sockeye serve --unix PATH ARGS` and waits for its "... on unix socket PATH
+    /// (ws://)" line; `addr` is then the path.
+    pub fn start_unix(args: &[&str], path: &std::path::Path) -> Served {
+        let mut cmd = Command::new(SOCKEYE);
+        cmd.arg("serve").arg("--unix").arg(path).args(args);
+        Served::spawn(cmd, |line| {
+            let rest = line.split(" on unix socket ").nth(1)?;
+            let (path, scheme) = rest.split_once(" (")?;
+            Some((scheme.split(':').next()?.to_owned(), path.to_owned()))
+        })
+    }
+
+    /// Spawns `cmd` and reads its stderr until `parse` finds (scheme, address) in a line.
+    fn spawn(mut cmd: Command, parse: impl Fn(&str) -> Option<(String, String)>) -> Served {
         let mut child = cmd
             .env("RUST_LOG", "sockeye=info")
             .stdout(Stdio::null())
@@ -53,12 +78,8 @@ impl Served {
         let (scheme, addr) = loop {
             line.clear();
             assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited");
-            let found = ["ws", "wss"].into_iter().find_map(|scheme| {
-                let rest = line.split(&format!(" on {scheme}://")).nth(1)?;
-                Some((scheme, rest.split('/').next().unwrap().to_owned()))
-            });
-            if let Some((scheme, addr)) = found {
-                break (scheme.to_owned(), addr);
+            if let Some(found) = parse(&line) {
+                break found;
             }
         };
         // Keep draining stderr (so the server never blocks on a full pipe) into a log.
@@ -96,6 +117,28 @@ impl Served {
         // utime and stime, fields 14 and 15 of the whole line (11 and 12 after the name).
         let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
         ticks / 100.0
+    }
+}
+
+impl Served {
+    /// Sends `signal` (`TERM`, `INT`) to the server and waits for it to exit (at most 20 s).
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -s {signal} failed");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "server did not exit on SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

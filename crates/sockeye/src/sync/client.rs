@@ -8,7 +8,7 @@ use http::header::{HeaderName, HeaderValue};
 
 use super::connection::Connection;
 use super::server::read_until_event;
-use super::stream::Transport;
+use super::stream::{Socket, Transport};
 use crate::connection::Info;
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -45,23 +45,49 @@ impl ClientBuilder {
         let start = Instant::now();
         let deadline = self.options.config_open_timeout().map(|t| start + t);
         let config = std::sync::Arc::new(self.options.config.clone());
-        let (stream, proto, request, response) = loop {
+        let opened = loop {
             match self.attempt(&config, &chain, start, deadline) {
                 Ok(opened) => break opened,
                 Err(e) => chain.follow(e)?,
             }
         };
+        self.start(opened, &chain.uri)
+    }
+
+    /// Connects to the Unix domain socket at `path` and runs the opening handshake for
+    /// `uri`, as [`connect`](Self::connect) does over TCP: the blocking twin of
+    /// [`crate::ClientBuilder::unix_connect`]. `uri` gives the request's `Host` and path
+    /// (its port is not used); `wss://` runs TLS over the socket, verifying the URI's host.
+    /// No proxy applies, and a redirect is not followed (it is the error). `open_timeout`
+    /// bounds the handshakes; the `connect` itself returns at once on a Unix socket (`std`
+    /// cannot time it), unless the server's backlog is full.
+    #[cfg(unix)]
+    pub fn unix_connect(self, path: impl AsRef<std::path::Path>, uri: &str) -> Result<Connection> {
+        let (uri, target) = crate::client::target(uri)?;
+        let start = Instant::now();
+        let deadline = self.options.config_open_timeout().map(|t| start + t);
+        let config = std::sync::Arc::new(self.options.config.clone());
+        let socket = std::os::unix::net::UnixStream::connect(path)?;
+        let stream = self.transport(Socket::Unix(socket), &target, deadline)?;
+        let opened = handshake(stream, &config, &uri, &self.headers, start)?;
+        self.start(opened, &uri)
+    }
+
+    /// The connection an opening handshake gave, its I/O thread started.
+    fn start(&self, opened: Opened, uri: &http::Uri) -> Result<Connection> {
+        let (stream, proto, request, response) = opened;
+        let (local_addr, remote_addr) = stream.socket.addresses();
         let info = Info {
             id: 0,
             side: Side::Client,
-            local_addr: stream.tcp.local_addr().ok(),
-            remote_addr: stream.tcp.peer_addr().ok(),
+            local_addr,
+            remote_addr,
             subprotocol: proto.subprotocol().map(str::to_owned),
             request: request.into(),
             response: (*response).into(),
         };
         let conn = Connection::new(proto, stream, self.options.limits, info)?;
-        let uri = crate::redirect::shown(&chain.uri);
+        let uri = crate::redirect::shown(uri);
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
         Ok(conn)
     }
@@ -76,18 +102,8 @@ impl ClientBuilder {
     ) -> Result<Opened> {
         let tcp = self.tcp(&chain.target, deadline)?;
         let _ = tcp.set_nodelay(true);
-        let mut stream = self.transport(tcp, &chain.target, deadline)?;
-        let (mut proto, request, out) =
-            crate::client::start_handshake(config.clone(), &chain.uri, &chain.headers)?;
-        // The core's open timeout counts from the start: proxy, TCP connect, handshakes and
-        // redirects together.
-        proto.handle_timeout(start);
-        stream.write_all(&out)?;
-        let response = match read_until_event(&mut stream, &mut proto)? {
-            Some(Event::Response(r)) => r,
-            _ => return Err(Error::Misuse("handshake ended without a response")),
-        };
-        Ok((stream, proto, request, response))
+        let stream = self.transport(Socket::Tcp(tcp), &chain.target, deadline)?;
+        handshake(stream, config, &chain.uri, &chain.headers, start)
     }
 
     /// A TCP connection to the server, within `deadline`: direct, or a tunnel through the
@@ -142,10 +158,11 @@ impl ClientBuilder {
         }
     }
 
-    /// TLS over `tcp` for `wss://` (handshake until `deadline`), `tcp` itself for `ws://`.
+    /// TLS over `socket` for `wss://` (handshake until `deadline`), `socket` itself for
+    /// `ws://`.
     fn transport(
         &self,
-        tcp: TcpStream,
+        tcp: Socket,
         target: &Target,
         deadline: Option<Instant>,
     ) -> Result<Transport> {
@@ -158,6 +175,25 @@ impl ClientBuilder {
         let _ = (target, deadline);
         Ok(Transport::plain(tcp)?)
     }
+}
+
+/// The WebSocket opening handshake for `uri` over an open transport. The core's open
+/// timeout counts from `start`: proxy, connect, handshakes and redirects together.
+fn handshake(
+    mut stream: Transport,
+    config: &std::sync::Arc<crate::proto::Config>,
+    uri: &http::Uri,
+    headers: &[(HeaderName, HeaderValue)],
+    start: Instant,
+) -> Result<Opened> {
+    let (mut proto, request, out) = crate::client::start_handshake(config.clone(), uri, headers)?;
+    proto.handle_timeout(start);
+    stream.write_all(&out)?;
+    let response = match read_until_event(&mut stream, &mut proto)? {
+        Some(Event::Response(r)) => r,
+        _ => return Err(Error::Misuse("handshake ended without a response")),
+    };
+    Ok((stream, proto, request, response))
 }
 
 /// What an opening handshake that succeeded leaves: the transport, the core, the request
@@ -267,6 +303,13 @@ impl Iterator for Reconnecting {
 /// [`ClientBuilder::reconnecting`].
 pub fn reconnecting(uri: &str) -> Reconnecting {
     ClientBuilder::default().reconnecting(uri)
+}
+
+/// Connects to a server on the Unix domain socket at `path`, with the default options; `uri`
+/// gives the handshake's `Host` and path. See [`ClientBuilder::unix_connect`].
+#[cfg(unix)]
+pub fn unix_connect(path: impl AsRef<std::path::Path>, uri: &str) -> Result<Connection> {
+    ClientBuilder::default().unix_connect(path, uri)
 }
 
 /// Connects to a `ws://` or `wss://` URI with the default options. See [`ClientBuilder::connect`].

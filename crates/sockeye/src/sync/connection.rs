@@ -20,13 +20,13 @@
 //! Every protocol rule lives in the core; this module only moves bytes and wakes threads.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::stream::{ReadHalf, Transport, WriteHalf};
+use super::stream::{ReadHalf, Socket, Transport, WriteHalf};
 use crate::connection::{Info, Limits};
 use crate::error::{Closed, Error, Result};
 use crate::proto::{
@@ -65,7 +65,7 @@ struct Inner {
     cond: Condvar,
     writer: Mutex<Writer>,
     /// Kept to shut the socket down from any thread.
-    stream: TcpStream,
+    stream: Socket,
     io_thread: Mutex<Option<JoinHandle<()>>>,
     recv_busy: AtomicBool,
     /// Live `Connection` handles; the last one dropped closes the connection.
@@ -397,7 +397,7 @@ impl Connection {
         let Transport {
             reader,
             writer,
-            tcp: stream,
+            socket: stream,
         } = transport;
         // Reads time out at the core's deadlines; writes block (backpressure).
         stream.set_write_timeout(None)?;

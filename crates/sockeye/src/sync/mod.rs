@@ -55,7 +55,12 @@
 //! `close` blocks until the closing handshake is over (at most `close_timeout`).
 //!
 //! [`Server::shutdown`] wakes the accept loop, which `std` cannot interrupt, by connecting to
-//! the server's own address.
+//! the server's own address (or socket path). It may be called from any thread: a thread
+//! that waits for SIGTERM calls it while the main thread sits in
+//! [`Server::serve_forever`] (example `graceful_shutdown_sync`).
+//!
+//! Unix domain sockets: `unix_serve(path, handler)` and `unix_connect(path, uri)`, with the
+//! same rules as the tokio front end's.
 //!
 //! TLS (`wss://`, feature `tls`): the same builder options as the tokio front end. The TLS
 //! handshake runs in the connection's thread; a TLS connection's I/O thread holds a 16 KiB
@@ -66,10 +71,12 @@
 pub(crate) mod client;
 mod connection;
 mod server;
-mod stream;
+pub(crate) mod stream;
 
 pub use client::{connect, reconnecting, ClientBuilder, Reconnecting};
 pub use connection::{broadcast, Connection, Fragments, PongWaiter};
 pub use server::{serve, Server, ServerBuilder};
+#[cfg(unix)]
+pub use {client::unix_connect, server::unix_serve};
 // Routing (issue 6).
 pub use server::{route, Router};

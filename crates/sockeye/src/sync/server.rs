@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use http::{Response, StatusCode};
 
 use super::connection::Connection;
-use super::stream::Transport;
+use super::stream::{Socket, Transport};
 use crate::connection::Info;
 use crate::error::{Error, Result};
 use crate::head::RequestHead;
@@ -19,6 +19,7 @@ use crate::options::Options;
 use crate::proto::{self, CloseCode, Event, Protocol, Side};
 use crate::routing::Routes;
 use crate::server::{BoxError, Hooks};
+use crate::unix::SocketFile;
 
 /// The handler type of the blocking server, boxed.
 type Handler = dyn Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync;
@@ -54,16 +55,29 @@ impl ServerBuilder {
     /// Binds `addr` and serves `router`: each connection goes to the handler of the route its
     /// path matches, and a request whose path matches none gets `404 Not Found` during the
     /// handshake. See [`Router`].
-    pub fn route<A: ToSocketAddrs>(mut self, addr: A, router: Router) -> Result<Server> {
+    pub fn route<A: ToSocketAddrs>(self, addr: A, router: Router) -> Result<Server> {
+        let (builder, handler) = self.routed(router);
+        builder.serve(addr, handler)
+    }
+
+    /// The builder with `router`'s patterns, and the handler that dispatches to its routes.
+    fn routed(
+        mut self,
+        router: Router,
+    ) -> (
+        Self,
+        impl Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+    ) {
         let (routes, handlers) = router.routes.into_parts();
         self.hooks.routes = Some(routes);
-        self.serve(addr, move |ws: Connection| {
+        let handler = move |ws: Connection| {
             match ws.route().and_then(|i| handlers.get(i)) {
                 Some(handler) => handler(ws),
                 // Cannot happen: the handshake of a routed server grants every connection a route.
                 None => Err("no route".into()),
             }
-        })
+        };
+        (self, handler)
     }
 
     /// Serves on a listener bound elsewhere.
@@ -72,12 +86,68 @@ impl ServerBuilder {
         H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
     {
         let local_addr = listener.local_addr().ok();
+        self.start(Listener::Tcp(listener), local_addr, None, handler)
+    }
+
+    /// Binds a Unix domain socket at `path` and serves on it, as [`serve`](Self::serve)
+    /// does on TCP: the blocking twin of [`crate::ServerBuilder::unix_serve`], with the same
+    /// rules for a file already at `path` (a stale socket is replaced; `AddrInUse` if a
+    /// server listens there or the file is not a socket) and the same cleanup
+    /// ([`Server::shutdown`] removes the socket file).
+    #[cfg(unix)]
+    pub fn unix_serve<H>(self, path: impl AsRef<std::path::Path>, handler: H) -> Result<Server>
+    where
+        H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+    {
+        let (listener, file) = crate::unix::bind(path.as_ref())?;
+        self.start(Listener::Unix(listener), None, Some(file), handler)
+    }
+
+    /// Binds a Unix domain socket at `path` and serves `router` on it. See
+    /// [`unix_serve`](Self::unix_serve) and [`route`](Self::route).
+    #[cfg(unix)]
+    pub fn unix_route(self, path: impl AsRef<std::path::Path>, router: Router) -> Result<Server> {
+        let (builder, handler) = self.routed(router);
+        builder.unix_serve(path, handler)
+    }
+
+    /// Serves on a Unix domain socket listener bound elsewhere. Its socket file is the
+    /// application's: [`Server::shutdown`] leaves it.
+    #[cfg(unix)]
+    pub fn unix_serve_listener<H>(
+        self,
+        listener: std::os::unix::net::UnixListener,
+        handler: H,
+    ) -> Result<Server>
+    where
+        H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+    {
+        let file = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(SocketFile::not_owned));
+        self.start(Listener::Unix(listener), None, file, handler)
+    }
+
+    /// Starts the accept thread on `listener`.
+    fn start<H>(
+        self,
+        listener: Listener,
+        local_addr: Option<SocketAddr>,
+        unix: Option<SocketFile>,
+        handler: H,
+    ) -> Result<Server>
+    where
+        H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+    {
         #[cfg(feature = "tls")]
         let secure = self.tls.is_some();
         #[cfg(not(feature = "tls"))]
         let secure = false;
+        crate::server::log_listening(local_addr, unix.as_ref(), secure);
         let inner = Arc::new(ServerInner {
             local_addr,
+            unix,
             secure,
             connections: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
@@ -86,10 +156,6 @@ impl ServerBuilder {
             closed: Mutex::new(false),
             closed_cond: Condvar::new(),
         });
-        if let Some(addr) = local_addr {
-            let scheme = if secure { "wss" } else { "ws" };
-            tracing::info!(target: "sockeye::server", "server listening on {addr} ({scheme}://)");
-        }
         let shared = Arc::new(Shared {
             config: Arc::new(self.options.config.clone()),
             options: self.options,
@@ -101,9 +167,41 @@ impl ServerBuilder {
         let server = inner.clone();
         let accept = std::thread::Builder::new()
             .name("sockeye-accept".into())
-            .spawn(move || accept_loop(listener, server, shared))?;
+            .spawn(move || accept_loop(listener, server, shared));
+        let accept = match accept {
+            Ok(thread) => thread,
+            Err(e) => {
+                // No server after all: a socket file it bound goes.
+                if let Some(file) = &inner.unix {
+                    file.remove();
+                }
+                return Err(e.into());
+            }
+        };
         *lock(&inner.accept_thread) = Some(accept);
         Ok(Server { inner })
+    }
+}
+
+/// What the accept thread listens on.
+enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl Listener {
+    /// The next connection, and its remote address (`None` on a Unix socket).
+    fn accept(&self) -> std::io::Result<(Socket, Option<SocketAddr>)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept()?;
+                let _ = s.set_nodelay(true);
+                Ok((Socket::Tcp(s), Some(peer)))
+            }
+            #[cfg(unix)]
+            Listener::Unix(l) => Ok((Socket::Unix(l.accept()?.0), None)),
+        }
     }
 }
 
@@ -122,6 +220,8 @@ struct Shared {
 
 struct ServerInner {
     local_addr: Option<SocketAddr>,
+    /// The socket file of a server on a Unix domain socket.
+    unix: Option<SocketFile>,
     /// Serving TLS (`wss://`).
     secure: bool,
     connections: Mutex<HashMap<u64, Connection>>,
@@ -159,6 +259,13 @@ impl Server {
         self.inner.local_addr
     }
 
+    /// The path of the Unix domain socket the server listens on, for a server started by
+    /// [`ServerBuilder::unix_serve`] or [`ServerBuilder::unix_serve_listener`]; `None` on
+    /// TCP (where [`local_addr`](Self::local_addr) is the address).
+    pub fn unix_path(&self) -> Option<&std::path::Path> {
+        self.inner.unix.as_ref().map(SocketFile::path)
+    }
+
     /// Whether the server serves TLS (`wss://` URIs) rather than plain TCP (`ws://`).
     pub fn is_tls(&self) -> bool {
         self.inner.secure
@@ -184,7 +291,12 @@ impl Server {
 
     /// Shuts the server down gracefully: stops accepting connections, answers handshakes in
     /// progress with 503, closes open connections with 1001 (going away), and waits for
-    /// every handler to return and every connection thread to end.
+    /// every handler to return and every connection thread to end. A server that bound a
+    /// Unix socket ([`ServerBuilder::unix_serve`]) removes its socket file.
+    ///
+    /// Call it from any thread: the server is `Clone`, so a signal-handling thread can hold a
+    /// clone while the main thread sits in [`serve_forever`](Self::serve_forever), which
+    /// returns once the shutdown is over (see `examples/graceful_shutdown_sync.rs`).
     pub fn shutdown(&self) {
         if self.inner.closing.swap(true, Ordering::AcqRel) {
             // Another thread is shutting down: wait for it.
@@ -203,12 +315,19 @@ impl Server {
             }
             woken = TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok();
         }
+        #[cfg(unix)]
+        if let Some(file) = &self.inner.unix {
+            woken = std::os::unix::net::UnixStream::connect(file.path()).is_ok();
+        }
         // Without the wake-up connection the accept thread ends at the next connection
         // (which it drops); do not wait for it then.
         if let Some(accept) = lock(&self.inner.accept_thread).take() {
             if woken {
                 let _ = accept.join();
             }
+        }
+        if let Some(file) = &self.inner.unix {
+            file.remove();
         }
         for c in self.connections() {
             let _ = c.start_close(CloseCode::GOING_AWAY, "");
@@ -230,6 +349,16 @@ where
     H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
 {
     ServerBuilder::default().serve(addr, handler)
+}
+
+/// Starts a blocking server on the Unix domain socket at `path`, with the default options.
+/// See [`ServerBuilder::unix_serve`].
+#[cfg(unix)]
+pub fn unix_serve<H>(path: impl AsRef<std::path::Path>, handler: H) -> Result<Server>
+where
+    H: Fn(Connection) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+{
+    ServerBuilder::default().unix_serve(path, handler)
 }
 
 /// Starts a blocking server with the default options that routes connections by path (404
@@ -279,7 +408,7 @@ impl Router {
     }
 }
 
-fn accept_loop(listener: TcpListener, server: Arc<ServerInner>, shared: Arc<Shared>) {
+fn accept_loop(listener: Listener, server: Arc<ServerInner>, shared: Arc<Shared>) {
     loop {
         let accepted = listener.accept();
         if server.closing.load(Ordering::Acquire) {
@@ -292,8 +421,7 @@ fn accept_loop(listener: TcpListener, server: Arc<ServerInner>, shared: Arc<Shar
                 let spawned = std::thread::Builder::new()
                     .name("sockeye-conn".into())
                     .spawn(move || {
-                        let span =
-                            tracing::info_span!(target: "sockeye::server", "conn", remote = %peer);
+                        let span = tracing::info_span!(target: "sockeye::server", "conn", remote = %crate::server::Remote(peer));
                         let _enter = span.enter();
                         handle_connection(stream, peer, &srv, &shared);
                     });
@@ -318,9 +446,13 @@ fn accept_loop(listener: TcpListener, server: Arc<ServerInner>, shared: Arc<Shar
     }
 }
 
-fn handle_connection(tcp: TcpStream, peer: SocketAddr, server: &Arc<ServerInner>, shared: &Shared) {
-    let _ = tcp.set_nodelay(true);
-    let local = tcp.local_addr().ok();
+fn handle_connection(
+    socket: Socket,
+    peer: Option<SocketAddr>,
+    server: &Arc<ServerInner>,
+    shared: &Shared,
+) {
+    let (local, _) = socket.addresses();
     let mut proto = Protocol::server(shared.config.clone());
     // Stream mode from the start, as the connections built on it run (see `queue.rs`).
     proto.set_stream_fragments(true);
@@ -328,7 +460,7 @@ fn handle_connection(tcp: TcpStream, peer: SocketAddr, server: &Arc<ServerInner>
     let start = Instant::now();
     proto.handle_timeout(start);
     let deadline = shared.options.config_open_timeout().map(|t| start + t);
-    let mut stream = match accept_transport(tcp, shared, deadline) {
+    let mut stream = match accept_transport(socket, shared, deadline) {
         Ok(s) => s,
         Err(e) => {
             // A scanner, a plain-HTTP client, a client that does not trust us: not our
@@ -349,7 +481,7 @@ fn handle_connection(tcp: TcpStream, peer: SocketAddr, server: &Arc<ServerInner>
         id: 0,
         side: Side::Server,
         local_addr: local,
-        remote_addr: Some(peer),
+        remote_addr: peer,
         subprotocol: proto.subprotocol().map(str::to_owned),
         request,
         response: response.into(),
@@ -396,11 +528,7 @@ fn handle_connection(tcp: TcpStream, peer: SocketAddr, server: &Arc<ServerInner>
 
 /// The transport of an accepted connection: TLS over `tcp` when the server has a TLS
 /// configuration (handshake until `deadline`), `tcp` itself otherwise.
-fn accept_transport(
-    tcp: TcpStream,
-    shared: &Shared,
-    deadline: Option<Instant>,
-) -> Result<Transport> {
+fn accept_transport(tcp: Socket, shared: &Shared, deadline: Option<Instant>) -> Result<Transport> {
     #[cfg(feature = "tls")]
     if let Some(config) = &shared.tls {
         let mut tcp = tcp;

@@ -1,4 +1,5 @@
-//! The transport of a blocking connection: TCP, or TLS over TCP, split into a reading half
+//! The transport of a blocking connection: TCP or a Unix domain socket, each bare or under
+//! TLS, split into a reading half
 //! (the I/O thread's) and a writing half (behind the connection's write lock), so that one
 //! thread may write while another is blocked in `read`.
 //!
@@ -9,33 +10,105 @@
 //! connection's write lock keeps records in order). Lock order: write lock, then session.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+#[cfg(unix)]
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 #[cfg(feature = "tls")]
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A connected socket: TCP or a Unix domain socket (a file descriptor either way).
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+/// Runs `$body` with `$s` bound to whichever socket `$socket` holds.
+macro_rules! each_socket {
+    ($socket:expr, $s:ident => $body:expr) => {
+        match $socket {
+            Socket::Tcp($s) => $body,
+            #[cfg(unix)]
+            Socket::Unix($s) => $body,
+        }
+    };
+}
+
+impl Socket {
+    pub(crate) fn try_clone(&self) -> io::Result<Socket> {
+        Ok(match self {
+            Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
+            #[cfg(unix)]
+            Socket::Unix(s) => Socket::Unix(s.try_clone()?),
+        })
+    }
+
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        each_socket!(self, s => s.set_read_timeout(timeout))
+    }
+
+    pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        each_socket!(self, s => s.set_write_timeout(timeout))
+    }
+
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        each_socket!(self, s => s.shutdown(how))
+    }
+
+    /// The local and remote addresses of a TCP socket; `None` for a Unix socket.
+    pub(crate) fn addresses(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        match self {
+            Socket::Tcp(s) => (s.local_addr().ok(), s.peer_addr().ok()),
+            #[cfg(unix)]
+            Socket::Unix(_) => (None, None),
+        }
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        each_socket!(self, s => s.read(buf))
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        each_socket!(self, s => s.write(buf))
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        each_socket!(self, s => s.write_all(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        each_socket!(self, s => s.flush())
+    }
+}
 
 /// A connection's transport, both halves and the socket (for addresses, timeouts and
 /// shutdown from any thread).
 pub(crate) struct Transport {
     pub(crate) reader: ReadHalf,
     pub(crate) writer: WriteHalf,
-    pub(crate) tcp: TcpStream,
+    pub(crate) socket: Socket,
 }
 
 impl Transport {
-    /// Plain TCP.
-    pub(crate) fn plain(tcp: TcpStream) -> io::Result<Transport> {
+    /// A bare socket.
+    pub(crate) fn plain(socket: Socket) -> io::Result<Transport> {
         Ok(Transport {
-            reader: ReadHalf::Plain(tcp.try_clone()?),
-            writer: WriteHalf::Plain(tcp.try_clone()?),
-            tcp,
+            reader: ReadHalf::Plain(socket.try_clone()?),
+            writer: WriteHalf::Plain(socket.try_clone()?),
+            socket,
         })
     }
 
     /// TLS over `tcp`, with a session whose handshake is done.
     #[cfg(feature = "tls")]
-    pub(crate) fn tls(session: rustls::Connection, tcp: TcpStream) -> io::Result<Transport> {
+    pub(crate) fn tls(session: rustls::Connection, tcp: Socket) -> io::Result<Transport> {
         let session = Arc::new(Mutex::new(session));
         Ok(Transport {
             reader: ReadHalf::Tls(TlsReader {
@@ -50,19 +123,19 @@ impl Transport {
                 session,
                 out: Vec::new(),
             }),
-            tcp,
+            socket: tcp,
         })
     }
 
     /// Sets the socket's read timeout (both halves share the socket).
     pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.tcp.set_read_timeout(timeout)
+        self.socket.set_read_timeout(timeout)
     }
 
     /// Ends the connection's writing side: TLS close_notify, then the socket's shutdown.
     pub(crate) fn shutdown(&mut self, how: Shutdown) {
         self.writer.close_notify();
-        let _ = self.tcp.shutdown(how);
+        let _ = self.socket.shutdown(how);
     }
 }
 
@@ -84,7 +157,7 @@ impl Write for Transport {
 
 /// The reading half.
 pub(crate) enum ReadHalf {
-    Plain(TcpStream),
+    Plain(Socket),
     #[cfg(feature = "tls")]
     Tls(TlsReader),
 }
@@ -111,7 +184,7 @@ impl Read for ReadHalf {
 
 /// The writing half: `write` writes everything it is given (TLS encrypts it all at once).
 pub(crate) enum WriteHalf {
-    Plain(TcpStream),
+    Plain(Socket),
     #[cfg(feature = "tls")]
     Tls(TlsWriter),
 }
@@ -158,7 +231,7 @@ const RAW_BUF: usize = 16 * 1024 + 256;
 /// The reading half of a TLS transport.
 #[cfg(feature = "tls")]
 pub(crate) struct TlsReader {
-    tcp: TcpStream,
+    tcp: Socket,
     session: Arc<Mutex<rustls::Connection>>,
     /// Ciphertext read and not yet given to rustls: `raw[start..end]`.
     raw: Vec<u8>,
@@ -212,7 +285,7 @@ impl TlsReader {
 /// The writing half of a TLS transport.
 #[cfg(feature = "tls")]
 pub(crate) struct TlsWriter {
-    tcp: TcpStream,
+    tcp: Socket,
     session: Arc<Mutex<rustls::Connection>>,
     /// The records of one batch, encrypted, on their way to the socket.
     out: Vec<u8>,
