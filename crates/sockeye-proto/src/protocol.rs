@@ -326,6 +326,45 @@ impl Protocol {
         self.process()
     }
 
+    /// How many more bytes the frame being received needs, once its header is in: a front
+    /// end may read them straight into [`Protocol::receive_buffer`] (which has room for the
+    /// whole frame) and call [`Protocol::receive_buffered`], instead of reading into a buffer
+    /// of its own and copying with [`Protocol::receive_data`]. That saves a copy of every
+    /// large payload, and lets one read take as much of it as the transport has. 0 when no
+    /// frame is in progress (or during the opening handshake, or after an error).
+    pub fn frame_bytes_missing(&self) -> usize {
+        if self.state == State::Connecting || self.discard || self.error.is_some() {
+            return 0;
+        }
+        match FrameHeader::parse(&self.recv, self.config.max_frame_size) {
+            Ok(Some(h)) => {
+                // payload_len <= max_frame_size, a usize: lossless.
+                (h.header_len + h.payload_len as usize).saturating_sub(self.recv.len())
+            }
+            _ => 0,
+        }
+    }
+
+    /// The receive buffer, for a front end that reads straight into it (see
+    /// [`Protocol::frame_bytes_missing`]): append to it, then call
+    /// [`Protocol::receive_buffered`]. Anything else done to it breaks the connection.
+    pub fn receive_buffer(&mut self) -> &mut BytesMut {
+        &mut self.recv
+    }
+
+    /// Processes the bytes a front end appended to [`Protocol::receive_buffer`], as
+    /// [`Protocol::receive_data`] processes the bytes it is given.
+    pub fn receive_buffered(&mut self) -> Result<(), Error> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if self.discard || self.state == State::Closed {
+            self.recv.clear();
+            return Ok(());
+        }
+        self.process()
+    }
+
     /// Signals that the peer closed its side of the transport (read returned 0).
     ///
     /// Without a closing handshake the connection ended abnormally: [`Protocol::close_code`]
@@ -1309,6 +1348,37 @@ fn body_length(status: &StatusCode, headers: &http::HeaderMap) -> Option<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_frame_can_be_read_straight_into_the_receive_buffer() {
+        let config = Arc::new(Config::default());
+        let mut client = Protocol::open(Side::Client, config.clone(), None, None);
+        let mut server = Protocol::open(Side::Server, config, None, None);
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        client.send(&Message::from(big.clone())).unwrap();
+        let mut wire = Vec::new();
+        client.poll_transmit(&mut wire);
+        assert_eq!(server.frame_bytes_missing(), 0, "no frame in progress");
+        server.receive_data(&wire[..1000]).unwrap();
+        assert_eq!(server.frame_bytes_missing(), wire.len() - 1000);
+        assert!(server.receive_buffer().capacity() >= wire.len(), "room for the frame");
+        server.receive_buffer().extend_from_slice(&wire[1000..50_000]);
+        server.receive_buffered().unwrap();
+        assert_eq!(server.frame_bytes_missing(), wire.len() - 50_000);
+        assert!(server.poll_event().is_none());
+        server.receive_buffer().extend_from_slice(&wire[50_000..]);
+        server.receive_buffered().unwrap();
+        assert_eq!(server.frame_bytes_missing(), 0);
+        match server.poll_event() {
+            Some(Event::Message(m)) => assert_eq!(m, Message::from(big)),
+            other => panic!("expected the message, got {other:?}"),
+        }
+        // After an error nothing is read directly, and what is appended is dropped.
+        server.receive_data(&[0x81, 0x05, b'h']).unwrap_err();
+        assert_eq!(server.frame_bytes_missing(), 0);
+        server.receive_buffer().extend_from_slice(b"more");
+        assert!(server.receive_buffered().is_err());
+    }
 
     #[test]
     fn large_output_buffers_are_kept_between_messages_and_released_on_request() {

@@ -1022,6 +1022,9 @@ thread_local! {
     static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
 }
 
+/// Frames with at least this much still to come are read straight into the core's buffer.
+const DIRECT_READ: usize = 16 * 1024;
+
 /// The largest write buffer the driver keeps once a timer fires with nothing to write.
 const KEEP_WBUF: usize = 16 * 1024;
 
@@ -1046,6 +1049,10 @@ pub(crate) struct Driver<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     /// Feeds the core with what one read gives; returns `Ready(Ok(n))`, 0 at end of stream.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let missing = self.inner.lock().proto.frame_bytes_missing();
+        if missing >= DIRECT_READ {
+            return self.poll_read_direct(cx);
+        }
         let inner = &self.inner;
         let stream = &mut self.stream;
         READ_BUFFER.with(|buf| {
@@ -1072,6 +1079,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
             }
         })
+    }
+
+    /// [`poll_read`](Self::poll_read) for the rest of a large frame: straight into the core's
+    /// receive buffer, which has room for the whole frame (no copy from the read buffer, and
+    /// one read takes as much as the transport has, not 64 KiB at a time). The buffer is
+    /// taken out of the core while the transport is polled, so that the lock is not held
+    /// across a system call; only the driver touches it.
+    fn poll_read_direct(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut buf = std::mem::take(self.inner.lock().proto.receive_buffer());
+        let result = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut buf);
+        let mut sh = self.inner.lock();
+        *sh.proto.receive_buffer() = buf;
+        let n = match result {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(n)) => n,
+        };
+        sh.proto.handle_timeout(Instant::now().into_std());
+        let result = if n == 0 {
+            sh.proto.receive_eof()
+        } else {
+            sh.proto.receive_buffered()
+        };
+        if let Err(e) = result {
+            tracing::debug!(target: "sockeye", id = self.inner.info.id, "connection failed: {e}");
+        }
+        dispatch(&self.inner, sh);
+        Poll::Ready(Ok(n))
     }
 
     /// The transport failed (reading, writing or flushing): the peer is gone as far as the
