@@ -1361,8 +1361,13 @@ mod tests {
         assert_eq!(server.frame_bytes_missing(), 0, "no frame in progress");
         server.receive_data(&wire[..1000]).unwrap();
         assert_eq!(server.frame_bytes_missing(), wire.len() - 1000);
-        assert!(server.receive_buffer().capacity() >= wire.len(), "room for the frame");
-        server.receive_buffer().extend_from_slice(&wire[1000..50_000]);
+        assert!(
+            server.receive_buffer().capacity() >= wire.len(),
+            "room for the frame"
+        );
+        server
+            .receive_buffer()
+            .extend_from_slice(&wire[1000..50_000]);
         server.receive_buffered().unwrap();
         assert_eq!(server.frame_bytes_missing(), wire.len() - 50_000);
         assert!(server.poll_event().is_none());
