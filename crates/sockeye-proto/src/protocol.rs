@@ -122,6 +122,11 @@ pub struct Protocol {
     keep_recv: bool,
     out: Vec<u8>,
     out_pos: usize,
+    /// Large payloads that follow a point of `out` without being copied into it:
+    /// `(position in out, payload)`, in order. Only with [`Protocol::set_zero_copy`].
+    splices: Vec<(usize, Bytes)>,
+    /// Whether large payloads may be spliced rather than copied.
+    zero_copy: bool,
     events: VecDeque<Event>,
     error: Option<Error>,
     discard: bool,
@@ -149,6 +154,9 @@ pub struct Protocol {
     latency: Option<Duration>,
     rng: Rng,
 }
+
+/// The smallest payload that [`Protocol::set_zero_copy`] splices rather than copies.
+const ZERO_COPY_MIN: usize = 64 * 1024;
 
 /// The largest output buffer [`Protocol::release_memory`] keeps; a larger one, grown for a
 /// large message, is kept while the connection is busy and freed when it is released.
@@ -190,6 +198,8 @@ impl Protocol {
             keep_recv: false,
             out: Vec::new(),
             out_pos: 0,
+            splices: Vec::new(),
+            zero_copy: false,
             events: VecDeque::new(),
             error: None,
             discard: false,
@@ -917,7 +927,40 @@ impl Protocol {
 
     /// Sends a message.
     pub fn send(&mut self, message: &Message) -> Result<(), Error> {
+        let len = message.as_bytes().len();
+        let splice = self.zero_copy && len >= ZERO_COPY_MIN && self.side == Side::Server;
+        if splice && self.deflate.is_none() {
+            return self.send_spliced(message);
+        }
         self.send_message(message.kind(), message.as_bytes())
+    }
+
+    /// [`Protocol::send`] of a large message from a server without compression: the frame
+    /// header goes to the output, the payload stays in the message's buffer (a splice).
+    fn send_spliced(&mut self, message: &Message) -> Result<(), Error> {
+        self.check_can_send()?;
+        if self.sending.is_some() {
+            return Err(Error::Misuse("a fragmented message is being sent"));
+        }
+        let opcode = match message.kind() {
+            MessageKind::Text => OpCode::Text,
+            MessageKind::Binary => OpCode::Binary,
+        };
+        let payload = message.clone().into_bytes();
+        log_frame(self.side, '>', opcode, &payload, true, false);
+        FrameHeader::encode(&mut self.out, true, false, opcode, None, payload.len());
+        self.splices.push((self.out.len(), payload));
+        Ok(())
+    }
+
+    /// Lets [`Protocol::send`] keep a large message's payload (64 KiB or more, sent by a
+    /// server without compression) where it is instead of copying it into the output: the
+    /// output is then the bytes plus payloads spliced in at given points, which
+    /// [`Protocol::poll_transmit_spliced`] hands out without a copy (for a vectored write).
+    /// [`Protocol::poll_transmit`] and [`Protocol::consume_output`] still work (they copy
+    /// the payloads in); [`Protocol::pending_output`] stops before the first of them.
+    pub fn set_zero_copy(&mut self, on: bool) {
+        self.zero_copy = on;
     }
 
     /// Sends a message serialised once for many connections: a server connection without
@@ -1120,16 +1163,37 @@ impl Protocol {
     /// Bytes waiting to be written to the transport, in order. Write as much as possible in
     /// one call, then report it with [`Protocol::consume_output`].
     pub fn pending_output(&self) -> &[u8] {
-        &self.out[self.out_pos..]
+        let end = self.splices.first().map_or(self.out.len(), |s| s.0);
+        &self.out[self.out_pos..end]
     }
 
     /// How many bytes wait to be written (for write limits and backpressure).
     pub fn pending_output_len(&self) -> usize {
-        self.out.len() - self.out_pos
+        let spliced: usize = self.splices.iter().map(|s| s.1.len()).sum();
+        self.out.len() - self.out_pos + spliced
+    }
+
+    /// Copies the spliced payloads into the output, for the front ends that take it as one
+    /// run of bytes.
+    fn unsplice(&mut self) {
+        if self.splices.is_empty() {
+            return;
+        }
+        let spliced: usize = self.splices.iter().map(|s| s.1.len()).sum();
+        let mut out = Vec::with_capacity(self.out.len() + spliced);
+        let mut at = 0;
+        for (pos, payload) in self.splices.drain(..) {
+            out.extend_from_slice(&self.out[at..pos]);
+            out.extend_from_slice(&payload);
+            at = pos;
+        }
+        out.extend_from_slice(&self.out[at..]);
+        self.out = out;
     }
 
     /// Marks `n` bytes of [`Protocol::pending_output`] as written.
     pub fn consume_output(&mut self, n: usize) {
+        self.unsplice();
         self.out_pos = self.out_pos.saturating_add(n).min(self.out.len());
         if self.out_pos == self.out.len() {
             self.out_pos = 0;
@@ -1156,6 +1220,7 @@ impl Protocol {
     /// swapped rather than copied (the core keeps `buf`'s allocation for its next output:
     /// a front end that writes from `buf` and passes it back empty makes no allocation).
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
+        self.unsplice();
         if buf.is_empty() && self.out_pos == 0 {
             std::mem::swap(buf, &mut self.out);
             self.out.clear();
@@ -1163,6 +1228,23 @@ impl Protocol {
         }
         buf.extend_from_slice(self.pending_output());
         self.consume_output(usize::MAX);
+    }
+
+    /// [`Protocol::poll_transmit`] without copying spliced payloads (see
+    /// [`Protocol::set_zero_copy`]): the bytes go to the end of `buf`, and each payload to
+    /// `splices` with the position in `buf` it follows, after those already there.
+    pub fn poll_transmit_spliced(&mut self, buf: &mut Vec<u8>, splices: &mut Vec<(usize, Bytes)>) {
+        if self.splices.is_empty() {
+            return self.poll_transmit(buf);
+        }
+        let base = buf.len();
+        let start = self.out_pos;
+        splices.extend(
+            self.splices
+                .drain(..)
+                .map(|(pos, payload)| (base + pos - start, payload)),
+        );
+        self.poll_transmit(buf);
     }
 
     /// Whether the front end should close the transport once [`Protocol::pending_output`] is
@@ -1348,6 +1430,59 @@ fn body_length(status: &StatusCode, headers: &http::HeaderMap) -> Option<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_copy_splices_large_payloads_in_order_and_copies_them_for_plain_readers() {
+        let config = Arc::new(Config::default());
+        let big = Bytes::from(vec![5u8; 100_000]);
+        let frames = |zero_copy: bool| {
+            let mut server = Protocol::open(Side::Server, config.clone(), None, None);
+            server.set_zero_copy(zero_copy);
+            server.send(&Message::from("before")).unwrap();
+            server.send(&Message::Binary(big.clone())).unwrap();
+            server.send(&Message::from("after")).unwrap();
+            server
+        };
+        let mut plain = frames(false);
+        let mut expected = Vec::new();
+        plain.poll_transmit(&mut expected);
+
+        // Spliced: the payload is the message's own buffer, at its place in the output.
+        let mut server = frames(true);
+        assert_eq!(server.pending_output_len(), expected.len());
+        let (mut buf, mut splices) = (b"xy".to_vec(), Vec::new());
+        server.poll_transmit_spliced(&mut buf, &mut splices);
+        assert_eq!(server.pending_output_len(), 0);
+        assert_eq!(splices.len(), 1);
+        let (at, payload) = &splices[0];
+        assert_eq!(payload.as_ptr(), big.as_ptr(), "not copied");
+        let mut joined = buf[..*at].to_vec();
+        joined.extend_from_slice(payload);
+        joined.extend_from_slice(&buf[*at..]);
+        assert_eq!(&joined[2..], &expected[..]);
+
+        // Plain readers get it copied in, whichever way they read.
+        let mut server = frames(true);
+        let mut copied = Vec::new();
+        server.poll_transmit(&mut copied);
+        assert_eq!(copied, expected);
+        let mut server = frames(true);
+        let head = server.pending_output().len();
+        assert!(
+            head < expected.len(),
+            "pending_output stops before the payload"
+        );
+        server.consume_output(head);
+        assert_eq!(server.pending_output(), &expected[head..]);
+
+        // Clients mask, compression transforms: both copy as before.
+        let mut client = Protocol::open(Side::Client, config.clone(), None, None);
+        client.set_zero_copy(true);
+        client.send(&Message::Binary(big.clone())).unwrap();
+        let mut splices = Vec::new();
+        client.poll_transmit_spliced(&mut Vec::new(), &mut splices);
+        assert!(splices.is_empty());
+    }
 
     #[test]
     fn a_large_frame_can_be_read_straight_into_the_receive_buffer() {

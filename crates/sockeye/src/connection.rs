@@ -487,8 +487,7 @@ impl Connection {
         let driver = Driver {
             inner: inner.clone(),
             stream,
-            wbuf: leftover,
-            wpos: 0,
+            out: crate::outgoing::Outgoing::new(leftover),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             sleep_at: None,
             eof: false,
@@ -498,7 +497,9 @@ impl Connection {
         {
             let mut sh = inner.lock();
             sh.proto.handle_timeout(Instant::now().into_std());
-            sh.inflight = driver.wbuf.len();
+            sh.inflight = driver.out.remaining();
+            // Large payloads leave from the messages' own buffers (vectored writes).
+            sh.proto.set_zero_copy(true);
             // Messages that arrived with the handshake (in the same read as the 101
             // response, or pipelined behind the request) are waiting in the core already.
             dispatch(&inner, sh);
@@ -1035,8 +1036,8 @@ const READS_PER_POLL: usize = 16;
 pub(crate) struct Driver<S> {
     inner: Arc<Inner>,
     stream: S,
-    wbuf: Vec<u8>,
-    wpos: usize,
+    /// Taken from the core, not written yet.
+    out: crate::outgoing::Outgoing,
     sleep: Pin<Box<Sleep>>,
     sleep_at: Option<Instant>,
     eof: bool,
@@ -1211,10 +1212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 // Buffers grown for large messages are kept while they are in use, and
                 // given back here (the keepalive timer fires every ping_interval).
                 sh.proto.release_memory();
-                if this.wpos == this.wbuf.len() && this.wbuf.capacity() > KEEP_WBUF {
-                    this.wbuf = Vec::new();
-                    this.wpos = 0;
-                }
+                this.out.release(KEEP_WBUF);
                 dispatch(&this.inner, sh);
                 progress = true;
             }
@@ -1246,22 +1244,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             }
 
             // 3. Take the output and write it.
-            if this.wpos == this.wbuf.len() {
-                this.wbuf.clear();
-                this.wpos = 0;
+            if this.out.is_drained() {
                 let mut sh = this.inner.lock();
-                sh.proto.poll_transmit(&mut this.wbuf);
-                sh.inflight = this.wbuf.len();
+                this.out.refill(&mut sh.proto);
+                sh.inflight = this.out.remaining();
             }
-            let had_output = this.wpos < this.wbuf.len();
-            while this.wpos < this.wbuf.len() {
-                match Pin::new(&mut this.stream).poll_write(cx, &this.wbuf[this.wpos..]) {
+            let had_output = !this.out.is_drained();
+            while !this.out.is_drained() {
+                match this.out.poll_write(&mut this.stream, cx) {
                     Poll::Ready(Ok(0)) => {
                         this.finish(Some(io::ErrorKind::WriteZero.into()));
                         return Poll::Ready(());
                     }
-                    Poll::Ready(Ok(n)) => {
-                        this.wpos += n;
+                    Poll::Ready(Ok(_)) => {
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => {
@@ -1271,7 +1266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                     Poll::Pending => break,
                 }
             }
-            let drained = this.wpos == this.wbuf.len();
+            let drained = this.out.is_drained();
             if had_output {
                 this.unflushed = true;
             }
@@ -1287,17 +1282,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 }
             }
             if had_output && drained {
-                // Kept, however large, for the next batch; the timer branch gives back a
-                // large buffer that is not in use.
-                this.wbuf.clear();
-                this.wpos = 0;
+                // Kept, however large, for the next batch (`refill`); the timer branch gives
+                // back a large buffer that is not in use.
                 let mut sh = this.inner.lock();
                 sh.inflight = 0;
                 drop(sh);
                 this.inner.writers.notify_waiters();
             } else if !drained {
                 let mut sh = this.inner.lock();
-                sh.inflight = this.wbuf.len() - this.wpos;
+                sh.inflight = this.out.remaining();
                 let below =
                     sh.inflight + sh.proto.pending_output_len() <= this.inner.limits.write_limit;
                 drop(sh);

@@ -121,6 +121,7 @@ pub mod hub;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod options;
+mod outgoing;
 mod proxy;
 mod queue;
 mod reconnect;
