@@ -35,7 +35,10 @@ fi
 export SOCKEYE_PYTHON="$PWD/.venv/bin/python"
 
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --all-features "$@"
+    profile=()
+    # CI: retry a failed test once (reported as FLAKY) and run them all (.config/nextest.toml).
+    [ -n "${CI:-}" ] && profile=(--profile ci)
+    cargo nextest run "${profile[@]}" --workspace --all-features "$@"
 else
     echo "cargo-nextest not found: using cargo test" >&2
     cargo test --workspace --all-features "$@"

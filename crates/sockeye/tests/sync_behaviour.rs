@@ -1020,13 +1020,25 @@ fn other_senders_wait_for_a_fragmented_message_but_pings_do_not() {
     let (server, uri) = echo_server(Server::builder());
     let ws = sync::connect(&uri).unwrap();
     let (feed, rx) = mpsc::channel::<Vec<u8>>();
+    // send_fragmented looks one item ahead: it asks for a third item only once the first
+    // fragment is in the connection. That request tells the test the message is open.
+    let (open_tx, open) = mpsc::channel::<()>();
+    let mut asked = 0;
+    let fragments = std::iter::from_fn(move || {
+        asked += 1;
+        if asked == 3 {
+            let _ = open_tx.send(());
+        }
+        rx.recv().ok()
+    });
     let fragmented = {
         let ws = ws.clone();
-        std::thread::spawn(move || ws.send_fragmented(MessageKind::Text, rx.iter()))
+        std::thread::spawn(move || ws.send_fragmented(MessageKind::Text, fragments))
     };
     feed.send(b"part one, ".to_vec()).unwrap();
     feed.send(b"part two".to_vec()).unwrap();
-    // The first fragment is out once the ping that follows it is answered.
+    open.recv_timeout(GUARD).unwrap();
+    // The message is open: a ping still goes out and its pong comes back.
     let started = Instant::now();
     ws.ping().unwrap().wait(GUARD).unwrap();
     assert!(started.elapsed() < GUARD);

@@ -110,6 +110,19 @@ impl Served {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether the server's log gets a line containing `needle` within 10 s. The log is
+    /// copied by a reader thread, so a line the server has written may not be in `log()` yet.
+    pub fn log_shows(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(needle) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// CPU time (user and system) the server has used, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
