@@ -131,6 +131,9 @@ pub struct Protocol {
     error: Option<Error>,
     discard: bool,
     close_transport: bool,
+    /// A timer ended the connection (open, keepalive or close timeout): the peer is not
+    /// answering, so waiting for it to close its side is pointless.
+    timed_out: bool,
     eof_received: bool,
     /// Deliver data frames as [`Event::Fragment`]s (from the config; see
     /// [`Protocol::set_stream_fragments`]).
@@ -204,6 +207,7 @@ impl Protocol {
             error: None,
             discard: false,
             close_transport: false,
+            timed_out: false,
             eof_received: false,
             stream_fragments,
             subprotocol: None,
@@ -1114,6 +1118,7 @@ impl Protocol {
     }
 
     fn fail_with(&mut self, error: Error) {
+        self.timed_out |= matches!(error, Error::Timeout(_));
         if self.state == State::Open {
             if let Some(code) = error.close_code() {
                 let reason = match &error {
@@ -1254,6 +1259,21 @@ impl Protocol {
         self.close_transport
     }
 
+    /// How long to linger once the transport is to be closed and the output is written: end
+    /// the writing side (TCP FIN, after the close frame), then read and discard whatever the
+    /// peer still sends until it closes its side, for at most this long, and only then close
+    /// the transport. `None` when the peer has already closed its side, or when a timeout
+    /// ended the connection (the peer is not answering).
+    ///
+    /// Closing a TCP socket whose receive queue holds unread data makes the kernel send a
+    /// reset, and a reset makes the peer drop what it has not read yet, the close frame
+    /// included: a server that fails a connection in the middle of a large frame (1009, say)
+    /// would leave the client with 1006 instead. Lingering is what HTTP servers do for the
+    /// same reason. The wait is `close_timeout`.
+    pub fn linger_timeout(&self) -> Option<Duration> {
+        (!self.eof_received && !self.timed_out).then_some(self.config.close_timeout)
+    }
+
     // ----- Time ------------------------------------------------------------------------
 
     /// The next moment [`Protocol::handle_timeout`] must be called, if any.
@@ -1295,6 +1315,7 @@ impl Protocol {
             self.close_deadline = None;
             self.state = State::Closed;
             self.close_transport = true;
+            self.timed_out = true;
             self.discard = true;
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {

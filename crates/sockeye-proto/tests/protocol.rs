@@ -983,6 +983,34 @@ mod keepalive {
         assert_eq!(close.code, CloseCode::INTERNAL_ERROR);
     }
 
+    /// After a failure the server lingers (half-close, discard until the peer closes, at
+    /// most close_timeout); not when the peer has closed already, nor after a timeout.
+    #[test]
+    fn linger_after_a_failure_but_not_after_eof_or_a_timeout() {
+        let mut config = Config::new();
+        config.max_size(1000).close_timeout(Duration::from_secs(3));
+        let mut server = Protocol::open(Side::Server, Arc::new(config), None, None);
+        assert_eq!(server.linger_timeout(), Some(Duration::from_secs(3)));
+        server
+            .receive_data(&[0x82, 0xfe, 0x03, 0xe9, 1, 2, 3, 4])
+            .unwrap_err();
+        assert!(server.should_close_transport());
+        assert_eq!(server.linger_timeout(), Some(Duration::from_secs(3)));
+        // What the peer goes on sending is discarded without a new error.
+        server.receive_data(&[0u8; 4096]).unwrap_err();
+        assert_eq!(server.linger_timeout(), Some(Duration::from_secs(3)));
+        server.receive_eof().unwrap_err();
+        assert_eq!(server.linger_timeout(), None);
+
+        // A keepalive timeout: the peer is not answering, no lingering.
+        let mut pair = Pair::open(Config::new());
+        pair.advance(Duration::from_secs(20));
+        let _ = output_frames(&mut pair.server);
+        pair.advance(Duration::from_secs(20));
+        assert!(pair.server.should_close_transport());
+        assert_eq!(pair.server.linger_timeout(), None);
+    }
+
     #[test]
     fn keepalive_off() {
         let mut config = Config::new();

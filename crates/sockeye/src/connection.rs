@@ -493,6 +493,7 @@ impl Connection {
             eof: false,
             finished: false,
             unflushed: false,
+            lingering: false,
         };
         {
             let mut sh = inner.lock();
@@ -1045,6 +1046,10 @@ pub(crate) struct Driver<S> {
     /// A batch was written and the transport not flushed since (TLS buffers records it
     /// could not write at once; TCP's flush does nothing).
     unflushed: bool,
+    /// The connection is over and the writing side shut down; what the peer still sends is
+    /// read and discarded until it closes its side or `sleep` fires
+    /// ([`proto::Protocol::linger_timeout`]).
+    lingering: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -1108,6 +1113,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         dispatch(&self.inner, sh);
         Poll::Ready(Ok(n))
+    }
+
+    /// Lingering: reads and discards until the peer's end of stream, an error, or the
+    /// deadline in `sleep`; then the driver is done and the transport is closed.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let stream = &mut self.stream;
+        for _ in 0..READS_PER_POLL {
+            let ended = READ_BUFFER.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let mut rb = ReadBuf::new(&mut buf[..]);
+                match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(_)) => Poll::Ready(true),
+                    Poll::Ready(Ok(())) => Poll::Ready(rb.filled().is_empty()),
+                }
+            });
+            match ended {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(true) => return Poll::Ready(()),
+                Poll::Ready(false) => {}
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// The transport failed (reading, writing or flushing): the peer is gone as far as the
@@ -1196,6 +1228,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
+        if this.lingering {
+            return this.poll_linger(cx);
+        }
         if this.finished {
             return Poll::Ready(());
         }
@@ -1314,8 +1349,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             }
             if close_now && drained && !more_output {
                 match Pin::new(&mut this.stream).poll_shutdown(cx) {
-                    Poll::Ready(_) => {
+                    Poll::Ready(result) => {
+                        let linger = match (this.eof, result) {
+                            (false, Ok(())) => this.inner.lock().proto.linger_timeout(),
+                            _ => None,
+                        };
                         this.finish(None);
+                        if let Some(linger) = linger {
+                            this.lingering = true;
+                            this.sleep.as_mut().reset(Instant::now() + linger);
+                            return this.poll_linger(cx);
+                        }
                         return Poll::Ready(());
                     }
                     Poll::Pending => return Poll::Pending,

@@ -717,6 +717,80 @@ fn message_over_max_size_closes_with_1009() {
     }
 }
 
+/// A server that fails a connection while the client is still sending a large frame must
+/// not reset it: closing a socket with unread data sends a TCP reset, the client's write
+/// fails, and it never reads the close frame (1006 instead of 1009). The server shuts down
+/// its writing side and discards what arrives until the client closes.
+#[test]
+fn a_server_failing_mid_frame_lingers_so_the_client_gets_the_close_code() {
+    for round in 0..5 {
+        let server = Server::builder()
+            .max_size(64 * 1024)
+            .compression(false)
+            .serve("127.0.0.1:0", |ws| {
+                let _ = ws.recv();
+                Ok(())
+            })
+            .unwrap();
+        let ws = ClientBuilder::default()
+            .compression(false)
+            .connect(&uri_of(&server))
+            .unwrap();
+        // 16 MiB: still being written when the server reads the header and fails.
+        let _ = ws.send(vec![7u8; 16 * MIB]);
+        match ws.recv_timeout(GUARD) {
+            Err(Error::ConnectionClosed(c)) => {
+                assert_eq!(c.code(), CloseCode::MESSAGE_TOO_BIG, "round {round}: {c}")
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        server.shutdown();
+    }
+}
+
+/// Lingering is bounded by close_timeout: a peer that goes on sending and never closes its
+/// side is cut off, after it was sent the close frame.
+#[test]
+fn lingering_ends_after_close_timeout_when_the_peer_never_closes() {
+    let server = Server::builder()
+        .max_size(1024)
+        .close_timeout(Duration::from_millis(300))
+        .serve("127.0.0.1:0", |ws| {
+            let _ = ws.recv();
+            Ok(())
+        })
+        .unwrap();
+    let (mut stream, mut buf) = raw_handshake(server.local_addr().unwrap());
+    // A frame header announcing 1 GiB, then bytes, until the server is gone.
+    let mut header = vec![0x82, 0xff];
+    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    stream.write_all(&header).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let chunk = vec![0u8; 16 * 1024];
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if writer.write_all(&chunk).is_err() {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the server still reads after 30 s");
+    });
+    // The close frame arrives (the server half-closed, it did not reset)...
+    assert_eq!(
+        read_close(&mut stream, &mut buf).code,
+        CloseCode::MESSAGE_TOO_BIG
+    );
+    // ...then the end of stream, while the client goes on sending...
+    assert_eq!(read_more(&mut stream, &mut buf), 0);
+    // ...and after close_timeout the server closes the socket: writes fail.
+    let cut_off = sending.join().unwrap();
+    assert!(cut_off >= Duration::from_millis(250), "{cut_off:?}");
+    server.shutdown();
+}
+
 // ----- Handshake options ---------------------------------------------------------------------
 
 #[test]

@@ -1224,6 +1224,101 @@ async fn message_over_max_size_closes_with_1009() {
     }
 }
 
+/// A server that fails a connection while the client is still sending a large frame must
+/// not reset it: closing a socket with unread data sends a TCP reset, which makes the
+/// client drop the close frame it has not read yet (1006 instead of 1009). The server
+/// shuts down its writing side and discards what arrives until the client closes.
+#[tokio::test]
+async fn a_server_failing_mid_frame_lingers_so_the_client_gets_the_close_code() {
+    for round in 0..5 {
+        let server = Server::builder()
+            .max_size(64 * 1024)
+            .compression(false)
+            .serve("127.0.0.1:0", |ws| async move {
+                let _ = ws.recv().await;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // The blocking client: like most clients (browsers, python-websockets), it gives up
+        // on the connection when a write fails, without reading what is left.
+        let uri = uri_of(&server);
+        let client = tokio::task::spawn_blocking(move || {
+            let ws = sockeye::sync::ClientBuilder::default()
+                .compression(false)
+                .connect(&uri)
+                .unwrap();
+            // 16 MiB: still being written when the server reads the header and fails.
+            let _ = ws.send(vec![7u8; 16 * MIB]);
+            ws.recv_timeout(Duration::from_secs(10))
+        });
+        match guard("client recv", client).await.unwrap() {
+            Err(Error::ConnectionClosed(c)) => {
+                assert_eq!(c.code(), CloseCode::MESSAGE_TOO_BIG, "round {round}: {c}")
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        guard("server close", server.close()).await;
+    }
+}
+
+/// Lingering is bounded by close_timeout: a peer that goes on sending and never closes its
+/// side is cut off, after it was sent the close frame.
+#[tokio::test]
+async fn lingering_ends_after_close_timeout_when_the_peer_never_closes() {
+    let server = Server::builder()
+        .max_size(1024)
+        .close_timeout(Duration::from_millis(300))
+        .serve("127.0.0.1:0", |ws| async move {
+            let _ = ws.recv().await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let (stream, mut buf) = raw_handshake(server.local_addr().unwrap()).await;
+    let (mut reader, mut writer) = stream.into_split();
+    // A frame header announcing 1 GiB, then bytes, forever (until the server is gone).
+    let mut header = Vec::new();
+    header.extend_from_slice(&[0x82, 0xff]);
+    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    writer.write_all(&header).await.unwrap();
+    let sending = tokio::spawn(async move {
+        let chunk = vec![0u8; 16 * 1024];
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if writer.write_all(&chunk).await.is_err() {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the server still reads after 30 s");
+    });
+    // The close frame arrives (the server half-closed, it did not reset)...
+    let mut got = None;
+    while got.is_none() {
+        let n = guard("close frame", reader.read_buf(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "end of stream before the close frame");
+        if let Some(frame) = Frame::decode(&mut buf, usize::MAX).unwrap() {
+            got = Some(frame);
+        }
+    }
+    let frame = got.unwrap();
+    assert_eq!(frame.opcode, OpCode::Close);
+    assert_eq!(
+        CloseFrame::parse(&frame.payload).unwrap().unwrap().code,
+        CloseCode::MESSAGE_TOO_BIG
+    );
+    // ...then the end of stream, while the client goes on sending...
+    assert_eq!(guard("FIN", reader.read_buf(&mut buf)).await.unwrap(), 0);
+    // ...and after close_timeout the server closes the socket: writes fail.
+    let cut_off = guard("cut off", sending).await.unwrap();
+    assert!(cut_off >= Duration::from_millis(250), "{cut_off:?}");
+    guard("server close", server.close()).await;
+}
+
 // ----- 17. Streaming: fragments in, fragments out ---------------------------------------------
 
 /// A stream of fragments fed by the test through a channel.

@@ -38,6 +38,9 @@ use crate::queue::{FragmentsState, Inbox, Item, Sender};
 /// Size of the I/O thread's read buffer.
 const READ_BUF: usize = 16 * 1024;
 
+/// The I/O thread reads for at most this long before it looks at the connection again.
+const MAX_READ_WAIT: Duration = Duration::from_secs(10);
+
 crate::connection::info_accessors!(Connection);
 
 struct Shared {
@@ -153,13 +156,19 @@ impl Inner {
     /// looks for more output before it stops. Shuts the socket down when the core says so
     /// and everything is written.
     fn flush(&self) {
+        self.flush_from(false);
+    }
+
+    /// [`flush`](Self::flush), saying whether the caller is the I/O thread: that thread
+    /// closes the transport itself (lingering first); another thread must wake it.
+    fn flush_from(&self, io_thread: bool) {
         loop {
             let mut w = match self.writer.try_lock() {
                 Ok(w) => w,
                 Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => return,
             };
-            self.flush_locked(&mut w);
+            self.flush_locked(&mut w, io_thread);
             drop(w);
             // Output queued by a thread that found the lock taken, just before it was
             // released, is ours to write.
@@ -170,18 +179,26 @@ impl Inner {
         }
     }
 
-    fn flush_locked(&self, w: &mut Writer) {
+    fn flush_locked(&self, w: &mut Writer, io_thread: bool) {
         loop {
             let mut sh = self.lock();
             w.buf.clear();
             sh.proto.poll_transmit(&mut w.buf);
             if w.buf.is_empty() {
                 let close = sh.proto.should_close_transport() && !sh.done;
+                let linger = sh.proto.linger_timeout().is_some();
                 drop(sh);
                 if close {
                     w.stream.close_notify();
-                    // Wakes the I/O thread from its read (it sees the end of stream).
-                    let _ = self.stream.shutdown(Shutdown::Both);
+                    if linger {
+                        // The close frame and a FIN: the peer answers by closing its side,
+                        // which wakes the I/O thread (or its read timeout does, at most
+                        // MAX_READ_WAIT); it then lingers and closes the socket.
+                        let _ = self.stream.shutdown(Shutdown::Write);
+                    } else if !io_thread {
+                        // Wakes the I/O thread from its read (it sees the end of stream).
+                        let _ = self.stream.shutdown(Shutdown::Both);
+                    }
                 }
                 if w.buf.capacity() > 64 * 1024 {
                     w.buf = Vec::new();
@@ -233,6 +250,25 @@ impl Inner {
         self.cond.notify_all();
     }
 
+    /// Reads and discards until the peer closes its side, an error, or `linger` is over
+    /// ([`proto::Protocol::linger_timeout`]: closing with unread data would reset the
+    /// connection and lose the close frame at the peer).
+    fn linger(reader: &mut ReadHalf, buf: &mut [u8], linger: Duration) {
+        let deadline = Instant::now() + linger;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || reader.set_read_timeout(Some(left)).is_err() {
+                return;
+            }
+            match reader.read(buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// The I/O thread: reads, fires timers, writes, until the transport is closed.
     fn run(self: Arc<Self>, mut reader: ReadHalf) {
         let mut buf = vec![0u8; READ_BUF];
@@ -243,7 +279,7 @@ impl Inner {
                 sh.proto.handle_timeout(Instant::now());
                 self.dispatch(&mut sh);
             }
-            self.flush();
+            self.flush_from(true);
             let deadline = {
                 let sh = self.lock();
                 if sh.done {
@@ -251,9 +287,16 @@ impl Inner {
                 }
                 let drained = sh.proto.pending_output_len() == 0 && sh.inflight == 0;
                 if sh.proto.should_close_transport() && drained {
+                    let linger = if eof { None } else { sh.proto.linger_timeout() };
                     drop(sh);
+                    if let Some(linger) = linger {
+                        let _ = self.stream.shutdown(Shutdown::Write);
+                        self.finish(None);
+                        Self::linger(&mut reader, &mut buf, linger);
+                    } else {
+                        self.finish(None);
+                    }
                     let _ = self.stream.shutdown(Shutdown::Both);
-                    self.finish(None);
                     return;
                 }
                 let deadline = sh.proto.poll_timeout();
@@ -267,12 +310,14 @@ impl Inner {
                 }
                 deadline
             };
-            let timeout = deadline.map(|d| {
-                d.saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1))
-            });
-            if reader.set_read_timeout(timeout).is_err() {
-                // Only fails for a zero duration, which max() rules out.
+            // Bounded, so that a close decided by another thread (which cannot interrupt
+            // this read without losing what the peer has not read yet) is acted on.
+            let timeout = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(MAX_READ_WAIT)
+                .clamp(Duration::from_millis(1), MAX_READ_WAIT);
+            if reader.set_read_timeout(Some(timeout)).is_err() {
+                // Only fails for a zero duration, which clamp() rules out.
                 continue;
             }
             match reader.read(&mut buf) {
