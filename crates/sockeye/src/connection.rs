@@ -49,6 +49,9 @@ use crate::queue::{FragmentsState, Inbox, Item, Sender};
 pub(crate) enum Stream {
     /// TCP.
     Plain(tokio::net::TcpStream),
+    /// TCP, shared with the publishers that write to an idle connection directly
+    /// ([`crate::direct`]): what an open plain connection's driver holds.
+    Direct(crate::direct::SharedTcp),
     /// TLS over TCP, handshake done.
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::TlsStream<tokio::net::TcpStream>>),
@@ -68,6 +71,10 @@ macro_rules! each_stream {
     ($stream:expr, $s:ident => $body:expr) => {
         match $stream {
             Stream::Plain(s) => {
+                let $s = Pin::new(s);
+                $body
+            }
+            Stream::Direct(s) => {
                 let $s = Pin::new(s);
                 $body
             }
@@ -101,6 +108,7 @@ impl Stream {
     pub(crate) fn addresses(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
         let tcp = match self {
             Stream::Plain(s) => s,
+            Stream::Direct(s) => &s.0,
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.get_ref().0,
             #[allow(unreachable_patterns)]
@@ -127,6 +135,29 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         each_stream!(self.get_mut(), s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each_stream!(self.get_mut(), s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Direct(s) => s.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.is_write_vectored(),
+            #[cfg(all(unix, feature = "tls"))]
+            Stream::UnixTls(s) => s.is_write_vectored(),
+            #[cfg(feature = "hyper")]
+            Stream::Upgraded(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -255,6 +286,10 @@ struct Shared {
     close_hooks: Vec<Box<dyn FnOnce() + Send>>,
     /// The driver took the hooks to run them: later ones run at once.
     hooks_taken: bool,
+    /// The socket of a plain TCP connection, for publishers to write to directly while the
+    /// connection has nothing else to write ([`Connection::try_send_prepared`]); dropped
+    /// when the connection is over, so that the driver's drop closes the socket.
+    direct: Option<Arc<tokio::net::TcpStream>>,
 }
 
 struct Inner {
@@ -310,6 +345,11 @@ fn get<T>(m: &mut Mutex<T>) -> &mut T {
 pub(crate) struct Registration(Arc<Inner>);
 
 impl Registration {
+    /// [`Connection::try_send_prepared`] through the server's or the hub's reference.
+    pub(crate) fn try_send_prepared(&self, message: &PreparedMessage) -> bool {
+        try_send_prepared(&self.0, message)
+    }
+
     /// A new handle to the connection.
     pub(crate) fn connection(&self) -> Connection {
         self.0.handles.fetch_add(1, Ordering::Relaxed);
@@ -450,16 +490,23 @@ impl Connection {
 
     /// Wraps an open protocol and its transport: returns the handle and the driver future,
     /// which must be polled (spawned, or joined with the handler) for anything to happen.
-    pub(crate) fn new<S>(
+    pub(crate) fn new(
         proto: Protocol,
-        stream: S,
+        stream: Stream,
         leftover: Vec<u8>,
         limits: Limits,
         mut info: Info,
-    ) -> (Connection, Driver<S>)
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    ) -> (Connection, Driver<Stream>) {
+        let (stream, direct) = match stream {
+            Stream::Plain(tcp) => {
+                let tcp = Arc::new(tcp);
+                (
+                    Stream::Direct(crate::direct::SharedTcp(tcp.clone())),
+                    Some(tcp),
+                )
+            }
+            other => (other, None),
+        };
         info.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let mut proto = proto;
         // Data frames come as fragments: `recv` joins them, `recv_streaming` hands them out.
@@ -475,6 +522,7 @@ impl Connection {
                 io_error: None,
                 close_hooks: Vec::new(),
                 hooks_taken: false,
+                direct,
             }),
             readers: Notify::new(),
             writers: Notify::new(),
@@ -880,23 +928,47 @@ impl Connection {
     /// Sends a message without waiting, for broadcast: refused (returns `false`) when the
     /// connection is not open or more than `write_limit` bytes already wait.
     pub(crate) fn try_send_prepared(&self, message: &PreparedMessage) -> bool {
-        let mut sh = self.inner.lock();
-        if sh.done
-            || sh.proto.state() != State::Open
-            || sh.proto.pending_output_len() + sh.inflight > self.inner.limits.write_limit
-        {
-            return false;
-        }
-        let was_idle = sh.proto.pending_output_len() == 0;
-        if sh.proto.send_prepared(message).is_err() {
-            return false;
-        }
-        drop(sh);
-        if was_idle {
-            self.inner.driver.wake();
-        }
-        true
+        try_send_prepared(&self.inner, message)
     }
+}
+
+/// [`Connection::try_send_prepared`], for a handle or a [`Registration`].
+fn try_send_prepared(inner: &Inner, message: &PreparedMessage) -> bool {
+    let mut sh = inner.lock();
+    if sh.done
+        || sh.proto.state() != State::Open
+        || sh.proto.pending_output_len() + sh.inflight > inner.limits.write_limit
+    {
+        return false;
+    }
+    let was_idle = sh.proto.pending_output_len() == 0;
+    if sh.proto.send_prepared(message).is_err() {
+        return false;
+    }
+    if was_idle && sh.inflight == 0 {
+        // Nothing else waits to be written, in the core or in the driver: write it to the
+        // socket here, in order, rather than wake the driver's task to do it (one wake-up
+        // and one task poll less per subscriber). The driver only writes what it takes
+        // from the core under this lock, and `inflight` counts it until it is written, so
+        // nothing can be written between what it has and this.
+        if let Some(tcp) = &sh.direct {
+            let out = sh.proto.pending_output();
+            // Spliced payloads (large messages) are the driver's to write.
+            if out.len() == sh.proto.pending_output_len() {
+                // A full socket (WouldBlock) or an error: the driver writes the rest, or
+                // meets the error itself.
+                if let Ok(n) = tcp.try_write(out) {
+                    sh.proto.consume_output(n);
+                }
+            }
+        }
+    }
+    let wake = was_idle && sh.proto.pending_output_len() > 0;
+    drop(sh);
+    if wake {
+        inner.driver.wake();
+    }
+    true
 }
 
 fn closed_of(sh: &Shared) -> Closed {
@@ -1168,6 +1240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             let mut sh = self.inner.lock();
             sh.done = true;
             sh.inflight = 0;
+            sh.direct = None;
             if let Some(e) = error {
                 sh.io_error = Some(Arc::new(e));
             }

@@ -115,6 +115,7 @@ pub mod auth;
 pub mod axum;
 mod client;
 mod connection;
+mod direct;
 mod error;
 mod head;
 pub mod hub;

@@ -155,3 +155,140 @@ async fn subscribe_unsubscribe_and_publish_except() {
     drop(a);
     server.close().await;
 }
+
+/// A publish may write straight to an idle subscriber's socket instead of queueing for its
+/// driver. Whatever the mix (messages the connection sends itself, publishes from another
+/// thread, sockets that fill up and take partial writes), every frame arrives whole and each
+/// sender's messages arrive in order; nothing published as delivered is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_writes_keep_order_with_the_connections_own_sends() {
+    const N: usize = 2000;
+    let hub = Hub::new();
+    let (server, base, mut opened) = relay(hub.clone()).await;
+    let client = ClientBuilder::default()
+        .compression(false)
+        .max_size(1 << 20)
+        .connect(&format!("{base}/t"))
+        .await
+        .unwrap();
+    let server_side = timeout(STEP, opened.recv()).await.unwrap().unwrap();
+    // Sizes that vary, some large enough to fill the socket and force partial writes.
+    let body = |i: usize| "x".repeat([10, 3000, 40_000, 200][i % 4]);
+    let own = tokio::spawn(async move {
+        for i in 0..N {
+            server_side
+                .send(format!("own {i} {}", body(i)))
+                .await
+                .unwrap();
+            if i % 8 == 0 {
+                // Pauses in which the output drains, so that publishes find it idle.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let publisher = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut delivered = 0;
+            for i in 0..N {
+                delivered += hub.publish("/t", format!("pub {i} {}", body(i))).delivered;
+                if i % 16 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            delivered
+        })
+    };
+    let (mut next_own, mut last_pub, mut pubs) = (0, None, 0);
+    let deadline = tokio::time::Instant::now() + STEP;
+    let expected_pubs = loop {
+        if next_own == N && publisher.is_finished() {
+            // Everything was sent; the last published frames may still be on their way.
+            let expected = publisher.await.unwrap();
+            while pubs < expected {
+                let m = timeout(STEP, client.recv())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                let text = m.as_text().expect("text").to_owned();
+                let i: usize = text.split(' ').nth(1).unwrap().parse().unwrap();
+                assert!(text.starts_with("pub "), "{text:.20}");
+                assert!(last_pub.is_none_or(|l| i > l), "published out of order");
+                last_pub = Some(i);
+                pubs += 1;
+            }
+            break expected;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stalled");
+        let Ok(m) = timeout(Duration::from_millis(200), client.recv()).await else {
+            continue;
+        };
+        let m = m.unwrap().unwrap();
+        let text = m.as_text().expect("text");
+        let mut words = text.splitn(3, ' ');
+        let (who, i) = (words.next().unwrap(), words.next().unwrap());
+        let i: usize = i.parse().unwrap();
+        assert_eq!(words.next().unwrap(), body(i), "a frame was cut or mixed");
+        match who {
+            "own" => {
+                assert_eq!(i, next_own, "own messages out of order");
+                next_own += 1;
+            }
+            "pub" => {
+                assert!(last_pub.is_none_or(|l| i > l), "published out of order");
+                last_pub = Some(i);
+                pubs += 1;
+            }
+            other => panic!("{other}"),
+        }
+    };
+    assert_eq!(pubs, expected_pubs);
+    // Nothing more: no publish was delivered twice.
+    assert!(timeout(Duration::from_millis(100), client.recv())
+        .await
+        .is_err());
+    own.await.unwrap();
+    assert!(pubs > 0, "no publish reached the client");
+    client.close(sockeye::CloseCode::NORMAL, "").await.unwrap();
+    server.close().await;
+}
+
+/// Publishes to a subscriber that does not read: direct writes fill its socket, the last
+/// one is partial and the driver writes the rest; later publishes are dropped at the write
+/// limit. Every message reported delivered arrives whole and in order.
+#[tokio::test]
+async fn direct_writes_to_a_full_socket_leave_the_rest_to_the_driver() {
+    let hub = Hub::new();
+    let (server, base, mut opened) = relay(hub.clone()).await;
+    let client = ClientBuilder::default()
+        .compression(false)
+        .max_size(1 << 20)
+        .connect(&format!("{base}/t"))
+        .await
+        .unwrap();
+    timeout(STEP, opened.recv()).await.unwrap().unwrap();
+    let body = |i: usize| vec![i as u8; 256 * 1024 + i];
+    let mut delivered = Vec::new();
+    for i in 0..100 {
+        if hub.publish("/t", body(i)).delivered == 1 {
+            delivered.push(i);
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(delivered.len() > 1, "{delivered:?}");
+    assert!(delivered.len() < 100, "the socket never filled up");
+    for &i in &delivered {
+        let m = timeout(STEP, client.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(m.as_bytes() == body(i).as_slice(), "message {i} damaged");
+    }
+    assert!(timeout(Duration::from_millis(100), client.recv())
+        .await
+        .is_err());
+    client.close(sockeye::CloseCode::NORMAL, "").await.unwrap();
+    server.close().await;
+}

@@ -40,7 +40,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Registration};
 use crate::proto::{Message, PreparedMessage};
 
 #[cfg(feature = "redis")]
@@ -287,19 +287,25 @@ impl Inner {
     }
 
     /// Queues `prepared` for this process's subscribers of `topic`, except `except`.
+    ///
+    /// The subscribers are listed under the lock and served after it is released: a
+    /// delivery may write to the subscriber's socket (when its output is idle), and a
+    /// publish to thousands must not keep other threads from subscribing meanwhile.
     fn deliver(&self, topic: &str, prepared: &PreparedMessage, except: Option<u64>) -> Published {
-        let t = self.lock();
+        let subs: Vec<Registration> = match self.lock().topics.get(topic) {
+            Some(subs) => subs
+                .iter()
+                .filter(|(id, _)| Some(**id) != except)
+                .map(|(_, ws)| ws.registration())
+                .collect(),
+            None => return Published::default(),
+        };
         let mut result = Published::default();
-        if let Some(subs) = t.topics.get(topic) {
-            for (id, ws) in subs {
-                if Some(*id) == except {
-                    continue;
-                }
-                if ws.try_send_prepared(prepared) {
-                    result.delivered += 1;
-                } else {
-                    result.dropped += 1;
-                }
+        for ws in &subs {
+            if ws.try_send_prepared(prepared) {
+                result.delivered += 1;
+            } else {
+                result.dropped += 1;
             }
         }
         result

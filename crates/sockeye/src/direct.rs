@@ -1,0 +1,113 @@
+//! A TCP socket shared between a connection's driver and the tasks that publish to it.
+//!
+//! The driver reads, writes and shuts the socket down as usual; besides, a publisher
+//! ([`Hub::publish`](crate::Hub::publish), [`broadcast`](crate::broadcast)) may write a
+//! message straight to the socket when the connection has nothing else waiting to be
+//! written, instead of queueing it and waking the driver's task to write it (see
+//! `Connection::try_send_prepared`). Both go through `&TcpStream` (`try_read`, `try_write`:
+//! tokio's readiness tracking is shared), which is why the socket is behind an `Arc`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A TCP stream used by reference: `AsyncRead` and `AsyncWrite` over `try_read` and
+/// `try_write`, as tokio's own split halves do.
+pub(crate) struct SharedTcp(pub(crate) Arc<TcpStream>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read_buf(buf) {
+                Ok(_) => return Poll::Ready(Ok(())),
+                // The readiness was stale and is now cleared: poll it again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // What tokio's TcpStream does: shutdown(2) of the writing side, which never blocks.
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads, vectored writes and the half-close work through the shared reference, and a
+    /// write through another reference to the same socket arrives in order.
+    #[tokio::test]
+    async fn reads_writes_and_shuts_down_by_reference() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut peer = client.unwrap();
+        let tcp = Arc::new(accepted.unwrap().0);
+        let mut shared = SharedTcp(tcp.clone());
+
+        peer.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        shared.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+
+        let slices = [io::IoSlice::new(b"he"), io::IoSlice::new(b"llo")];
+        let n = shared.write_vectored(&slices).await.unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(tcp.try_write(b", world").unwrap(), 7);
+        shared.shutdown().await.unwrap();
+        let mut all = Vec::new();
+        peer.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"hello, world");
+    }
+}
