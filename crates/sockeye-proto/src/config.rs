@@ -207,7 +207,9 @@ impl Config {
 
     /// Deliver messages as [`crate::Event::Fragment`]s as their frames arrive, instead of
     /// whole [`crate::Event::Message`]s. Default off. UTF-8 and `max_size` are checked all
-    /// the same.
+    /// the same. A message that arrives whole, in one uncompressed frame, still comes as one
+    /// [`crate::Event::Message`] (it is its own only fragment: `first` and `fin`), which
+    /// spares it the joining.
     pub fn stream_fragments(&mut self, on: bool) -> &mut Self {
         self.stream_fragments = on;
         self

@@ -51,7 +51,8 @@ pub enum Event {
     Response(Box<Response<()>>),
     /// A whole message.
     Message(Message),
-    /// A piece of a message, in [`Config::stream_fragments`] mode.
+    /// A piece of a message, in [`Config::stream_fragments`] mode (a message in one
+    /// uncompressed frame comes whole, as [`Event::Message`], in that mode too).
     Fragment(Fragment),
     /// A ping arrived; the core already queued the pong.
     Ping(Bytes),
@@ -250,8 +251,9 @@ impl Protocol {
 
     /// Delivers data frames as [`Event::Fragment`]s from now on (`true`), or whole messages
     /// as [`Event::Message`]s (`false`), whatever the config says
-    /// ([`Config::stream_fragments`]). Takes effect from the next message: one already begun
-    /// is delivered the way it started.
+    /// ([`Config::stream_fragments`]; a message in one uncompressed frame comes whole either
+    /// way). Takes effect from the next message: one already begun is delivered the way it
+    /// started.
     ///
     /// A front end that lets its application choose per message between whole messages and
     /// fragments turns this on and joins fragments with a [`crate::Assembler`].
@@ -740,6 +742,20 @@ impl Protocol {
                 } else {
                     MessageKind::Binary
                 };
+                if h.fin && !h.rsv1 && self.config.max_fragments > 0 {
+                    // A whole message in one uncompressed frame, the common case: no state
+                    // for a message in progress, one UTF-8 pass, and handed over whole even
+                    // in stream mode (a front end's `recv_streaming` hands it out as one
+                    // fragment). check_header already held its length to max_size.
+                    let msg = match kind {
+                        MessageKind::Text => Message::Text(
+                            Utf8Bytes::try_from_bytes(payload).map_err(|_| Error::InvalidUtf8)?,
+                        ),
+                        MessageKind::Binary => Message::Binary(payload),
+                    };
+                    self.events.push_back(Event::Message(msg));
+                    return Ok(());
+                }
                 self.incoming = Some(Box::new(Incoming {
                     kind,
                     compressed: h.rsv1,

@@ -566,6 +566,43 @@ mod s5_4_fragmentation {
         let ev = events(&mut server);
         assert!(matches!(&ev[..], [Event::Fragment(f)] if !f.first && f.fin && f.data == "lo"));
     }
+
+    /// A message in one frame is its own only fragment: it comes whole, checked the same.
+    #[test]
+    fn streaming_mode_delivers_a_single_frame_message_whole() {
+        let mut config = Config::new();
+        config.stream_fragments(true).max_size(10);
+        let mut server = Protocol::open(Side::Server, Arc::new(config), None, None);
+        server
+            .receive_data(&frag(OpCode::Text, "héllo", true))
+            .unwrap();
+        server
+            .receive_data(&frag(OpCode::Binary, "\u{0}\u{1}", true))
+            .unwrap();
+        let ev = events(&mut server);
+        assert!(
+            matches!(&ev[..], [Event::Message(Message::Text(t)), Event::Message(Message::Binary(b))] if t.as_str() == "héllo" && b[..] == [0, 1]),
+            "{ev:?}"
+        );
+        // Too big: refused on the declared length.
+        let err = server
+            .receive_data(&frag(OpCode::Binary, "0123456789x", true))
+            .unwrap_err();
+        assert!(matches!(err, Error::LimitExceeded(_)), "{err:?}");
+
+        // Invalid UTF-8 in a single frame: 1007, as for a fragmented message.
+        let mut config = Config::new();
+        config.stream_fragments(true);
+        let mut server = Protocol::open(Side::Server, Arc::new(config), None, None);
+        let mut frame = Vec::new();
+        Frame::new(OpCode::Text, b"ok \xff".to_vec()).encode(&mut frame, Some(MASK));
+        assert_eq!(server.receive_data(&frame).unwrap_err(), Error::InvalidUtf8);
+        let close = close_of(&output_frames(&mut server)).unwrap();
+        assert_eq!(close.code, CloseCode::INVALID_PAYLOAD);
+        assert!(events(&mut server)
+            .iter()
+            .all(|e| !matches!(e, Event::Message(_))));
+    }
 }
 
 // ----- RFC 6455 §5.5: control frames -----------------------------------------------------

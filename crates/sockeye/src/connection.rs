@@ -108,7 +108,7 @@ impl Stream {
     pub(crate) fn addresses(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
         let tcp = match self {
             Stream::Plain(s) => s,
-            Stream::Direct(s) => &s.0,
+            Stream::Direct(s) => s.tcp(),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.get_ref().0,
             #[allow(unreachable_patterns)]
@@ -289,7 +289,7 @@ struct Shared {
     /// The socket of a plain TCP connection, for publishers to write to directly while the
     /// connection has nothing else to write ([`Connection::try_send_prepared`]); dropped
     /// when the connection is over, so that the driver's drop closes the socket.
-    direct: Option<Arc<tokio::net::TcpStream>>,
+    direct: Option<Arc<tokio::net::tcp::OwnedWriteHalf>>,
 }
 
 struct Inner {
@@ -499,11 +499,8 @@ impl Connection {
     ) -> (Connection, Driver<Stream>) {
         let (stream, direct) = match stream {
             Stream::Plain(tcp) => {
-                let tcp = Arc::new(tcp);
-                (
-                    Stream::Direct(crate::direct::SharedTcp(tcp.clone())),
-                    Some(tcp),
-                )
+                let (shared, writer) = crate::direct::SharedTcp::new(tcp);
+                (Stream::Direct(shared), Some(writer))
             }
             other => (other, None),
         };

@@ -4,8 +4,9 @@
 //! ([`Hub::publish`](crate::Hub::publish), [`broadcast`](crate::broadcast)) may write a
 //! message straight to the socket when the connection has nothing else waiting to be
 //! written, instead of queueing it and waking the driver's task to write it (see
-//! `Connection::try_send_prepared`). Both go through `&TcpStream` (`try_read`, `try_write`:
-//! tokio's readiness tracking is shared), which is why the socket is behind an `Arc`.
+//! `Connection::try_send_prepared`). The socket is split: the driver reads through tokio's
+//! read half, and the write half is shared (`Arc`), written through `&TcpStream`
+//! (`try_write`: tokio's readiness tracking is shared).
 
 use std::io;
 use std::pin::Pin;
@@ -13,11 +14,36 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-/// A TCP stream used by reference: `AsyncRead` and `AsyncWrite` over `try_read` and
-/// `try_write`, as tokio's own split halves do.
-pub(crate) struct SharedTcp(pub(crate) Arc<TcpStream>);
+/// A TCP stream whose writing side is shared: reads go through tokio's read half (which
+/// knows that a short read drained the socket, and saves the `EAGAIN` read that would tell
+/// it), writes through `&TcpStream` (`try_write`, with tokio's shared readiness).
+pub(crate) struct SharedTcp {
+    read: OwnedReadHalf,
+    write: Arc<OwnedWriteHalf>,
+}
+
+impl SharedTcp {
+    /// Splits `tcp`; the returned writer may write from anywhere, in turn with the driver.
+    pub(crate) fn new(tcp: TcpStream) -> (SharedTcp, Arc<OwnedWriteHalf>) {
+        let (read, write) = tcp.into_split();
+        let write = Arc::new(write);
+        (
+            SharedTcp {
+                read,
+                write: write.clone(),
+            },
+            write,
+        )
+    }
+
+    /// The socket.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        self.read.as_ref()
+    }
+}
 
 impl AsyncRead for SharedTcp {
     fn poll_read(
@@ -25,15 +51,7 @@ impl AsyncRead for SharedTcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read_buf(buf) {
-                Ok(_) => return Poll::Ready(Ok(())),
-                // The readiness was stale and is now cleared: poll it again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
     }
 }
 
@@ -43,9 +61,11 @@ impl AsyncWrite for SharedTcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let tcp: &TcpStream = self.write.as_ref().as_ref();
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write(buf) {
+                // The readiness was stale and is now cleared: poll it again.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
             }
@@ -57,9 +77,10 @@ impl AsyncWrite for SharedTcp {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let tcp: &TcpStream = self.write.as_ref().as_ref();
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
             }
@@ -76,7 +97,8 @@ impl AsyncWrite for SharedTcp {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         // What tokio's TcpStream does: shutdown(2) of the writing side, which never blocks.
-        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+        let tcp: &TcpStream = self.write.as_ref().as_ref();
+        Poll::Ready(socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -93,8 +115,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let mut peer = client.unwrap();
-        let tcp = Arc::new(accepted.unwrap().0);
-        let mut shared = SharedTcp(tcp.clone());
+        let (mut shared, writer) = SharedTcp::new(accepted.unwrap().0);
 
         peer.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 4];
@@ -104,7 +125,7 @@ mod tests {
         let slices = [io::IoSlice::new(b"he"), io::IoSlice::new(b"llo")];
         let n = shared.write_vectored(&slices).await.unwrap();
         assert_eq!(n, 5);
-        assert_eq!(tcp.try_write(b", world").unwrap(), 7);
+        assert_eq!(writer.try_write(b", world").unwrap(), 7);
         shared.shutdown().await.unwrap();
         let mut all = Vec::new();
         peer.read_to_end(&mut all).await.unwrap();
