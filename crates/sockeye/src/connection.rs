@@ -1420,9 +1420,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             if close_now && drained && !more_output {
                 match Pin::new(&mut this.stream).poll_shutdown(cx) {
                     Poll::Ready(result) => {
-                        let linger = match (this.eof, result) {
-                            (false, Ok(())) => this.inner.lock().proto.linger_timeout(),
-                            _ => None,
+                        // The core knows whether the peer has closed its side already.
+                        let linger = match result {
+                            Ok(()) => this.inner.lock().proto.linger_timeout(),
+                            Err(_) => None,
                         };
                         this.finish(None);
                         if let Some(linger) = linger {

@@ -163,15 +163,7 @@ async fn subscribe_unsubscribe_and_publish_except() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_writes_keep_order_with_the_connections_own_sends() {
     const N: usize = 2000;
-    let hub = Hub::new();
-    let (server, base, mut opened) = relay(hub.clone()).await;
-    let client = ClientBuilder::default()
-        .compression(false)
-        .max_size(1 << 20)
-        .connect(&format!("{base}/t"))
-        .await
-        .unwrap();
-    let server_side = timeout(STEP, opened.recv()).await.unwrap().unwrap();
+    let (hub, server, client, server_side) = one_subscriber_of_t().await;
     // Sizes that vary, some large enough to fill the socket and force partial writes.
     let body = |i: usize| "x".repeat([10, 3000, 40_000, 200][i % 4]);
     let own = tokio::spawn(async move {
@@ -259,15 +251,7 @@ async fn direct_writes_keep_order_with_the_connections_own_sends() {
 /// limit. Every message reported delivered arrives whole and in order.
 #[tokio::test]
 async fn direct_writes_to_a_full_socket_leave_the_rest_to_the_driver() {
-    let hub = Hub::new();
-    let (server, base, mut opened) = relay(hub.clone()).await;
-    let client = ClientBuilder::default()
-        .compression(false)
-        .max_size(1 << 20)
-        .connect(&format!("{base}/t"))
-        .await
-        .unwrap();
-    timeout(STEP, opened.recv()).await.unwrap().unwrap();
+    let (hub, server, client, _) = one_subscriber_of_t().await;
     let body = |i: usize| vec![i as u8; 256 * 1024 + i];
     let mut delivered = Vec::new();
     for i in 0..100 {
@@ -291,4 +275,25 @@ async fn direct_writes_to_a_full_socket_leave_the_rest_to_the_driver() {
         .is_err());
     client.close(sockeye::CloseCode::NORMAL, "").await.unwrap();
     server.close().await;
+}
+
+/// A relay on a fresh hub with one client subscribed to `/t` (1 MiB messages allowed, no
+/// compression, so that the hub's prepared frames are written as they are), and the
+/// server's side of that connection.
+async fn one_subscriber_of_t() -> (
+    Hub,
+    sockeye::Server,
+    sockeye::Connection,
+    sockeye::Connection,
+) {
+    let hub = Hub::new();
+    let (server, base, mut opened) = relay(hub.clone()).await;
+    let client = ClientBuilder::default()
+        .compression(false)
+        .max_size(1 << 20)
+        .connect(&format!("{base}/t"))
+        .await
+        .unwrap();
+    let server_side = timeout(STEP, opened.recv()).await.unwrap().unwrap();
+    (hub, server, client, server_side)
 }

@@ -287,7 +287,7 @@ impl Inner {
                 }
                 let drained = sh.proto.pending_output_len() == 0 && sh.inflight == 0;
                 if sh.proto.should_close_transport() && drained {
-                    let linger = if eof { None } else { sh.proto.linger_timeout() };
+                    let linger = sh.proto.linger_timeout();
                     drop(sh);
                     if let Some(linger) = linger {
                         let _ = self.stream.shutdown(Shutdown::Write);
