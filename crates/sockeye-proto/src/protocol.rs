@@ -129,7 +129,9 @@ pub struct Protocol {
     /// Whether large payloads may be spliced rather than copied.
     zero_copy: bool,
     events: VecDeque<Event>,
-    error: Option<Error>,
+    /// How the connection ended (error, close frames): boxed, allocated when it starts to
+    /// end, so that an open connection carries one pointer for it.
+    ending: Option<Box<Ending>>,
     discard: bool,
     close_transport: bool,
     /// A timer ended the connection (open, keepalive or close timeout): the peer is not
@@ -145,8 +147,6 @@ pub struct Protocol {
     incoming: Option<Box<Incoming>>,
     sending: Option<(MessageKind, bool)>,
     send_utf8: Utf8Validator,
-    close_received: Option<CloseFrame>,
-    close_sent: Option<CloseFrame>,
     now: Option<Instant>,
     open_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
@@ -157,6 +157,14 @@ pub struct Protocol {
     next_ping_id: u64,
     latency: Option<Duration>,
     rng: Rng,
+}
+
+/// How a connection ended, or is ending: [`Protocol::error`], the close frames.
+#[derive(Debug, Default)]
+struct Ending {
+    error: Option<Error>,
+    close_received: Option<CloseFrame>,
+    close_sent: Option<CloseFrame>,
 }
 
 /// The smallest payload that [`Protocol::set_zero_copy`] splices rather than copies.
@@ -205,7 +213,7 @@ impl Protocol {
             splices: Vec::new(),
             zero_copy: false,
             events: VecDeque::new(),
-            error: None,
+            ending: None,
             discard: false,
             close_transport: false,
             timed_out: false,
@@ -217,8 +225,6 @@ impl Protocol {
             incoming: None,
             sending: None,
             send_utf8: Utf8Validator::new(),
-            close_received: None,
-            close_sent: None,
             now: None,
             open_deadline: None,
             close_deadline: None,
@@ -273,42 +279,38 @@ impl Protocol {
 
     /// The error that failed the connection, if any. Every later input call returns it too.
     pub fn error(&self) -> Option<&Error> {
-        self.error.as_ref()
+        self.ending.as_ref()?.error.as_ref()
     }
 
     /// The close frame received from the peer (code 1005 if it was empty).
     pub fn close_received(&self) -> Option<&CloseFrame> {
-        self.close_received.as_ref()
+        self.ending.as_ref()?.close_received.as_ref()
     }
 
     /// The close frame sent to the peer (code 1005 if it was empty).
     pub fn close_sent(&self) -> Option<&CloseFrame> {
-        self.close_sent.as_ref()
+        self.ending.as_ref()?.close_sent.as_ref()
     }
 
     /// The close code to report: the peer's, or 1006 if no close frame was received
     /// (RFC 6455 §7.1.5).
     pub fn close_code(&self) -> CloseCode {
-        self.close_received
-            .as_ref()
+        self.close_received()
             .map_or(CloseCode::ABNORMAL, |c| c.code)
     }
 
     /// The close reason to report: the peer's, or empty.
     pub fn close_reason(&self) -> &str {
-        self.close_received
-            .as_ref()
-            .map_or("", |c| c.reason.as_str())
+        self.close_received().map_or("", |c| c.reason.as_str())
     }
 
     /// Whether the connection ended normally: close frames exchanged both ways, each with
     /// 1000, 1001 or no code (1005), as python-websockets' `ConnectionClosedOK`.
     pub fn close_ok(&self) -> bool {
-        let ok = |c: &Option<CloseFrame>| {
-            c.as_ref()
-                .is_some_and(|c| c.code.is_ok() || c.code == CloseCode::NO_STATUS)
+        let ok = |c: Option<&CloseFrame>| {
+            c.is_some_and(|c| c.code.is_ok() || c.code == CloseCode::NO_STATUS)
         };
-        ok(&self.close_received) && ok(&self.close_sent)
+        ok(self.close_received()) && ok(self.close_sent())
     }
 
     /// Round-trip time measured by the last acknowledged ping.
@@ -332,7 +334,7 @@ impl Protocol {
     /// error response) and returns the same error on every later call; events produced
     /// before the error stay available.
     pub fn receive_data(&mut self, data: &[u8]) -> Result<(), Error> {
-        if let Some(e) = &self.error {
+        if let Some(e) = self.error() {
             return Err(e.clone());
         }
         if self.discard || self.state == State::Closed {
@@ -349,7 +351,7 @@ impl Protocol {
     /// large payload, and lets one read take as much of it as the transport has. 0 when no
     /// frame is in progress (or during the opening handshake, or after an error).
     pub fn frame_bytes_missing(&self) -> usize {
-        if self.state == State::Connecting || self.discard || self.error.is_some() {
+        if self.state == State::Connecting || self.discard || self.error().is_some() {
             return 0;
         }
         match FrameHeader::parse(&self.recv, self.config.max_frame_size) {
@@ -371,7 +373,7 @@ impl Protocol {
     /// Processes the bytes a front end appended to [`Protocol::receive_buffer`], as
     /// [`Protocol::receive_data`] processes the bytes it is given.
     pub fn receive_buffered(&mut self) -> Result<(), Error> {
-        if let Some(e) = &self.error {
+        if let Some(e) = self.error() {
             return Err(e.clone());
         }
         if self.discard || self.state == State::Closed {
@@ -387,11 +389,11 @@ impl Protocol {
     /// gives 1006. During the opening handshake this is an error.
     pub fn receive_eof(&mut self) -> Result<(), Error> {
         if self.eof_received {
-            return self.error.clone().map_or(Ok(()), Err);
+            return self.error().cloned().map_or(Ok(()), Err);
         }
         self.eof_received = true;
         self.close_transport = true;
-        let result = if self.state == State::Connecting && self.error.is_none() {
+        let result = if self.state == State::Connecting && self.error().is_none() {
             match std::mem::replace(&mut self.handshake, Handshake::Done) {
                 Handshake::ReadBody { mut head, .. } => {
                     // A body delimited by the end of the connection (RFC 9112 §6.3).
@@ -410,10 +412,10 @@ impl Protocol {
         self.incoming = None;
         match result {
             Err(e) => {
-                self.error = Some(e.clone());
+                self.ending().error = Some(e.clone());
                 Err(e)
             }
-            Ok(()) => self.error.clone().map_or(Ok(()), Err),
+            Ok(()) => self.error().cloned().map_or(Ok(()), Err),
         }
     }
 
@@ -440,7 +442,7 @@ impl Protocol {
             self.process_frames()
         };
         if let Err(e) = &result {
-            if self.error.is_none() {
+            if self.error().is_none() {
                 self.fail_with(e.clone());
             }
         }
@@ -575,7 +577,7 @@ impl Protocol {
             // Frames the client sent right behind its request.
             let result = self.process_frames();
             if let Err(e) = &result {
-                if self.error.is_none() {
+                if self.error().is_none() {
                     self.fail_with(e.clone());
                 }
             }
@@ -587,7 +589,7 @@ impl Protocol {
                 Some(Err(e)) => e,
                 _ => HandshakeError::Rejected(response.status()),
             };
-            self.error = Some(Error::Handshake(e));
+            self.ending().error = Some(Error::Handshake(e));
             self.state = State::Closed;
             self.close_transport = true;
             self.discard = true;
@@ -887,10 +889,10 @@ impl Protocol {
             // sending a Close frame in response, the endpoint typically echos the status code
             // it received.)" We echo the payload as received.
             self.write_frame(OpCode::Close, &payload, true, false);
-            self.close_sent = Some(frame.clone());
+            self.ending().close_sent = Some(frame.clone());
             self.state = State::Closing;
         }
-        self.close_received = Some(frame.clone());
+        self.ending().close_received = Some(frame.clone());
         self.after_close_handshake();
         self.events.push_back(Event::Close(frame));
         Ok(())
@@ -1118,7 +1120,7 @@ impl Protocol {
             frame.to_payload()
         };
         self.write_frame(OpCode::Close, &payload, true, false);
-        self.close_sent = Some(frame);
+        self.ending().close_sent = Some(frame);
         self.state = State::Closing;
         self.clear_keepalive();
     }
@@ -1131,6 +1133,11 @@ impl Protocol {
             self.send_close(CloseFrame::new(code, reason));
         }
         self.after_failure();
+    }
+
+    /// The ending's record, allocated when first needed.
+    fn ending(&mut self) -> &mut Ending {
+        self.ending.get_or_insert_with(Box::default)
     }
 
     fn fail_with(&mut self, error: Error) {
@@ -1151,7 +1158,7 @@ impl Protocol {
             self.close_transport = true;
             self.handshake = Handshake::Done;
         }
-        self.error = Some(error);
+        self.ending().error = Some(error);
         self.after_failure();
     }
 
@@ -1321,7 +1328,7 @@ impl Protocol {
         }
         if self.open_deadline.is_some_and(|d| now >= d) {
             self.open_deadline = None;
-            if self.state == State::Connecting && self.error.is_none() {
+            if self.state == State::Connecting && self.error().is_none() {
                 self.fail_with(Error::Timeout(crate::error::Timeout::Open));
             }
         }

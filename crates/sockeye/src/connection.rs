@@ -29,6 +29,7 @@ use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::futures::Notified;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
 
@@ -325,12 +326,22 @@ impl Inner {
 /// closing handshake in the background).
 pub struct Connection {
     inner: Arc<Inner>,
-    /// The `recv` in progress when the connection is used as a `Stream`. In a `Mutex` only
-    /// to be `Sync` without `unsafe`: it is reached through `&mut self` (`get_mut`), never
-    /// locked.
-    stream_recv: Mutex<Option<BoxFuture<Result<Option<Message>>>>>,
-    /// The `send` in progress when the connection is used as a `Sink` (same remark).
-    sink_send: Mutex<Option<BoxFuture<Result<()>>>>,
+    /// What the `Stream` and `Sink` impls keep between polls, allocated on their first use:
+    /// a handle that is only awaited (`recv`, `send`) stays two pointers wide, which counts
+    /// because the connection's task and its handler each hold one for as long as it lives.
+    /// In a `Mutex` only to be `Sync` without `unsafe`: it is reached through `&mut self`
+    /// (`get_mut`), never locked.
+    adapters: Option<Box<Mutex<Adapters>>>,
+}
+
+/// The `Stream`/`Sink` state of one [`Connection`] handle.
+#[derive(Default)]
+struct Adapters {
+    /// The `recv` in progress when the connection is used as a `Stream`.
+    stream_recv: Option<BoxFuture<Result<Option<Message>>>>,
+    /// The `send` in progress when the connection is used as a `Sink`.
+    sink_send: Option<BoxFuture<Result<()>>>,
+    /// The stream ended (normal close, or after yielding the error of another end).
     stream_done: bool,
 }
 
@@ -368,8 +379,7 @@ impl Clone for Connection {
     /// Another handle to the same connection (a `Stream`/`Sink` operation in progress on
     /// this handle is not shared).
     fn clone(&self) -> Self {
-        self.inner.handles.fetch_add(1, Ordering::Relaxed);
-        Connection::from_inner(self.inner.clone())
+        Connection::handle(&self.inner)
     }
 }
 
@@ -379,22 +389,26 @@ impl futures_core::Stream for Connection {
     /// The messages received, as [`Connection::recv`] gives them; the stream ends after a
     /// normal close, or after yielding the error of any other end.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.stream_done {
+        let this = &mut *self;
+        let inner = &this.inner;
+        let adapters = get(this.adapters.get_or_insert_with(Box::default));
+        if adapters.stream_done {
             return Poll::Ready(None);
         }
-        let conn = self.clone();
-        let slot = get(&mut self.stream_recv);
-        let fut = slot.get_or_insert_with(|| Box::pin(async move { conn.recv().await }));
+        let fut = adapters.stream_recv.get_or_insert_with(|| {
+            let conn = Connection::handle(inner);
+            Box::pin(async move { conn.recv().await })
+        });
         let result = std::task::ready!(fut.as_mut().poll(cx));
-        *slot = None;
+        adapters.stream_recv = None;
         Poll::Ready(match result {
             Ok(Some(m)) => Some(Ok(m)),
             Ok(None) => {
-                self.stream_done = true;
+                adapters.stream_done = true;
                 None
             }
             Err(e) => {
-                self.stream_done = true;
+                adapters.stream_done = true;
                 Some(Err(e))
             }
         })
@@ -411,7 +425,7 @@ impl futures_sink::Sink<Message> for Connection {
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<()> {
         let conn = self.clone();
         let message = item;
-        *get(&mut self.sink_send) = Some(Box::pin(async move { conn.send(message).await }));
+        self.adapters().sink_send = Some(Box::pin(async move { conn.send(message).await }));
         Ok(())
     }
 
@@ -424,9 +438,9 @@ impl futures_sink::Sink<Message> for Connection {
     /// Completes the `send` in progress, then closes the connection with 1000.
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         std::task::ready!(self.poll_pending_send(cx))?;
-        if get(&mut self.sink_send).is_none() {
+        if self.adapters().sink_send.is_none() {
             let conn = self.clone();
-            *get(&mut self.sink_send) =
+            self.adapters().sink_send =
                 Some(Box::pin(
                     async move { conn.close(CloseCode::NORMAL, "").await },
                 ));
@@ -470,14 +484,26 @@ impl Connection {
     fn from_inner(inner: Arc<Inner>) -> Connection {
         Connection {
             inner,
-            stream_recv: Mutex::new(None),
-            sink_send: Mutex::new(None),
-            stream_done: false,
+            adapters: None,
         }
     }
 
+    /// Another handle to the connection of `inner`.
+    fn handle(inner: &Arc<Inner>) -> Connection {
+        inner.handles.fetch_add(1, Ordering::Relaxed);
+        Connection::from_inner(inner.clone())
+    }
+
+    /// The `Stream`/`Sink` state of this handle, allocated on first use.
+    fn adapters(&mut self) -> &mut Adapters {
+        get(self.adapters.get_or_insert_with(Box::default))
+    }
+
     fn poll_pending_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let slot = get(&mut self.sink_send);
+        let Some(adapters) = self.adapters.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let slot = &mut get(adapters).sink_send;
         match slot.as_mut() {
             None => Poll::Ready(Ok(())),
             Some(fut) => {
@@ -657,9 +683,11 @@ impl Connection {
     /// Takes part in tokio's cooperative scheduling, so a task that sends in a tight loop
     /// still lets the connection (and the runtime) make progress. Cancel-safe: a `send`
     /// dropped before it completes sent nothing.
-    pub async fn send(&self, message: impl Into<Message>) -> Result<()> {
+    // Not an `async fn`: the future is the handler's for as long as the send waits, so its
+    // size counts (an `async fn` would keep the message twice, and a state per layer).
+    pub fn send(&self, message: impl Into<Message>) -> impl Future<Output = Result<()>> + '_ {
         let message = message.into();
-        self.send_with(|sh| sh.proto.send(&message)).await
+        self.send_as(Sender::Message, move |sh| sh.proto.send(&message))
     }
 
     /// Sends a message in fragments (RFC 6455 §5.4), one frame per item of `fragments`.
@@ -724,36 +752,45 @@ impl Connection {
         }
     }
 
-    async fn send_with(
-        &self,
-        op: impl FnMut(&mut Shared) -> std::result::Result<(), proto::Error>,
-    ) -> Result<()> {
-        self.send_as(Sender::Message, op).await
-    }
-
-    /// `send_with` for a `sender`: a whole message waits while another task's fragmented
-    /// message is being sent; control frames do not.
+    /// Runs `op` (which queues frames in the core) as `sender` once the connection may take
+    /// them: a whole message waits while another task's fragmented message is being sent,
+    /// control frames do not; all wait while more than `write_limit` bytes are queued.
     ///
     /// Tries once before registering with `writers`, so that a send under the write limit
-    /// (the common case) costs one lock and no `Notify` registration.
-    async fn send_as(
-        &self,
+    /// (the common case) costs one lock and no `Notify` registration. The registration is
+    /// boxed: only a send that has to wait pays for it, and the future stays small (it lives
+    /// in the caller's future, a handler's, for as long as the connection does).
+    fn send_as<'a>(
+        &'a self,
         sender: Sender,
-        mut op: impl FnMut(&mut Shared) -> std::result::Result<(), proto::Error>,
-    ) -> Result<()> {
-        tokio::task::coop::consume_budget().await;
-        loop {
-            if let Some(done) = self.try_send(sender, &mut op) {
-                return done;
+        mut op: impl FnMut(&mut Shared) -> std::result::Result<(), proto::Error> + 'a,
+    ) -> impl Future<Output = Result<()>> + 'a {
+        let mut budgeted = false;
+        let mut waiting: Option<Pin<Box<Notified<'a>>>> = None;
+        std::future::poll_fn(move |cx| {
+            if !budgeted {
+                // tokio's cooperative budget: a task that sends in a tight loop yields now
+                // and then (consume_budget, without its future).
+                std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+                budgeted = true;
             }
-            let notified = self.inner.writers.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(done) = self.try_send(sender, &mut op) {
-                return done;
+            loop {
+                if let Some(notified) = waiting.as_mut() {
+                    std::task::ready!(notified.as_mut().poll(cx));
+                    waiting = None;
+                }
+                if let Some(done) = self.try_send(sender, &mut op) {
+                    return Poll::Ready(done);
+                }
+                let mut notified = Box::pin(self.inner.writers.notified());
+                notified.as_mut().enable();
+                // Registered: look again, for what changed before the registration.
+                if let Some(done) = self.try_send(sender, &mut op) {
+                    return Poll::Ready(done);
+                }
+                waiting = Some(notified);
             }
-            notified.await;
-        }
+        })
     }
 
     /// One attempt of [`send_as`](Self::send_as): `None` when it must wait (over the write
@@ -1491,5 +1528,46 @@ mod tests {
             std::mem::size_of::<super::Stream>(),
             std::mem::size_of::<tokio::net::TcpStream>()
         );
+    }
+}
+
+/// What an idle connection is made of: the handle, which the task and the handler each keep
+/// for the connection's life, and the futures a handler waits in. Guards against growth
+/// (docs/benchmarks.md, "Memory per idle connection"); 64-bit targets only.
+#[cfg(all(test, target_pointer_width = "64"))]
+mod idle_size {
+    use std::mem::size_of;
+
+    use super::{Connection, Inner};
+    use crate::Message;
+
+    fn future_size<F>(_: fn(&'static Connection) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    #[test]
+    fn a_handle_is_two_pointers() {
+        assert_eq!(size_of::<Connection>(), 16);
+    }
+
+    #[test]
+    fn waiting_futures_stay_small() {
+        let recv = future_size(|c| c.recv());
+        let send = future_size(|c| c.send(Message::Text(Default::default())));
+        assert!(recv <= 128, "recv future: {recv} bytes");
+        assert!(send <= 80, "send future: {send} bytes");
+        let echo = future_size(|c| async move {
+            while let Some(m) = c.recv().await? {
+                c.send(m).await?;
+            }
+            Ok::<(), crate::Error>(())
+        });
+        assert!(echo <= 216, "echo handler future: {echo} bytes");
+    }
+
+    #[test]
+    fn the_shared_state_of_a_connection_does_not_grow() {
+        let inner = size_of::<Inner>();
+        assert!(inner <= 856, "Inner: {inner} bytes");
     }
 }
