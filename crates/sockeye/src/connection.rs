@@ -27,14 +27,13 @@ use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use http::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::futures::Notified;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Closed, Error, Result};
-use crate::head::{Head, RequestHead};
+use crate::head::{RequestHead, ResponseHead};
 use crate::proto::{
     self, CloseCode, Event, Fragment, Message, MessageKind, PingId, PreparedMessage, Protocol,
     Side, State,
@@ -193,7 +192,7 @@ pub(crate) struct Info {
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) request: RequestHead,
-    pub(crate) response: Head<Response<()>>,
+    pub(crate) response: ResponseHead,
     pub(crate) subprotocol: Option<String>,
 }
 
@@ -230,7 +229,9 @@ macro_rules! info_accessors {
 
             /// The handshake response (sent by a server, received by a client).
             pub fn response(&self) -> &http::Response<()> {
-                self.inner.info.response.get()
+                let info = &self.inner.info;
+                info.response
+                    .get(info.request.get(), info.subprotocol.as_deref())
             }
 
             /// The subprotocol negotiated, if any.

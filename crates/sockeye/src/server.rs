@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::auth::BasicAuth;
 use crate::connection::{Connection, Info, Limits, Stream};
 use crate::error::{Error, Result};
-use crate::head::{Granted, RequestHead};
+use crate::head::{Granted, RequestHead, ResponseHead};
 use crate::options::Options;
 use crate::proto::{self, CloseCode, Event, Protocol, Side};
 use crate::routing::{Router, Table};
@@ -106,6 +106,22 @@ impl Hooks {
             && (granted.username.is_some() || granted.route.is_some()))
         .then(|| Box::new(granted));
         (response, granted)
+    }
+
+    /// What the connection keeps of the `101` it was answered with: the response when a
+    /// `process_response` hook may have changed it, else only how to build it again
+    /// ([`ResponseHead`]).
+    pub(crate) fn kept_response(
+        &self,
+        response: Response<Bytes>,
+        config: &Arc<proto::Config>,
+    ) -> ResponseHead {
+        if self.process_response.is_some() {
+            let (parts, _) = response.into_parts();
+            Response::from_parts(parts, ()).into()
+        } else {
+            ResponseHead::rebuilt(config.clone())
+        }
     }
 
     fn decide(
@@ -685,7 +701,7 @@ async fn open_connection(
         remote_addr: peer,
         subprotocol: proto.subprotocol().map(str::to_owned),
         request,
-        response: response.into(),
+        response,
     };
     let limits: Limits = shared.options.limits;
     Some(Connection::new(proto, stream, Vec::new(), limits, info))
@@ -799,7 +815,7 @@ async fn server_handshake<S>(
     proto: &mut Protocol,
     shared: &Shared,
     server: &ServerInner,
-) -> Result<Option<(RequestHead, Response<()>)>>
+) -> Result<Option<(RequestHead, ResponseHead)>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -819,9 +835,9 @@ where
         let _ = stream.shutdown().await;
         return Ok(None);
     }
-    let (parts, _) = response.into_parts();
+    let response = shared.hooks.kept_response(response, &shared.config);
     let request = RequestHead::new(*request, granted);
-    Ok(Some((request, Response::from_parts(parts, ()))))
+    Ok(Some((request, response)))
 }
 
 /// Reads and feeds the core until it produces an event (the handshake request or response),

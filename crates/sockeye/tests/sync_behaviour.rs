@@ -815,6 +815,97 @@ fn subprotocol_is_negotiated() {
     server.shutdown();
 }
 
+/// A response as comparable text: status, then every header as `name: value`, sorted.
+fn response_text(response: &http::Response<()>) -> String {
+    let mut lines: Vec<String> = response
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+        .collect();
+    lines.sort();
+    format!("{}\n{}", response.status(), lines.join("\n"))
+}
+
+/// Each server's `response()` is the 101 its client received, header for header, on both
+/// front ends: with and without a `process_response` hook (without one, the server builds
+/// the response again on first use instead of keeping it), compression, a subprotocol.
+#[test]
+fn servers_see_the_response_their_clients_received() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for hooked in [false, true] {
+        // The same settings on either builder (their setters share names).
+        macro_rules! configure {
+            ($builder:expr) => {{
+                let builder = $builder
+                    .subprotocols(["chat.v2", "chat.v1"])
+                    .server_header(Some("response-test/1".into()));
+                if hooked {
+                    builder.process_response(|_, response| {
+                        response
+                            .headers_mut()
+                            .insert("x-hooked", http::HeaderValue::from_static("yes"));
+                    })
+                } else {
+                    builder
+                }
+            }};
+        }
+        let blocking = configure!(Server::builder())
+            .serve("127.0.0.1:0", |ws| {
+                while ws.recv()?.is_some() {
+                    ws.send(response_text(ws.response()))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let tokio = rt
+            .block_on(configure!(sockeye::Server::builder()).serve(
+                "127.0.0.1:0",
+                |ws: sockeye::Connection| async move {
+                    while ws.recv().await?.is_some() {
+                        ws.send(response_text(ws.response())).await?;
+                    }
+                    Ok(())
+                },
+            ))
+            .unwrap();
+        let uris = [
+            ("blocking", uri_of(&blocking)),
+            ("tokio", format!("ws://{}/", tokio.local_addr().unwrap())),
+        ];
+        for (front, uri) in uris {
+            for (compression, offered) in [(true, &["chat.v1"][..]), (false, &[][..])] {
+                let ws = ClientBuilder::default()
+                    .compression(compression)
+                    .subprotocols(offered.iter().copied())
+                    .connect(&uri)
+                    .unwrap();
+                let received = response_text(ws.response());
+                assert_eq!(
+                    received.contains("sec-websocket-extensions"),
+                    compression,
+                    "{received}"
+                );
+                assert_eq!(received.contains("x-hooked: yes"), hooked, "{received}");
+                ws.send("response?").unwrap();
+                let seen = recv_guarded(&ws).unwrap().unwrap();
+                assert_eq!(
+                    seen.as_text(),
+                    Some(received.as_str()),
+                    "{front} server, hooked {hooked}, compression {compression}"
+                );
+                ws.close(CloseCode::NORMAL, "").unwrap();
+            }
+        }
+        blocking.shutdown();
+        rt.block_on(tokio.close());
+    }
+}
+
 #[test]
 fn process_request_answers_health_checks() {
     let server = Server::builder()

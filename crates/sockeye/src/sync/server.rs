@@ -8,13 +8,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use http::{Response, StatusCode};
+use http::StatusCode;
 
 use super::connection::Connection;
 use super::stream::{Socket, Transport};
 use crate::connection::Info;
 use crate::error::{Error, Result};
-use crate::head::RequestHead;
+use crate::head::{RequestHead, ResponseHead};
 use crate::options::Options;
 use crate::proto::{self, CloseCode, Event, Protocol, Side};
 use crate::routing::Routes;
@@ -484,7 +484,7 @@ fn handle_connection(
         remote_addr: peer,
         subprotocol: proto.subprotocol().map(str::to_owned),
         request,
-        response: response.into(),
+        response,
     };
     let conn = match Connection::new(proto, stream, shared.options.limits, info) {
         Ok(c) => c,
@@ -545,7 +545,7 @@ fn server_handshake(
     proto: &mut Protocol,
     shared: &Shared,
     server: &ServerInner,
-) -> Result<Option<(RequestHead, Response<()>)>> {
+) -> Result<Option<(RequestHead, ResponseHead)>> {
     let request = match read_until_event(stream, proto)? {
         Some(Event::Request(r)) => r,
         _ => return Ok(None),
@@ -562,9 +562,9 @@ fn server_handshake(
         stream.shutdown(Shutdown::Write);
         return Ok(None);
     }
-    let (parts, _) = response.into_parts();
+    let response = shared.hooks.kept_response(response, &shared.config);
     let request = RequestHead::new(*request, granted);
-    Ok(Some((request, Response::from_parts(parts, ()))))
+    Ok(Some((request, response)))
 }
 
 /// Reads and feeds the core until it produces an event (the handshake request or response),
