@@ -364,8 +364,7 @@ impl Registration {
 
     /// A new handle to the connection.
     pub(crate) fn connection(&self) -> Connection {
-        self.0.handles.fetch_add(1, Ordering::Relaxed);
-        Connection::from_inner(self.0.clone())
+        Connection::handle(&self.0)
     }
 }
 
@@ -778,18 +777,25 @@ impl Connection {
             loop {
                 if let Some(notified) = waiting.as_mut() {
                     std::task::ready!(notified.as_mut().poll(cx));
-                    waiting = None;
                 }
                 if let Some(done) = self.try_send(sender, &mut op) {
                     return Poll::Ready(done);
                 }
-                let mut notified = Box::pin(self.inner.writers.notified());
+                // A new registration, in the box of the one that fired if there is one
+                // (one allocation per send that waits, however often it wakes).
+                let registration = self.inner.writers.notified();
+                let notified = match waiting.as_mut() {
+                    Some(notified) => {
+                        notified.set(registration);
+                        notified
+                    }
+                    None => waiting.insert(Box::pin(registration)),
+                };
                 notified.as_mut().enable();
                 // Registered: look again, for what changed before the registration.
                 if let Some(done) = self.try_send(sender, &mut op) {
                     return Poll::Ready(done);
                 }
-                waiting = Some(notified);
             }
         })
     }
