@@ -19,8 +19,9 @@
 #   PARALLELISM     kosoku -p for the server side (default 1)
 #   CASE_TIMEOUT    seconds the client testee gives one case before abandoning it (default 30;
 #                   the slowest case takes about 15 s)
-#   FRONT           tokio (default) or sync: which front end is the testee (sync runs
-#                   `sockeye serve --echo --sync` and examples/autobahn_client_sync)
+#   FRONT           tokio (default), sync or reactor: which front end is the testee (sync
+#                   runs `sockeye serve --echo --sync` and examples/autobahn_client_sync;
+#                   reactor, a server only, `sockeye serve --echo --reactor`)
 #   CARGO_TARGET_DIR  as usual (default: target/ of the workspace)
 set -uo pipefail
 
@@ -104,12 +105,14 @@ FRONT="${FRONT:-tokio}"
 case "$FRONT" in
 tokio) EXAMPLE=autobahn_client SERVE_FLAGS=() SUFFIX="" ;;
 sync) EXAMPLE=autobahn_client_sync SERVE_FLAGS=(--sync) SUFFIX="-sync" ;;
+# The event-loop front end is a server only: `all` runs its server side.
+reactor) EXAMPLE="" SERVE_FLAGS=(--reactor) SUFFIX="-reactor" ;;
 *)
-    echo "FRONT must be tokio or sync" >&2
+    echo "FRONT must be tokio, sync or reactor" >&2
     exit 2
     ;;
 esac
-(cd "$ROOT" && cargo build --release --quiet -p sockeye-cli && cargo build --release --quiet -p sockeye --example "$EXAMPLE") || {
+(cd "$ROOT" && cargo build --release --quiet -p sockeye-cli && { [ -z "$EXAMPLE" ] || cargo build --release --quiet -p sockeye --example "$EXAMPLE"; }) || {
     log "build failed"
     exit 2
 }
@@ -194,7 +197,12 @@ run_client_side() {
 }
 
 [[ "$MODE" == server || "$MODE" == all ]] && run_server_side
-[[ "$MODE" == client || "$MODE" == all ]] && run_client_side
+if [[ "$MODE" == client || "$MODE" == all ]] && [ -n "$EXAMPLE" ]; then
+    run_client_side
+elif [[ "$MODE" == client ]]; then
+    echo "the $FRONT front end has no client" >&2
+    exit 2
+fi
 
 echo
 for line in "${SUMMARY[@]}"; do

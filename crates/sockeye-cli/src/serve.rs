@@ -31,6 +31,13 @@ pub(crate) struct ServeArgs {
     /// connection) instead of the tokio one.
     #[arg(long, requires = "echo")]
     sync: bool,
+    /// With --echo: run the event-loop echo server (`sockeye::reactor`: callbacks, no task
+    /// per connection; no TLS or Unix socket yet).
+    #[arg(long, requires = "echo", conflicts_with_all = ["sync", "tls_cert"])]
+    reactor: bool,
+    /// With --reactor: how many loop threads (default: one per CPU the process may use).
+    #[arg(long, requires = "reactor", value_name = "N")]
+    threads: Option<usize>,
     /// Share the relay's topics with other `sockeye serve --redis` processes through Redis
     /// pub/sub, e.g. redis://127.0.0.1:6379/.
     #[arg(long, value_name = "URL", conflicts_with = "echo")]
@@ -99,6 +106,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError
     let signal = shutdown_signal();
     if args.sync {
         return serve_sync_echo(args, signal).await;
+    }
+    if args.reactor {
+        return serve_reactor_echo(args, signal).await;
     }
     let mut builder = sockeye::Server::builder()
         .max_size(args.max_size)
@@ -204,6 +214,37 @@ async fn serve_sync_echo(
         server.local_addr(),
         server.is_tls(),
     );
+    signal.await;
+    eprintln!("shutting down");
+    tokio::task::spawn_blocking(move || server.shutdown()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The event-loop echo server (`serve --echo --reactor`): its loop threads serve; this task
+/// waits for the signal to stop, then shuts the server down (1001 to open connections) from
+/// a blocking thread.
+async fn serve_reactor_echo(
+    args: ServeArgs,
+    signal: impl std::future::Future<Output = ()>,
+) -> Result<ExitCode, sockeye::BoxError> {
+    if args.unix().is_some() {
+        return Err("--reactor serves TCP only".into());
+    }
+    let builder = sockeye::reactor::Server::builder()
+        .max_size(args.max_size)
+        .max_fragments(args.max_fragments)
+        .compression(!args.no_compression)
+        .ping_interval(args.ping_interval())
+        .threads(args.threads.unwrap_or(0))
+        .process_request(|request| {
+            (request.uri().path() == "/healthz").then(|| sockeye::respond(StatusCode::OK, "OK\n"))
+        });
+    let server = builder.serve(args.addr.as_str(), |_request| {
+        |ws: &mut sockeye::reactor::Socket<'_>, message: sockeye::Message| {
+            let _ = ws.send(message);
+        }
+    })?;
+    args.announce("echo server (event loop)", Some(server.local_addr()), false);
     signal.await;
     eprintln!("shutting down");
     tokio::task::spawn_blocking(move || server.shutdown()).await?;

@@ -125,6 +125,7 @@ mod options;
 mod outgoing;
 mod proxy;
 mod queue;
+pub mod reactor;
 mod reconnect;
 mod redirect;
 pub mod routing;

@@ -22,8 +22,28 @@ impl Default for Options {
     }
 }
 
-/// The setters every builder has, by value so that they chain.
+/// The setters every builder has, by value so that they chain: [`limit_setters`] and
+/// `max_queue` (the front ends where received messages wait for `recv`).
 macro_rules! option_setters {
+    ($builder:ty) => {
+        crate::options::limit_setters!($builder);
+
+        impl $builder {
+            /// How many received messages may wait for `recv` before reading pauses
+            /// (default 16). Bounds memory when the application is slower than the peer.
+            pub fn max_queue(mut self, messages: usize) -> Self {
+                self.options.limits.max_queue = messages.max(1);
+                self
+            }
+        }
+    };
+}
+
+pub(crate) use option_setters;
+
+/// The limits, timeouts and compression setters of every builder, the event-loop server's
+/// included (it has no `max_queue`: its handler is called for each message as it arrives).
+macro_rules! limit_setters {
     ($builder:ty) => {
         impl $builder {
             /// Largest message accepted, in bytes, after decompression (default 1 MiB); a
@@ -37,13 +57,6 @@ macro_rules! option_setters {
             /// connection with 1009.
             pub fn max_fragments(mut self, count: usize) -> Self {
                 self.options.config.max_fragments(count);
-                self
-            }
-
-            /// How many received messages may wait for `recv` before reading pauses
-            /// (default 16). Bounds memory when the application is slower than the peer.
-            pub fn max_queue(mut self, messages: usize) -> Self {
-                self.options.limits.max_queue = messages.max(1);
                 self
             }
 
@@ -108,7 +121,7 @@ macro_rules! option_setters {
     };
 }
 
-pub(crate) use option_setters;
+pub(crate) use limit_setters;
 
 /// The server-only setters, shared by the tokio and blocking server builders (fields
 /// `options`, `hooks`).

@@ -32,7 +32,9 @@ const EXAMPLES: &[&str] = &[
     "hello_client",
     "hello_server_sync",
     "hello_client_sync",
+    "hello_server_reactor",
     "clock_server",
+    "clock_reactor",
     "consumer",
     "producer",
     "consumer_producer",
@@ -262,8 +264,8 @@ fn is_utc_timestamp(s: &str) -> bool {
 
 #[tokio::test]
 async fn hello_server_greets_and_closes() {
-    // The tokio and the blocking versions behave the same.
-    for example in ["hello_server", "hello_server_sync"] {
+    // The tokio, the blocking and the event-loop versions behave the same.
+    for example in ["hello_server", "hello_server_sync", "hello_server_reactor"] {
         let mut server = Server::start(example, &[]).await;
         let ws = server.connect().await;
         ws.send("Alice").await.unwrap();
@@ -284,6 +286,8 @@ async fn hello_client_talks_to_hello_server() {
         ("hello_server", "hello_client_sync"),
         ("hello_server_sync", "hello_client"),
         ("hello_server_sync", "hello_client_sync"),
+        ("hello_server_reactor", "hello_client"),
+        ("hello_server_reactor", "hello_client_sync"),
     ] {
         hello_pair(server_example, client_example).await;
     }
@@ -367,6 +371,37 @@ async fn clock_server_serves_the_page_and_the_time() {
     assert!(is_utc_timestamp(&second), "{second:?}");
     assert!(first < second, "{first:?} then {second:?}");
     close(&ws).await;
+}
+
+#[tokio::test]
+async fn clock_reactor_broadcasts_the_time_and_closes_through_a_handle() {
+    // Every 0.1 s: the broadcast from the main thread reaches every client.
+    let server = Server::start("clock_reactor", &["0.1"]).await;
+    let a = server.connect().await;
+    let b = server.connect().await;
+    for ws in [&a, &b] {
+        let first: f64 = recv_text(ws).await.parse().expect("a timestamp");
+        let second: f64 = recv_text(ws).await.parse().expect("a timestamp");
+        assert!(first < second, "{first} then {second}");
+    }
+    // "stop": the handler hands its Handle to another thread, which closes the connection.
+    a.send("stop").await.unwrap();
+    loop {
+        match timeout(STEP, a.recv())
+            .await
+            .expect("timed out waiting for the close")
+        {
+            Ok(Some(_)) => continue, // ticks sent before the close
+            Ok(None) => break,
+            Err(e) => panic!("expected a normal close: {e}"),
+        }
+    }
+    assert_eq!(a.close_code(), CloseCode::NORMAL);
+    assert_eq!(a.close_reason(), "stopped");
+    // The other client still gets the time.
+    let t: f64 = recv_text(&b).await.parse().expect("a timestamp");
+    assert!(t > 0.0);
+    close(&b).await;
 }
 
 #[tokio::test]

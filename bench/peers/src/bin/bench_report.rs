@@ -13,6 +13,9 @@ use serde_json::Value;
 /// Servers in the order of the tables and the chart, with their chart colours.
 const SERVERS: &[(&str, RGBColor)] = &[
     ("sockeye", RGBColor(0xd9, 0x4f, 0x2b)),
+    // The event-loop front end (`sockeye serve --echo --reactor`): callbacks, no task per
+    // connection.
+    ("sockeye-reactor", RGBColor(0xf2, 0x9a, 0x6e)),
     ("fastwebsockets", RGBColor(0x2b, 0x6c, 0xb0)),
     ("tokio-tungstenite", RGBColor(0x5a, 0x9b, 0xd5)),
     ("tokio-websockets", RGBColor(0x8f, 0xbc, 0xe6)),

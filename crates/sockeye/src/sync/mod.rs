@@ -70,7 +70,7 @@
 
 pub(crate) mod client;
 mod connection;
-mod server;
+pub(crate) mod server;
 pub(crate) mod stream;
 
 pub use client::{connect, reconnecting, ClientBuilder, Reconnecting};

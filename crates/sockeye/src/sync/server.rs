@@ -153,8 +153,7 @@ impl ServerBuilder {
             closing: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             accept_thread: Mutex::new(None),
-            closed: Mutex::new(false),
-            closed_cond: Condvar::new(),
+            closed: Latch::default(),
         });
         let shared = Arc::new(Shared {
             config: Arc::new(self.options.config.clone()),
@@ -229,8 +228,30 @@ struct ServerInner {
     /// Connection threads (handshake, then handler), finished ones pruned as new ones start.
     threads: Mutex<Vec<JoinHandle<()>>>,
     accept_thread: Mutex<Option<JoinHandle<()>>>,
-    closed: Mutex<bool>,
-    closed_cond: Condvar,
+    closed: Latch,
+}
+
+/// A flag others can wait for: a server's end, for `serve_forever` (the blocking and the
+/// event-loop servers).
+#[derive(Default)]
+pub(crate) struct Latch {
+    set: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Latch {
+    /// Blocks until [`Latch::set`].
+    pub(crate) fn wait(&self) {
+        let mut set = lock(&self.set);
+        while !*set {
+            set = self.cond.wait(set).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub(crate) fn set(&self) {
+        *lock(&self.set) = true;
+        self.cond.notify_all();
+    }
 }
 
 /// A running blocking server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -278,14 +299,7 @@ impl Server {
 
     /// Blocks until [`Server::shutdown`] is called (from another thread) and has finished.
     pub fn serve_forever(&self) -> Result<()> {
-        let mut closed = lock(&self.inner.closed);
-        while !*closed {
-            closed = self
-                .inner
-                .closed_cond
-                .wait(closed)
-                .unwrap_or_else(|e| e.into_inner());
-        }
+        self.inner.closed.wait();
         Ok(())
     }
 
@@ -336,8 +350,7 @@ impl Server {
         for t in threads {
             let _ = t.join();
         }
-        *lock(&self.inner.closed) = true;
-        self.inner.closed_cond.notify_all();
+        self.inner.closed.set();
         tracing::info!(target: "sockeye::server", "server closed");
     }
 }

@@ -1,0 +1,687 @@
+//! One loop thread: a `mio` poll over the listener and the connections this thread
+//! accepted, a heap of deadlines for all of them, and one read buffer and one write buffer
+//! lent to whichever connection is being served.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::slab::Slab;
+use super::{closed_of, Command, Control, Handler, Mailbox, Socket};
+use crate::proto::{CloseCode, Config, Event, Protocol, State};
+use crate::server::Hooks;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+
+/// The loop's read buffer: what one `read` may take.
+const READ_BUF: usize = 64 * 1024;
+/// Reads of one connection in a row before the others get their turn.
+const READS_PER_TURN: usize = 16;
+/// Rounds of `on_drain` (a producer refilling its buffer) in a row before the others get
+/// their turn.
+const DRAINS_PER_TURN: usize = 16;
+/// The largest write buffer the loop keeps for the next connection.
+const KEEP_SPARE: usize = 1 << 20;
+/// How long to wait before accepting again after `accept` failed (EMFILE...).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Connection flags.
+const EOF: u8 = 1;
+/// More than `write_limit` bytes wait: not reading; `on_drain` once under it.
+const PAUSED: u8 = 2;
+/// In the loop's ready list (input may be left unread: reads are edge-triggered).
+const QUEUED: u8 = 4;
+/// The writing side is shut down; input is read and discarded until the peer closes its
+/// side or the deadline passes (see `Protocol::linger_timeout`).
+const LINGER: u8 = 8;
+/// The transport failed: nothing more is written.
+const BROKEN: u8 = 16;
+
+/// What every loop of a server shares (read-only but for `control`).
+pub(super) struct Shared<F> {
+    pub(super) config: Arc<Config>,
+    pub(super) write_limit: usize,
+    pub(super) hooks: Hooks,
+    pub(super) factory: F,
+    pub(super) control: Arc<Control>,
+}
+
+/// One connection: all it costs while idle is this (in the loop's slab) and one entry in the
+/// loop's timer heap.
+struct Conn<H> {
+    proto: Protocol,
+    socket: TcpStream,
+    /// `None` until the handshake is accepted, and again once `on_close` ran.
+    handler: Option<H>,
+    /// The earliest deadline this connection has in the timer heap.
+    deadline: Option<Instant>,
+    id: u64,
+    /// Tells this connection's timer entries from those of an earlier one in the same slot.
+    generation: u32,
+    flags: u8,
+}
+
+impl<H> Conn<H> {
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// A loop thread's state.
+pub(super) struct Loop<F, H> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn<H>>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Connections to serve again this turn: input left unread, or reading resumed.
+    ready: Vec<usize>,
+    read_buf: Vec<u8>,
+    /// The write buffer lent to the connection being served (it writes its frames into it),
+    /// taken back once written: an idle connection holds no output buffer.
+    spare: Vec<u8>,
+    shared: Arc<Shared<F>>,
+    mailbox: Arc<Mailbox>,
+    next_generation: u32,
+    closing: bool,
+    accept_again: Option<Instant>,
+}
+
+impl<F, H> Loop<F, H>
+where
+    F: Fn(&Request<()>) -> H + Send + Sync + 'static,
+    H: Handler,
+{
+    /// The loop's poll, with `listener` registered, and the waker that interrupts it.
+    pub(super) fn prepare(listener: &mut TcpListener) -> io::Result<(Poll, Waker)> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        poll.registry()
+            .register(listener, LISTENER, Interest::READABLE)?;
+        Ok((poll, waker))
+    }
+
+    /// Serves (in the loop's own thread: handlers need not be `Send`) until the server
+    /// shuts down and the last connection is over.
+    pub(super) fn run(
+        poll: Poll,
+        listener: TcpListener,
+        mailbox: Arc<Mailbox>,
+        shared: Arc<Shared<F>>,
+    ) {
+        Loop {
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            timers: BinaryHeap::new(),
+            ready: Vec::new(),
+            read_buf: vec![0; READ_BUF],
+            spare: Vec::new(),
+            shared,
+            mailbox,
+            next_generation: 0,
+            closing: false,
+            accept_again: None,
+        }
+        .serve();
+    }
+
+    fn serve(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if !self.closing && self.shared.control.closing.load(Ordering::Acquire) {
+                self.start_closing();
+            }
+            if self.closing && self.conns.is_empty() {
+                return;
+            }
+            let timeout = if self.ready.is_empty() {
+                let next = self.timers.peek().map(|Reverse((t, _, _))| *t);
+                let next = match (next, self.accept_again) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                next.map(|t| t.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(target: "sockeye::server", "event loop failed: {e}");
+                    return;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => self.run_commands(),
+                    Token(k) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.turn(k);
+                        } else if event.is_writable() {
+                            self.service(k);
+                        }
+                    }
+                }
+            }
+            for k in std::mem::take(&mut self.ready) {
+                if let Some(conn) = self.conns.get_mut(k) {
+                    conn.flags &= !QUEUED;
+                    self.turn(k);
+                }
+            }
+            let now = Instant::now();
+            self.fire_timers(now);
+            if self.accept_again.is_some_and(|t| t <= now) {
+                self.accept_again = None;
+                self.accept();
+            }
+        }
+    }
+
+    /// What other threads asked for through the mailbox.
+    fn run_commands(&mut self) {
+        for command in self.mailbox.take() {
+            match command {
+                Command::Post {
+                    slot,
+                    generation,
+                    f,
+                } => {
+                    let Some(conn) = self.conns.get_mut(slot) else {
+                        continue;
+                    };
+                    if conn.generation != generation || conn.handler.is_none() {
+                        continue;
+                    }
+                    lend(&mut conn.proto, &mut self.spare);
+                    call(conn, slot, &self.mailbox, |_, ws| f(ws));
+                    self.service(slot);
+                }
+                Command::Broadcast(message) => {
+                    let limit = self.shared.write_limit;
+                    for k in self.conns.keys() {
+                        let Some(conn) = self.conns.get_mut(k) else {
+                            continue;
+                        };
+                        let open = conn.handler.is_some() && conn.proto.state() == State::Open;
+                        if !open || conn.proto.pending_output_len() > limit {
+                            continue;
+                        }
+                        lend(&mut conn.proto, &mut self.spare);
+                        let _ = conn.proto.send_prepared(&message);
+                        self.service(k);
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        if self.accept_again.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let socket = match listener.accept() {
+                Ok((socket, _)) => socket,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS...: the listener is fine, the process is out
+                    // of something. Try again a little later instead of spinning.
+                    tracing::error!(target: "sockeye::server", "accept failed: {e}");
+                    self.accept_again = Some(Instant::now() + ACCEPT_RETRY);
+                    return;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let mut proto = Protocol::server(self.shared.config.clone());
+            // The open timeout counts from here.
+            proto.handle_timeout(Instant::now());
+            let generation = self.next_generation;
+            self.next_generation = self.next_generation.wrapping_add(1);
+            let k = self.conns.insert(Conn {
+                proto,
+                socket,
+                handler: None,
+                deadline: None,
+                id: 0,
+                generation,
+                flags: 0,
+            });
+            let conn = self.conns.get_mut(k).expect("just inserted");
+            // Edge-triggered, both ways, once for the connection's life: no system call to
+            // change interests when output backs up.
+            let registered = self.poll.registry().register(
+                &mut conn.socket,
+                Token(k),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            if let Err(e) = registered {
+                tracing::error!(target: "sockeye::server", "cannot register a connection: {e}");
+                self.conns.remove(k);
+                continue;
+            }
+            // Arms the open timeout; bytes already there are reported by the first poll.
+            self.service(k);
+        }
+    }
+
+    /// Reads what the connection has (up to a turn's worth), hands it to the core and the
+    /// handler, then writes what they produced.
+    fn turn(&mut self, k: usize) {
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        if conn.has(LINGER) {
+            if discard_input(&mut conn.socket, &mut self.read_buf) {
+                self.remove(k);
+            }
+            return;
+        }
+        if conn.has(EOF | PAUSED) {
+            return self.service(k);
+        }
+        let shared = &*self.shared;
+        conn.proto.handle_timeout(Instant::now());
+        lend(&mut conn.proto, &mut self.spare);
+        let mut reads = 0;
+        loop {
+            if reads == READS_PER_TURN {
+                // Let the other connections go first; come back in this turn of the loop.
+                conn.flags |= QUEUED;
+                self.ready.push(k);
+                break;
+            }
+            match conn.socket.read(&mut self.read_buf) {
+                Ok(0) => {
+                    conn.flags |= EOF;
+                    let _ = conn.proto.receive_eof();
+                    dispatch(conn, k, &self.mailbox, shared);
+                    break;
+                }
+                Ok(n) => {
+                    reads += 1;
+                    if let Err(e) = conn.proto.receive_data(&self.read_buf[..n]) {
+                        tracing::debug!(target: "sockeye::server", id = conn.id, "connection failed: {e}");
+                    }
+                    dispatch(conn, k, &self.mailbox, shared);
+                    if conn.proto.pending_output_len() > shared.write_limit {
+                        conn.flags |= PAUSED;
+                        break;
+                    }
+                    // A short read took all there was; more data makes a new edge.
+                    if n < self.read_buf.len() || conn.proto.should_close_transport() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(target: "sockeye::server", id = conn.id, "read failed: {e}");
+                    conn.flags |= EOF | BROKEN;
+                    let _ = conn.proto.receive_eof();
+                    dispatch(conn, k, &self.mailbox, shared);
+                    break;
+                }
+            }
+        }
+        self.service(k);
+    }
+
+    /// Writes what the connection has to write, runs `on_drain` when a backlog is gone,
+    /// closes the transport when the core says so, and keeps its deadline in the heap.
+    fn service(&mut self, k: usize) {
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        if conn.has(LINGER) {
+            return;
+        }
+        let shared = &*self.shared;
+        let mut drains = 0;
+        loop {
+            if !conn.has(BROKEN) {
+                while conn.proto.pending_output_len() > 0 {
+                    match conn.socket.write(conn.proto.pending_output()) {
+                        Ok(0) => {
+                            conn.flags |= BROKEN;
+                            break;
+                        }
+                        Ok(n) => conn.proto.consume_output(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            tracing::debug!(target: "sockeye::server", id = conn.id, "write failed: {e}");
+                            conn.flags |= BROKEN;
+                            break;
+                        }
+                    }
+                }
+            }
+            if conn.has(BROKEN) {
+                // The peer is gone as far as the core is concerned.
+                let _ = conn.proto.receive_eof();
+                conn.flags |= EOF;
+                return self.finish(k);
+            }
+            let pending = conn.proto.pending_output_len();
+            if pending == 0 {
+                reclaim(&mut conn.proto, &mut self.spare);
+            }
+            if !conn.has(PAUSED) {
+                if pending > shared.write_limit {
+                    conn.flags |= PAUSED;
+                }
+                break;
+            }
+            if pending > shared.write_limit {
+                break;
+            }
+            // Under write_limit again: read again (input may wait, with no new edge), and
+            // tell the handler.
+            conn.flags &= !PAUSED;
+            if !conn.has(QUEUED | EOF) {
+                conn.flags |= QUEUED;
+                self.ready.push(k);
+            }
+            if conn.proto.state() == State::Open {
+                lend(&mut conn.proto, &mut self.spare);
+                call(conn, k, &self.mailbox, |h, ws| h.on_drain(ws));
+                if conn.proto.pending_output_len() > shared.write_limit {
+                    conn.flags |= PAUSED;
+                }
+            }
+            drains += 1;
+            if drains == DRAINS_PER_TURN {
+                break;
+            }
+        }
+        if conn.proto.should_close_transport() && conn.proto.pending_output_len() == 0 {
+            return self.finish(k);
+        }
+        let want = conn.proto.poll_timeout();
+        self.arm(k, want);
+    }
+
+    /// Makes sure the connection's timer fires at `want` (or earlier: a timer that fires
+    /// early finds nothing due and arms the next one).
+    fn arm(&mut self, k: usize, want: Option<Instant>) {
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        if let Some(at) = want {
+            if conn.deadline.is_none_or(|d| at < d) {
+                conn.deadline = Some(at);
+                self.timers.push(Reverse((at, k, conn.generation)));
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, k, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get_mut(k) else {
+                continue;
+            };
+            if conn.generation != generation || conn.deadline != Some(at) {
+                continue; // an entry superseded by an earlier one
+            }
+            conn.deadline = None;
+            if conn.has(LINGER) {
+                self.remove(k);
+                continue;
+            }
+            conn.proto.handle_timeout(now);
+            // Buffers grown for large messages are given back here (every ping_interval).
+            conn.proto.release_memory();
+            dispatch(conn, k, &self.mailbox, &self.shared);
+            self.service(k);
+        }
+        if self.timers.len() > 64 && self.timers.len() > 4 * self.conns.len() {
+            // Superseded entries pile up only if deadlines keep moving earlier; drop them.
+            let conns = &mut self.conns;
+            self.timers.retain(|Reverse((at, k, g))| {
+                conns
+                    .get_mut(*k)
+                    .is_some_and(|c| c.generation == *g && c.deadline == Some(*at))
+            });
+        }
+    }
+
+    /// The connection is over for the core (its output written): `on_close`, then end the
+    /// writing side and linger, or close.
+    fn finish(&mut self, k: usize) {
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        close_handler(conn, &self.shared.control);
+        let linger = if conn.has(BROKEN) {
+            None
+        } else {
+            let _ = conn.socket.shutdown(Shutdown::Write);
+            conn.proto.linger_timeout()
+        };
+        match linger {
+            Some(linger) if !conn.has(EOF) => {
+                conn.flags |= LINGER;
+                let at = Instant::now() + linger;
+                conn.deadline = Some(at);
+                self.timers.push(Reverse((at, k, conn.generation)));
+                // What the peer sent meanwhile (no new edge for it).
+                if discard_input(&mut conn.socket, &mut self.read_buf) {
+                    self.remove(k);
+                }
+            }
+            _ => self.remove(k),
+        }
+    }
+
+    fn remove(&mut self, k: usize) {
+        if let Some(mut conn) = self.conns.remove(k) {
+            close_handler(&mut conn, &self.shared.control);
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+        }
+    }
+
+    /// Shutting down: no more accepting; open connections close with 1001; handshakes that
+    /// arrive get 503 (`Hooks::answer`).
+    fn start_closing(&mut self) {
+        self.closing = true;
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        for k in self.conns.keys() {
+            if let Some(conn) = self.conns.get_mut(k) {
+                if conn.proto.state() == State::Open {
+                    conn.proto.handle_timeout(Instant::now());
+                    let _ = conn.proto.close(CloseCode::GOING_AWAY, "");
+                }
+            }
+            self.service(k);
+        }
+    }
+}
+
+/// Reads and drops input until the peer's end of stream or an error (`true`: the lingering
+/// is over) or until nothing is left for now (`false`).
+fn discard_input(socket: &mut TcpStream, buf: &mut [u8]) -> bool {
+    for _ in 0..READS_PER_TURN {
+        match socket.read(buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Gives the connection the loop's write buffer, if it has nothing waiting (its own is then
+/// empty, and usually unallocated).
+fn lend(proto: &mut Protocol, spare: &mut Vec<u8>) {
+    if proto.pending_output_len() == 0 && spare.capacity() > 0 {
+        // Both empty: `poll_transmit` swaps them.
+        proto.poll_transmit(spare);
+    }
+}
+
+/// Takes the (written, empty) write buffer back from the connection, which keeps none.
+fn reclaim(proto: &mut Protocol, spare: &mut Vec<u8>) {
+    let mut taken = Vec::new();
+    // Both empty: `poll_transmit` swaps them.
+    proto.poll_transmit(&mut taken);
+    if taken.capacity() > spare.capacity() && taken.capacity() <= KEEP_SPARE {
+        *spare = taken;
+    }
+}
+
+/// Hands the core's events to the handshake and the handler.
+fn dispatch<F, H>(conn: &mut Conn<H>, slot: usize, mailbox: &Arc<Mailbox>, shared: &Shared<F>)
+where
+    F: Fn(&Request<()>) -> H,
+    H: Handler,
+{
+    while let Some(event) = conn.proto.poll_event() {
+        match event {
+            Event::Message(message) => call(conn, slot, mailbox, |h, ws| h.on_message(ws, message)),
+            Event::Request(request) => open(conn, slot, mailbox, shared, &request),
+            Event::Close(_)
+            | Event::Ping(_)
+            | Event::Pong { .. }
+            | Event::Fragment(_)
+            | Event::Response(_) => {}
+        }
+    }
+}
+
+/// Answers the handshake request: the hooks, then (for a `101`) the factory and `on_open`.
+fn open<F, H>(
+    conn: &mut Conn<H>,
+    slot: usize,
+    mailbox: &Arc<Mailbox>,
+    shared: &Shared<F>,
+    request: &Request<()>,
+) where
+    F: Fn(&Request<()>) -> H,
+    H: Handler,
+{
+    let closing = shared.control.closing.load(Ordering::Acquire);
+    let (response, _granted) = shared.hooks.answer(&mut conn.proto, request, closing);
+    let status = response.status();
+    if let Err(e) = conn.proto.send_response(&response) {
+        tracing::info!(target: "sockeye::server", "opening handshake failed: {e}");
+        return;
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        crate::server::log_http_answer(request.uri().path(), status);
+        return;
+    }
+    conn.id = crate::connection::next_id();
+    match catch_unwind(AssertUnwindSafe(|| (shared.factory)(request))) {
+        Ok(handler) => conn.handler = Some(handler),
+        Err(_) => {
+            tracing::error!(target: "sockeye::server", id = conn.id, "connection factory panicked");
+            conn.proto.fail(CloseCode::INTERNAL_ERROR, "");
+            return;
+        }
+    }
+    shared.control.open.fetch_add(1, Ordering::AcqRel);
+    tracing::info!(target: "sockeye::server", id = conn.id, "connection open");
+    call(conn, slot, mailbox, |h, ws| h.on_open(ws));
+}
+
+/// Runs one of the handler's callbacks; a panic fails the connection with 1011.
+fn call<H: Handler>(
+    conn: &mut Conn<H>,
+    slot: usize,
+    mailbox: &Arc<Mailbox>,
+    f: impl FnOnce(&mut H, &mut Socket<'_>),
+) {
+    let Conn {
+        proto,
+        socket,
+        handler,
+        id,
+        generation,
+        ..
+    } = conn;
+    let Some(handler) = handler.as_mut() else {
+        return;
+    };
+    let mut ws = Socket {
+        proto,
+        socket,
+        id: *id,
+        mailbox,
+        slot,
+        generation: *generation,
+    };
+    if catch_unwind(AssertUnwindSafe(|| f(handler, &mut ws))).is_err() {
+        tracing::error!(target: "sockeye::server", id = *id, "connection handler panicked");
+        proto.fail(CloseCode::INTERNAL_ERROR, "");
+    }
+}
+
+/// `on_close`, once, for a connection that opened.
+fn close_handler<H: Handler>(conn: &mut Conn<H>, control: &Control) {
+    let Some(mut handler) = conn.handler.take() else {
+        return;
+    };
+    control.open.fetch_sub(1, Ordering::AcqRel);
+    let closed = closed_of(&conn.proto);
+    tracing::info!(target: "sockeye::server", id = conn.id, "connection closed ({})", closed.code());
+    if catch_unwind(AssertUnwindSafe(|| handler.on_close(&closed))).is_err() {
+        tracing::error!(target: "sockeye::server", id = conn.id, "connection handler panicked in on_close");
+    }
+}
+
+/// What an idle connection is made of on this front end: its slot and its timer entry.
+/// Guards against growth (docs/benchmarks.md, "Memory per idle connection"); 64-bit only.
+#[cfg(all(test, target_pointer_width = "64"))]
+mod idle_size {
+    use std::mem::size_of;
+    use std::time::Instant;
+
+    use super::Conn;
+    use crate::reactor::Socket;
+    use crate::Message;
+
+    #[test]
+    fn a_connection_is_the_core_and_a_few_words() {
+        let echo = |ws: &mut Socket<'_>, m: Message| drop(ws.send(m));
+        fn size_with<H>(_: &H) -> usize {
+            size_of::<Conn<H>>()
+        }
+        let conn = size_with(&echo);
+        let core = size_of::<crate::proto::Protocol>();
+        assert!(conn <= core + 48, "Conn: {conn} bytes (Protocol {core})");
+        assert!(core <= 392, "Protocol: {core} bytes");
+        assert_eq!(size_of::<std::cmp::Reverse<(Instant, usize, u32)>>(), 32);
+    }
+}
