@@ -1297,6 +1297,16 @@ impl Protocol {
         (!self.eof_received && !self.timed_out).then_some(self.config.close_timeout)
     }
 
+    /// How long a front end may keep trying to write [`Protocol::pending_output`] once
+    /// [`Protocol::should_close_transport`] is true, before it gives up and closes the
+    /// transport with the output unwritten: `close_timeout`, or `None` (give up at once)
+    /// when a timeout ended the connection (the peer is not answering, so it is not
+    /// reading either). Without this bound a peer that stops reading would hold the
+    /// connection, and a server's shutdown, for ever: the core's own timers are over by then.
+    pub fn flush_timeout(&self) -> Option<Duration> {
+        (!self.timed_out).then_some(self.config.close_timeout)
+    }
+
     // ----- Time ------------------------------------------------------------------------
 
     /// The next moment [`Protocol::handle_timeout`] must be called, if any.

@@ -1048,6 +1048,41 @@ mod keepalive {
         assert_eq!(pair.server.linger_timeout(), None);
     }
 
+    /// Output still unwritten when the transport is to close: flushed for at most
+    /// close_timeout (the peer may be slow), not at all after a timeout (it is not reading),
+    /// whether or not it closed its side.
+    #[test]
+    fn flush_bound_is_close_timeout_but_none_after_a_timeout() {
+        let mut config = Config::new();
+        config.max_size(1000).close_timeout(Duration::from_secs(3));
+        let mut server = Protocol::open(Side::Server, Arc::new(config), None, None);
+        server
+            .receive_data(&[0x82, 0xfe, 0x03, 0xe9, 1, 2, 3, 4])
+            .unwrap_err();
+        assert!(server.should_close_transport());
+        assert_eq!(server.flush_timeout(), Some(Duration::from_secs(3)));
+        server.receive_eof().unwrap_err();
+        assert_eq!(server.flush_timeout(), Some(Duration::from_secs(3)));
+
+        // Keepalive timeout.
+        let mut pair = Pair::open(Config::new());
+        pair.advance(Duration::from_secs(20));
+        let _ = output_frames(&mut pair.server);
+        assert_eq!(pair.server.flush_timeout(), Some(Duration::from_secs(10)));
+        pair.advance(Duration::from_secs(20));
+        assert!(pair.server.should_close_transport());
+        assert_eq!(pair.server.flush_timeout(), None);
+
+        // Close timeout: the server's close frame was never answered.
+        let mut pair = Pair::open(Config::new());
+        pair.server.close(CloseCode::GOING_AWAY, "").unwrap();
+        let _ = output_frames(&mut pair.server);
+        assert!(!pair.server.should_close_transport());
+        pair.advance(Duration::from_secs(10));
+        assert!(pair.server.should_close_transport());
+        assert_eq!(pair.server.flush_timeout(), None);
+    }
+
     #[test]
     fn keepalive_off() {
         let mut config = Config::new();

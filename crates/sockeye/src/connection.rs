@@ -565,6 +565,7 @@ impl Connection {
             finished: false,
             unflushed: false,
             lingering: false,
+            flushing: false,
         };
         {
             let mut sh = inner.lock();
@@ -1163,6 +1164,9 @@ pub(crate) struct Driver<S> {
     /// read and discarded until it closes its side or `sleep` fires
     /// ([`proto::Protocol::linger_timeout`]).
     lingering: bool,
+    /// The transport is to close but output is still unwritten: written until `sleep`
+    /// fires ([`proto::Protocol::flush_timeout`]), then dropped.
+    flushing: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -1356,6 +1360,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             // 1. Timers.
             if this.sleep_at.is_some() && this.sleep.as_mut().poll(cx).is_ready() {
                 this.sleep_at = None;
+                if this.flushing {
+                    // The peer did not take the output within the bound: drop it.
+                    tracing::debug!(target: "sockeye", id = this.inner.info.id, "output not written within close_timeout: dropped");
+                    this.finish(None);
+                    return Poll::Ready(());
+                }
                 let mut sh = this.inner.lock();
                 sh.proto.handle_timeout(Instant::now().into_std());
                 // Buffers grown for large messages are kept while they are in use, and
@@ -1481,9 +1491,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 }
             }
 
+            if close_now && !this.flushing {
+                // Output is waiting and the core is done (its timers too): bound the wait
+                // for a peer that does not read.
+                this.flushing = true;
+                let Some(bound) = this.inner.lock().proto.flush_timeout() else {
+                    this.finish(None);
+                    return Poll::Ready(());
+                };
+                let at = Instant::now() + bound;
+                this.sleep_at = Some(at);
+                this.sleep.as_mut().reset(at);
+                progress = true; // poll it once to register the timer
+            }
+
             // 5. Sleep until the core's next deadline.
             let deadline = deadline.map(Instant::from_std);
-            if deadline != this.sleep_at {
+            if !this.flushing && deadline != this.sleep_at {
                 this.sleep_at = deadline;
                 if let Some(d) = deadline {
                     this.sleep.as_mut().reset(d);

@@ -1,7 +1,8 @@
 //! Behaviour of the blocking front end (`sockeye::sync`) over real loopback sockets: echo,
 //! handler results, concurrency, recv_timeout, keepalive, timeouts, backpressure both ways,
-//! large and fragmented messages, limits, subprotocols, hooks, shutdown, and interop with the
-//! tokio front end.
+//! large and fragmented messages, limits, subprotocols, hooks, shutdown, peers that stop
+//! reading (the keepalive and close timeouts still end them), and interop with the tokio
+//! front end.
 //!
 //! Misbehaving peers are raw `std::net::TcpStream`s that do the opening handshake by hand
 //! and read frames with `sockeye::proto::frame::Frame::decode`. Threads synchronise through
@@ -1224,4 +1225,256 @@ fn other_senders_wait_for_a_fragmented_message_but_pings_do_not() {
     );
     ws.close(CloseCode::NORMAL, "").unwrap();
     server.shutdown();
+}
+
+// ----- Peers that stop reading ---------------------------------------------------------------
+
+/// What [`flood`] reports.
+#[derive(Debug)]
+enum Flood {
+    /// A `send` returned.
+    Sent,
+    /// A `send` failed with this error (and the handler returned).
+    Ended(Error),
+    /// Every send went through: the peer was never slow, the test proved nothing.
+    AllSent,
+}
+
+/// A handler's body that sends 64 KiB binary messages, 64 MiB at most (far more than
+/// loopback socket buffers hold), until a `send` fails, and reports each one; for a peer
+/// that reads nothing, a send soon blocks writing.
+fn flood(ws: &Connection, tx: &mpsc::Sender<Flood>) {
+    const LIMIT: usize = 1024;
+    const CHUNK: usize = 64 * 1024;
+    for i in 0..LIMIT {
+        if let Err(e) = ws.send(numbered(i, CHUNK)) {
+            let _ = tx.send(Flood::Ended(e));
+            return;
+        }
+        let _ = tx.send(Flood::Sent);
+    }
+    let _ = tx.send(Flood::AllSent);
+}
+
+/// Waits (bounded) until [`flood`] stalls: no send returned for 200 ms.
+fn wait_for_stall(rx: &mpsc::Receiver<Flood>) {
+    let start = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Flood::Sent) => assert!(start.elapsed() < GUARD, "the sends never stalled"),
+            Err(mpsc::RecvTimeoutError::Timeout) => return,
+            other => panic!("expected the sends to stall, got {other:?}"),
+        }
+    }
+}
+
+/// The error that ended [`flood`], skipping the sends that returned first (bounded).
+fn flood_error(rx: &mpsc::Receiver<Flood>) -> Error {
+    loop {
+        match rx.recv_timeout(GUARD) {
+            Ok(Flood::Sent) => {}
+            Ok(Flood::Ended(e)) => return e,
+            other => panic!("expected a send to fail, got {other:?}"),
+        }
+    }
+}
+
+// Guards against the I/O thread waiting for ever for output the peer never reads to be
+// written: after the keepalive timeout the core wants the transport closed, but its 1011
+// close frame is queued behind the backlog and the core has no timer left. Before the fix
+// (`flush_until` in `run`, `Protocol::flush_timeout`) the I/O thread waited on the condvar
+// with no deadline, the handler stayed blocked writing in its send, and the connection was
+// never dropped. `close_timeout` is long on purpose: a timeout ended the connection, so the
+// output is dropped at once (the socket shut down, which fails the blocked write), not
+// after `close_timeout`.
+#[test]
+fn a_peer_that_stops_reading_is_dropped_after_the_keepalive_timeout() {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let server = Server::builder()
+        .ping_interval(Some(Duration::from_millis(200)))
+        .ping_timeout(Some(Duration::from_millis(300)))
+        .close_timeout(Duration::from_secs(30))
+        .serve("127.0.0.1:0", move |ws| {
+            let tx = tx.lock().unwrap().clone();
+            flood(&ws, &tx);
+            Ok(())
+        })
+        .unwrap();
+    // Completes the handshake, then reads nothing.
+    let (stream, _buf) = raw_handshake(server.local_addr().unwrap());
+    let start = Instant::now();
+    // The keepalive ping (at 200 ms) waits behind the backlog; no pong comes, and 300 ms
+    // later the connection fails with 1011 and must end at once. Meanwhile a send blocks.
+    let mut last = Instant::now();
+    let mut longest = Duration::ZERO;
+    let ended = loop {
+        let report = rx
+            .recv_timeout(GUARD)
+            .expect("the connection was never dropped");
+        longest = longest.max(last.elapsed());
+        last = Instant::now();
+        match report {
+            Flood::Sent => {}
+            Flood::Ended(e) => break e,
+            Flood::AllSent => panic!("64 MiB sent to a peer that reads nothing"),
+        }
+    };
+    let elapsed = start.elapsed();
+    assert!(
+        longest >= Duration::from_millis(100),
+        "no send blocked (longest {longest:?}): the test proved nothing"
+    );
+    match ended {
+        Error::ConnectionClosed(c) => {
+            assert_eq!(
+                c.sent.as_ref().map(|f| f.code),
+                Some(CloseCode::INTERNAL_ERROR),
+                "{c}"
+            );
+            assert_eq!(c.received, None);
+        }
+        other => panic!("expected the send to fail with ConnectionClosed, got {other:?}"),
+    }
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the connection ended {elapsed:?} after the handshake"
+    );
+    let start = Instant::now();
+    while !server.connections().is_empty() {
+        assert!(
+            start.elapsed() < GUARD,
+            "the connection stayed in the server"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stream);
+    server.shutdown();
+}
+
+// Guards against `Server::shutdown` never returning: it closes each connection with 1001 and
+// joins its thread, but the close frame is queued behind output the peer never reads.
+// Before the fix the close timeout fired in the core (which then wanted the transport
+// closed, with no timer left), the I/O thread waited on the condvar with no deadline, the
+// handler stayed blocked writing in its send, and shutdown() waited for ever.
+#[test]
+fn shutdown_is_bounded_by_close_timeout_for_a_peer_that_does_not_read() {
+    let close_timeout = Duration::from_millis(300);
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let server = Server::builder()
+        .ping_interval(None)
+        .close_timeout(close_timeout)
+        .serve("127.0.0.1:0", move |ws| {
+            let tx = tx.lock().unwrap().clone();
+            flood(&ws, &tx);
+            Ok(())
+        })
+        .unwrap();
+    let (stream, _buf) = raw_handshake(server.local_addr().unwrap());
+    // The handler is blocked writing.
+    wait_for_stall(&rx);
+    assert_eq!(server.connections().len(), 1);
+    let (done_tx, done_rx) = mpsc::channel();
+    let shutdown = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            server.shutdown();
+            let _ = done_tx.send(start.elapsed());
+        })
+    };
+    let elapsed = done_rx
+        .recv_timeout(GUARD)
+        .expect("shutdown() did not return");
+    shutdown.join().unwrap();
+    // The close frame could not be delivered: shutdown() waited for the close timeout, and
+    // not much more.
+    assert!(
+        elapsed >= close_timeout - Duration::from_millis(20),
+        "{elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "shutdown() took {elapsed:?}"
+    );
+    // shutdown() returned after the handler did.
+    match flood_error(&rx) {
+        Error::ConnectionClosed(c) => {
+            assert_eq!(
+                c.sent.as_ref().map(|f| f.code),
+                Some(CloseCode::GOING_AWAY),
+                "{c}"
+            );
+            assert_eq!(c.received, None);
+        }
+        other => panic!("expected the send to fail with ConnectionClosed, got {other:?}"),
+    }
+    assert!(server.connections().is_empty());
+    drop(stream);
+}
+
+/// A peer that floods pings and never reads: the pongs fill the socket, and the thread
+/// writing them blocks. The keepalive timeout, fired by the handler's `recv` (the I/O thread
+/// is stuck in that write), must still end the connection (it gives up on the output and
+/// shuts the socket down, which fails the blocked write), and shutdown must not wait for
+/// the peer. Before the flush bound was shared by every waiting thread, `recv` never
+/// returned and `shutdown()` waited until the peer closed its socket.
+#[test]
+fn a_peer_that_floods_pings_and_never_reads_is_dropped() {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let server = Server::builder()
+        .ping_interval(Some(Duration::from_millis(200)))
+        .ping_timeout(Some(Duration::from_millis(300)))
+        .close_timeout(Duration::from_millis(300))
+        .serve("127.0.0.1:0", move |ws| {
+            let tx = tx.lock().unwrap().clone();
+            let end = loop {
+                match ws.recv() {
+                    Ok(Some(_)) => {}
+                    other => break other,
+                }
+            };
+            let _ = tx.send(end.map(|_| ()).map_err(|e| e.to_string()));
+            Ok(())
+        })
+        .unwrap();
+    let (stream, _buf) = raw_handshake(server.local_addr().unwrap());
+    let mut writer = stream.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut ping = Vec::new();
+    masked(OpCode::Ping, &[0x61; 125], &mut ping);
+    let batch: Vec<u8> = ping.repeat(512);
+    let start = Instant::now();
+    // Until the server stops reading (our write times out) or it drops us.
+    while start.elapsed() < GUARD {
+        if writer.write(&batch).is_err() {
+            break;
+        }
+    }
+    let end = rx.recv_timeout(GUARD).expect("recv never returned");
+    assert!(
+        end.is_err(),
+        "recv should fail (keepalive timeout): {end:?}"
+    );
+    let t = Instant::now();
+    while !server.connections().is_empty() {
+        assert!(t.elapsed() < GUARD, "the connection is still listed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (done_tx, done_rx) = mpsc::channel();
+    let closer = server.clone();
+    std::thread::spawn(move || {
+        closer.shutdown();
+        let _ = done_tx.send(());
+    });
+    // The peer is still connected (and still not reading).
+    done_rx
+        .recv_timeout(GUARD)
+        .expect("shutdown waited for a peer that does not read");
+    drop(writer);
+    drop(stream);
 }

@@ -1,6 +1,7 @@
 //! Behaviour of the tokio front end over real loopback sockets: concurrency, cancel safety,
 //! keepalive, timeouts, backpressure both ways, corked writes, cooperative scheduling,
-//! broadcast, server shutdown, handshake hooks, subprotocols, large and fragmented messages.
+//! broadcast, server shutdown, handshake hooks, subprotocols, large and fragmented messages,
+//! peers that stop reading (the keepalive and close timeouts still end them).
 //!
 //! Misbehaving peers are raw `TcpStream`s that do the opening handshake by hand and then read
 //! frames with `sockeye::proto::frame::Frame::decode`. Timeouts are failure guards only;
@@ -1589,4 +1590,164 @@ async fn a_connection_closed_in_the_middle_of_a_streamed_message_is_an_error() {
     }
     drop(fragments);
     guard("peer", peer).await.unwrap();
+}
+
+// ----- 18. Peers that stop reading -----------------------------------------------------------
+
+/// What [`flood`] reports.
+#[derive(Debug)]
+enum Flood {
+    /// A `send` has waited 100 ms for the write limit, and goes on waiting.
+    Blocked,
+    /// A send failed with this error (and the handler returned).
+    Ended(Error),
+    /// Every send went through: the peer was never slow, the test proved nothing.
+    AllSent,
+}
+
+/// A handler that sends 64 KiB binary messages, 64 MiB at most (far more than loopback
+/// socket buffers hold), until a `send` fails; for a peer that reads nothing, its sends soon
+/// wait for the write limit. Reports the first send that waits, and how the sending ended.
+async fn flood(ws: Connection, tx: mpsc::UnboundedSender<Flood>) -> Result<(), sockeye::BoxError> {
+    const LIMIT: usize = 1024;
+    let mut blocked = false;
+    for i in 0..LIMIT {
+        let send = ws.send(numbered(i, CHUNK));
+        tokio::pin!(send);
+        let result = match timeout(Duration::from_millis(100), &mut send).await {
+            Ok(result) => result,
+            Err(_) => {
+                if !blocked {
+                    blocked = true;
+                    let _ = tx.send(Flood::Blocked);
+                }
+                // The same send, not a new one: it goes on waiting.
+                send.await
+            }
+        };
+        if let Err(e) = result {
+            let _ = tx.send(Flood::Ended(e));
+            return Ok(());
+        }
+    }
+    let _ = tx.send(Flood::AllSent);
+    Ok(())
+}
+
+/// Waits (bounded) until `server` has no connections.
+async fn wait_for_no_connections(server: &Server) {
+    guard("the connection leaves the server", async {
+        while !server.connections().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+// Guards against the driver waiting for ever to write output the peer never reads: after
+// the keepalive timeout the core wants the transport closed, but its 1011 close frame is
+// queued behind the backlog and the core has no timer left. Before the fix (`Driver::
+// flushing`, `Protocol::flush_timeout`) the driver stayed pending on the write, the
+// handler's send waited for the write limit for ever, and the connection was never dropped.
+// `close_timeout` is long on purpose: a timeout ended the connection, so the output is
+// dropped at once, not after `close_timeout`.
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_dropped_after_the_keepalive_timeout() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .ping_interval(Some(Duration::from_millis(200)))
+        .ping_timeout(Some(Duration::from_millis(300)))
+        .close_timeout(Duration::from_secs(30))
+        .serve("127.0.0.1:0", move |ws| flood(ws, tx.clone()))
+        .await
+        .unwrap();
+    // Completes the handshake, then reads nothing.
+    let (stream, _buf) = raw_handshake(server.local_addr().unwrap()).await;
+    let start = Instant::now();
+    // The keepalive ping (at 200 ms) waits behind the backlog; no pong comes, and 300 ms
+    // later the connection fails with 1011 and must end at once.
+    let mut blocked = false;
+    let ended = loop {
+        match guard("the connection ends (keepalive timeout)", rx.recv())
+            .await
+            .unwrap()
+        {
+            Flood::Blocked => blocked = true,
+            Flood::Ended(e) => break e,
+            Flood::AllSent => panic!("64 MiB sent to a peer that reads nothing"),
+        }
+    };
+    let elapsed = start.elapsed();
+    assert!(
+        blocked,
+        "no send waited for the write limit: the test proved nothing"
+    );
+    match ended {
+        Error::ConnectionClosed(c) => {
+            assert_eq!(
+                c.sent.as_ref().map(|f| f.code),
+                Some(CloseCode::INTERNAL_ERROR),
+                "{c}"
+            );
+            assert_eq!(c.received, None);
+        }
+        other => panic!("expected the send to fail with ConnectionClosed, got {other:?}"),
+    }
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the connection ended {elapsed:?} after the handshake"
+    );
+    wait_for_no_connections(&server).await;
+    drop(stream);
+    guard("server close", server.close()).await;
+}
+
+// Guards against `Server::close` never returning: it closes each connection with 1001 and
+// waits for its task, but the close frame is queued behind output the peer never reads.
+// Before the fix the close timeout fired in the core (which then wanted the transport
+// closed, with no timer left), the driver stayed pending on the write, the handler stayed
+// in its send, and close() waited for ever.
+#[tokio::test]
+async fn server_close_is_bounded_by_close_timeout_for_a_peer_that_does_not_read() {
+    let close_timeout = Duration::from_millis(300);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .ping_interval(None)
+        .close_timeout(close_timeout)
+        .serve("127.0.0.1:0", move |ws| flood(ws, tx.clone()))
+        .await
+        .unwrap();
+    let (stream, _buf) = raw_handshake(server.local_addr().unwrap()).await;
+    match guard("the handler's send waits", rx.recv()).await.unwrap() {
+        Flood::Blocked => {}
+        other => panic!("expected a send to wait for the write limit, got {other:?}"),
+    }
+    assert_eq!(server.connections().len(), 1);
+    let start = Instant::now();
+    guard("Server::close", server.close()).await;
+    let elapsed = start.elapsed();
+    // The close frame could not be delivered: close() waited for the close timeout, and no
+    // more than that (plus scheduling).
+    assert!(
+        elapsed >= close_timeout - Duration::from_millis(20),
+        "{elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "Server::close took {elapsed:?}"
+    );
+    // close() returned after the handler did.
+    match rx.try_recv() {
+        Ok(Flood::Ended(Error::ConnectionClosed(c))) => {
+            assert_eq!(
+                c.sent.as_ref().map(|f| f.code),
+                Some(CloseCode::GOING_AWAY),
+                "{c}"
+            );
+            assert_eq!(c.received, None);
+        }
+        other => panic!("expected the send to fail with ConnectionClosed, got {other:?}"),
+    }
+    assert!(server.connections().is_empty());
+    drop(stream);
 }

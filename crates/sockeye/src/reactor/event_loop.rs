@@ -46,6 +46,12 @@ const QUEUED: u8 = 4;
 const LINGER: u8 = 8;
 /// The transport failed: nothing more is written.
 const BROKEN: u8 = 16;
+/// The peer's end of stream is queued (epoll said so): read until it, even after a short
+/// read, since it will not make another edge.
+const HUP: u8 = 32;
+/// The transport is to close but output is still waiting: written until `deadline`
+/// (`Protocol::flush_timeout`), then dropped.
+const FLUSHING: u8 = 64;
 
 /// What every loop of a server shares (read-only but for `control`).
 pub(super) struct Shared<F> {
@@ -165,6 +171,11 @@ where
                     LISTENER => self.accept(),
                     WAKER => self.run_commands(),
                     Token(k) => {
+                        if event.is_read_closed() || event.is_error() {
+                            if let Some(conn) = self.conns.get_mut(k) {
+                                conn.flags |= HUP;
+                            }
+                        }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.turn(k);
                         } else if event.is_writable() {
@@ -331,8 +342,10 @@ where
                         conn.flags |= PAUSED;
                         break;
                     }
-                    // A short read took all there was; more data makes a new edge.
-                    if n < self.read_buf.len() || conn.proto.should_close_transport() {
+                    // A short read took all there was: more data makes a new edge, but an
+                    // end of stream already reported does not.
+                    let drained = n < self.read_buf.len() && !conn.has(HUP);
+                    if drained || conn.proto.should_close_transport() {
                         break;
                     }
                 }
@@ -418,8 +431,23 @@ where
                 break;
             }
         }
-        if conn.proto.should_close_transport() && conn.proto.pending_output_len() == 0 {
-            return self.finish(k);
+        if conn.proto.should_close_transport() {
+            if conn.proto.pending_output_len() == 0 {
+                return self.finish(k);
+            }
+            if !conn.has(FLUSHING) {
+                // The core is done (its timers too): bound the wait for a peer that does
+                // not read.
+                let Some(bound) = conn.proto.flush_timeout() else {
+                    conn.flags |= BROKEN;
+                    return self.finish(k);
+                };
+                conn.flags |= FLUSHING;
+                let at = Instant::now() + bound;
+                conn.deadline = Some(at);
+                self.timers.push(Reverse((at, k, conn.generation)));
+            }
+            return;
         }
         let want = conn.proto.poll_timeout();
         self.arm(k, want);
@@ -454,6 +482,13 @@ where
             conn.deadline = None;
             if conn.has(LINGER) {
                 self.remove(k);
+                continue;
+            }
+            if conn.has(FLUSHING) {
+                // The peer did not take the output within the bound: drop it.
+                tracing::debug!(target: "sockeye::server", id = conn.id, "output not written within close_timeout: dropped");
+                conn.flags |= BROKEN;
+                self.finish(k);
                 continue;
             }
             conn.proto.handle_timeout(now);

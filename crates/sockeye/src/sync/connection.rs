@@ -54,6 +54,32 @@ struct Shared {
     inflight: usize,
     done: bool,
     io_error: Option<Arc<io::Error>>,
+    /// Once the transport is to close with output still unwritten: until when any thread
+    /// lets the writer try (`Protocol::flush_timeout`; `Some(None)`: no time at all).
+    flush_until: Option<Option<Instant>>,
+}
+
+impl Shared {
+    /// Whether the output that still waits for a peer that does not read it should be given
+    /// up on (arms the bound on the first call once the transport is to close).
+    fn flush_expired(&mut self) -> bool {
+        let waiting = self.proto.pending_output_len() > 0 || self.inflight > 0;
+        if self.done || !self.proto.should_close_transport() || !waiting {
+            return false;
+        }
+        if self.flush_until.is_none() {
+            let bound = self.proto.flush_timeout();
+            self.flush_until = Some(bound.map(|t| Instant::now() + t));
+        }
+        self.flush_until
+            .flatten()
+            .is_none_or(|u| Instant::now() >= u)
+    }
+
+    /// The flush bound, once armed.
+    fn flush_deadline(&self) -> Option<Instant> {
+        self.flush_until.flatten()
+    }
 }
 
 struct Writer {
@@ -96,10 +122,10 @@ impl Inner {
         until: Option<Instant>,
     ) -> MutexGuard<'a, Shared> {
         let core = sh.proto.poll_timeout();
-        let deadline = match (core, until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [core, until, sh.flush_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
         let mut sh = match deadline {
             None => relock(self.cond.wait(sh)),
             Some(d) => {
@@ -116,7 +142,21 @@ impl Inner {
             self.flush();
             sh = self.lock();
         }
+        if sh.flush_expired() {
+            drop(sh);
+            self.give_up();
+            sh = self.lock();
+        }
         sh
+    }
+
+    /// The peer did not take the output within the bound: the connection ends without it.
+    /// Shutting the socket down fails the write a thread may be blocked in (the I/O
+    /// thread's, or a sender's) and ends the I/O thread's read.
+    fn give_up(&self) {
+        tracing::debug!(target: "sockeye", id = self.info.id, "output not written within close_timeout: dropped");
+        self.finish(None);
+        let _ = self.stream.shutdown(Shutdown::Both);
     }
 
     /// Delivers the core's events: messages to the queue, pongs to their waiters.
@@ -281,7 +321,7 @@ impl Inner {
             }
             self.flush_from(true);
             let deadline = {
-                let sh = self.lock();
+                let mut sh = self.lock();
                 if sh.done {
                     return;
                 }
@@ -305,6 +345,17 @@ impl Inner {
                     || sh.queue.len() >= self.limits.max_queue
                 {
                     // Backpressure, or waiting for output to drain: no reading.
+                    if !sh.proto.should_close_transport() {
+                        drop(self.wait(sh, None));
+                        continue;
+                    }
+                    // Draining before the close: bounded, for a peer that does not read
+                    // (`wait` gives up on the output when the bound passes).
+                    if sh.flush_expired() {
+                        drop(sh);
+                        self.give_up();
+                        return;
+                    }
                     drop(self.wait(sh, None));
                     continue;
                 }
@@ -458,6 +509,7 @@ impl Connection {
                 inflight: 0,
                 done: false,
                 io_error: None,
+                flush_until: None,
             }),
             cond: Condvar::new(),
             writer: Mutex::new(Writer {

@@ -343,8 +343,15 @@ impl Server {
         if let Some(file) = &self.inner.unix {
             file.remove();
         }
-        for c in self.connections() {
+        let open = self.connections();
+        for c in &open {
             let _ = c.start_close(CloseCode::GOING_AWAY, "");
+        }
+        // Waiting here fires each closing handshake's timeout, and then gives up on output
+        // a peer does not read (`Protocol::flush_timeout`), even while the connection's own
+        // threads are blocked in a write or a long read.
+        for c in &open {
+            c.wait_closed();
         }
         let threads = std::mem::take(&mut *lock(&self.inner.threads));
         for t in threads {
