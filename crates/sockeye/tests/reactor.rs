@@ -19,7 +19,7 @@
 //! in a callback until the test has set them up. Timeouts are failure guards only.
 
 use std::cell::Cell;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +39,13 @@ use sockeye::{CloseCode, CloseFrame, Closed, Error, Message, MessageKind, State}
 const GUARD: Duration = Duration::from_secs(10);
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
+
+#[path = "support/raw_peer.rs"]
+mod raw_peer;
+use raw_peer::{
+    handshake_request, letters, masked, noise, number_of, numbered, numbered_lines, raw_handshake,
+    read_close, read_data_frame, read_frame, read_more, read_response_head,
+};
 
 fn uri_of(server: &Server) -> String {
     format!("ws://{}/", server.local_addr())
@@ -118,99 +125,11 @@ fn echo_server(builder: ServerBuilder) -> (Server, String, mpsc::Receiver<Closed
 
 // ----- Raw peers -----------------------------------------------------------------------------
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Reads what is there into `buf`; 0 at end of stream or on a reset.
-fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> usize {
-    let mut chunk = [0u8; 64 * 1024];
-    stream.set_read_timeout(Some(GUARD)).unwrap();
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return n;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!("read timed out")
-            }
-            Err(_) => return 0,
-        }
-    }
-}
-
 /// Reads until the end of the stream (or a reset): what arrived, and when it ended.
 fn read_to_end_guarded(stream: &mut TcpStream) -> (Vec<u8>, Instant) {
     let mut buf = BytesMut::new();
     while read_more(stream, &mut buf) > 0 {}
     (buf.to_vec(), Instant::now())
-}
-
-/// Opens a WebSocket connection by hand (no extensions offered) and returns the stream with
-/// whatever arrived after the 101 response head.
-fn raw_handshake(addr: SocketAddr) -> (TcpStream, BytesMut) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.write_all(&handshake_request(addr)).unwrap();
-    let mut buf = BytesMut::new();
-    let end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        assert!(
-            read_more(&mut stream, &mut buf) > 0,
-            "EOF during the handshake"
-        );
-    };
-    let head = buf.split_to(end);
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    (stream, buf)
-}
-
-fn handshake_request(addr: SocketAddr) -> Vec<u8> {
-    format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-/// Reads the next frame; `None` at end of stream (or on a reset).
-fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Frame> {
-    loop {
-        if let Some(frame) = Frame::decode(buf, usize::MAX).unwrap() {
-            return Some(frame);
-        }
-        if read_more(stream, buf) == 0 {
-            return None;
-        }
-    }
-}
-
-/// Reads frames until a data or close frame, skipping pings and pongs.
-fn read_data_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Frame {
-    loop {
-        let frame = read_frame(stream, buf).expect("end of stream before a frame");
-        if !matches!(frame.opcode, OpCode::Ping | OpCode::Pong) {
-            return frame;
-        }
-    }
-}
-
-/// Reads frames until a close frame, skipping pings; returns its parsed payload.
-fn read_close(stream: &mut TcpStream, buf: &mut BytesMut) -> CloseFrame {
-    let frame = read_data_frame(stream, buf);
-    assert_eq!(frame.opcode, OpCode::Close, "{frame:?}");
-    CloseFrame::parse(&frame.payload)
-        .unwrap()
-        .expect("close frame without a code")
 }
 
 /// Asserts that the server ends the TCP connection next (no more frames), then closes ours,
@@ -221,60 +140,8 @@ fn assert_end_of_stream(mut stream: TcpStream, buf: &mut BytesMut) {
     assert!(frame.is_none(), "expected end of stream, got {frame:?}");
 }
 
-fn masked(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    Frame::new(opcode, payload.to_vec()).encode(&mut out, Some([0x37, 0xfa, 0x21, 0x3d]));
-    out
-}
-
 fn masked_close(code: CloseCode, reason: &str) -> Vec<u8> {
     masked(OpCode::Close, &CloseFrame::new(code, reason).to_payload())
-}
-
-fn letters(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b'a' + (x % 26) as u8
-        })
-        .collect()
-}
-
-/// Bytes that do not compress.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn numbered_lines(len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 64);
-    let mut i = 0;
-    while out.len() < len {
-        out.extend_from_slice(format!("line {i} of a large message\n").as_bytes());
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-fn numbered(i: usize, len: usize) -> Vec<u8> {
-    let mut v = vec![i as u8; len];
-    v[..4].copy_from_slice(&(i as u32).to_be_bytes());
-    v
-}
-
-fn number_of(payload: &[u8]) -> usize {
-    u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize
 }
 
 // ----- Echo ----------------------------------------------------------------------------------
@@ -744,16 +611,7 @@ fn frames_sent_with_the_handshake_request_follow_on_open() {
     out.extend_from_slice(&masked(OpCode::Binary, b"two"));
     stream.write_all(&out).unwrap();
     let mut buf = BytesMut::new();
-    let end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        assert!(
-            read_more(&mut stream, &mut buf) > 0,
-            "EOF during the handshake"
-        );
-    };
-    let head = buf.split_to(end);
+    let head = read_response_head(&mut stream, &mut buf);
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
     for (opcode, payload) in [
         (OpCode::Text, &b"welcome"[..]),
@@ -1844,16 +1702,7 @@ fn broadcast_reaches_every_open_connection_and_skips_backlogged_ones() {
     // The backlogged connection was skipped: after its 16 MiB, the next frame is the pong
     // to our ping, not the news.
     let mut buf = BytesMut::new();
-    let end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        assert!(
-            read_more(&mut stream, &mut buf) > 0,
-            "EOF during the handshake"
-        );
-    };
-    assert!(buf.split_to(end).starts_with(b"HTTP/1.1 101"));
+    assert!(read_response_head(&mut stream, &mut buf).starts_with(b"HTTP/1.1 101"));
     stream.write_all(&masked(OpCode::Ping, b"after")).unwrap();
     for i in 0..16 {
         let frame = read_data_frame(&mut stream, &mut buf);
@@ -1938,5 +1787,60 @@ fn socket_reports_its_addresses_id_and_the_request() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), count, "ids are unique: {ids:?}");
+    server.shutdown();
+}
+
+/// A close asked for through a `Handle` after the connection was quiet for longer than
+/// close_timeout still gets its whole close_timeout: the loop reads the clock before it
+/// runs the closure. (It used to arm the close timer from the core's last reading, long
+/// past, so the handshake timed out at once and the server recorded no close frame back.)
+#[test]
+fn a_handle_close_after_a_quiet_spell_gets_its_whole_close_timeout() {
+    struct Handed {
+        report: mpsc::Sender<Handle>,
+        closed: mpsc::Sender<Closed>,
+    }
+    impl Handler for Handed {
+        fn on_open(&mut self, ws: &mut Socket<'_>) {
+            let _ = self.report.send(ws.handle());
+        }
+        fn on_message(&mut self, ws: &mut Socket<'_>, message: Message) {
+            let _ = ws.send(message);
+        }
+        fn on_close(&mut self, closed: &Closed) {
+            let _ = self.closed.send(closed.clone());
+        }
+    }
+    let (handle_tx, handle_rx) = mpsc::channel();
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let close_timeout = Duration::from_millis(300);
+    let server = Server::builder()
+        .threads(1)
+        .ping_interval(None)
+        .close_timeout(close_timeout)
+        .serve("127.0.0.1:0", move |_req: &http::Request<()>| Handed {
+            report: handle_tx.clone(),
+            closed: closed_tx.clone(),
+        })
+        .unwrap();
+    let ws = sync::connect(&uri_of(&server)).unwrap();
+    let handle: Handle = handle_rx.recv_timeout(GUARD).unwrap();
+    ws.send("hello").unwrap();
+    assert_eq!(recv_message(&ws), Message::from("hello"));
+    // Quiet for twice the close timeout: no input, no keepalive, no clock reading.
+    std::thread::sleep(close_timeout * 2);
+    handle.close(CloseCode::NORMAL, "late");
+    assert_eq!(recv_guarded(&ws).unwrap(), None, "a normal close");
+    assert_eq!(ws.closed().unwrap().reason(), "late");
+    let server_side = closed_rx.recv_timeout(GUARD).unwrap();
+    assert_eq!(
+        server_side.sent,
+        Some(CloseFrame::new(CloseCode::NORMAL, "late"))
+    );
+    assert_eq!(
+        server_side.received.as_ref().map(|f| f.code),
+        Some(CloseCode::NORMAL),
+        "the client's answer was not waited for: {server_side:?}"
+    );
     server.shutdown();
 }

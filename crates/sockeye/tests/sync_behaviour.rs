@@ -9,15 +9,14 @@
 //! channels; timeouts are failure guards only (and, where stated, the measure of a stall).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use http::StatusCode;
-use sockeye::proto::frame::{Frame, OpCode};
+use sockeye::proto::frame::OpCode;
 use sockeye::proto::CloseFrame;
 use sockeye::sync::{self, ClientBuilder, Connection, Server};
 use sockeye::{CloseCode, Error, Message, MessageKind, State};
@@ -25,6 +24,13 @@ use sockeye::{CloseCode, Error, Message, MessageKind, State};
 /// Failure guard for anything that should happen promptly.
 const GUARD: Duration = Duration::from_secs(10);
 const MIB: usize = 1024 * 1024;
+
+#[path = "support/raw_peer.rs"]
+mod raw_peer;
+use raw_peer::{
+    letters, masked_into, number_of, numbered, numbered_lines, raw_handshake, read_close,
+    read_frame, read_more,
+};
 
 fn uri_of(server: &Server) -> String {
     format!("ws://{}/", server.local_addr().unwrap())
@@ -48,115 +54,6 @@ fn recv_guarded(ws: &Connection) -> sockeye::Result<Option<Message>> {
         Err(Error::RecvTimeout) => panic!("timed out waiting for a message"),
         r => r,
     }
-}
-
-// ----- Raw peers -----------------------------------------------------------------------------
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> usize {
-    let mut chunk = [0u8; 16 * 1024];
-    stream.set_read_timeout(Some(GUARD)).unwrap();
-    match stream.read(&mut chunk) {
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            n
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => panic!("read timed out"),
-        Err(_) => 0,
-    }
-}
-
-/// Opens a WebSocket connection by hand (no extensions offered) and returns the stream with
-/// whatever arrived after the 101 response head.
-fn raw_handshake(addr: SocketAddr) -> (TcpStream, BytesMut) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut buf = BytesMut::new();
-    let end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        assert!(
-            read_more(&mut stream, &mut buf) > 0,
-            "EOF during the handshake"
-        );
-    };
-    let head = buf.split_to(end);
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    (stream, buf)
-}
-
-/// Reads the next frame; `None` at end of stream (or on a reset).
-fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Frame> {
-    loop {
-        if let Some(frame) = Frame::decode(buf, usize::MAX).unwrap() {
-            return Some(frame);
-        }
-        if read_more(stream, buf) == 0 {
-            return None;
-        }
-    }
-}
-
-/// Reads frames until a close frame, skipping pings; returns its parsed payload.
-fn read_close(stream: &mut TcpStream, buf: &mut BytesMut) -> CloseFrame {
-    loop {
-        let frame = read_frame(stream, buf).expect("end of stream before a close frame");
-        match frame.opcode {
-            OpCode::Ping | OpCode::Pong => continue,
-            OpCode::Close => {
-                return CloseFrame::parse(&frame.payload)
-                    .unwrap()
-                    .expect("close frame without a code")
-            }
-            other => panic!("unexpected {other:?} frame"),
-        }
-    }
-}
-
-fn masked(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
-    Frame::new(opcode, payload.to_vec()).encode(out, Some([0x37, 0xfa, 0x21, 0x3d]));
-}
-
-fn letters(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b'a' + (x % 26) as u8
-        })
-        .collect()
-}
-
-fn numbered_lines(len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 64);
-    let mut i = 0;
-    while out.len() < len {
-        out.extend_from_slice(format!("line {i} of a large message\n").as_bytes());
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-fn numbered(i: usize, len: usize) -> Vec<u8> {
-    let mut v = vec![i as u8; len];
-    v[..4].copy_from_slice(&(i as u32).to_be_bytes());
-    v
-}
-
-fn number_of(payload: &[u8]) -> usize {
-    u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize
 }
 
 // ----- Basics --------------------------------------------------------------------------------
@@ -602,7 +499,7 @@ fn send_waits_while_write_limit_bytes_are_buffered() {
     }
     let mut close = Vec::new();
     let payload = CloseFrame::new(CloseCode::NORMAL, "").to_payload();
-    masked(OpCode::Close, &payload, &mut close);
+    masked_into(OpCode::Close, &payload, &mut close);
     stream.write_all(&close).unwrap();
     // The blocked send completes once read; then the close is answered.
     let reply = loop {
@@ -1446,7 +1343,7 @@ fn a_peer_that_floods_pings_and_never_reads_is_dropped() {
         .set_write_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let mut ping = Vec::new();
-    masked(OpCode::Ping, &[0x61; 125], &mut ping);
+    masked_into(OpCode::Ping, &[0x61; 125], &mut ping);
     let batch: Vec<u8> = ping.repeat(512);
     let start = Instant::now();
     // Until the server stops reading (our write times out) or it drops us.

@@ -27,6 +27,10 @@ use tokio::time::timeout;
 /// Failure guard for anything that should happen promptly.
 const GUARD: Duration = Duration::from_secs(5);
 
+#[path = "support/raw_peer.rs"]
+mod raw_peer;
+use raw_peer::{find, letters, masked_into, number_of, numbered, numbered_lines};
+
 async fn guard<F: Future>(what: &str, fut: F) -> F::Output {
     match timeout(GUARD, fut).await {
         Ok(v) => v,
@@ -52,10 +56,6 @@ async fn echo_server(builder: sockeye::ServerBuilder) -> (Server, String) {
 }
 
 // ----- Raw peers -----------------------------------------------------------------------------
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
 
 /// Opens a WebSocket connection by hand (no extensions offered) and returns the stream with
 /// whatever arrived after the 101 response head.
@@ -120,35 +120,6 @@ async fn read_close(stream: &mut TcpStream, buf: &mut BytesMut) -> CloseFrame {
             other => panic!("unexpected {other:?} frame"),
         }
     }
-}
-
-fn masked(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
-    Frame::new(opcode, payload.to_vec()).encode(out, Some([0x37, 0xfa, 0x21, 0x3d]));
-}
-
-/// Deterministic bytes that deflate compresses poorly (lowercase letters, so also text).
-fn letters(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b'a' + (x % 26) as u8
-        })
-        .collect()
-}
-
-/// `len` bytes of numbered lines of text: compressible, and any corruption shows.
-fn numbered_lines(len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 64);
-    let mut i = 0;
-    while out.len() < len {
-        out.extend_from_slice(format!("line {i} of a large message\n").as_bytes());
-        i += 1;
-    }
-    out.truncate(len);
-    out
 }
 
 // ----- 1. Concurrent senders -----------------------------------------------------------------
@@ -461,16 +432,6 @@ async fn vanished_peer_gives_1006() {
 
 const MIB: usize = 1024 * 1024;
 
-fn numbered(i: usize, len: usize) -> Vec<u8> {
-    let mut v = vec![i as u8; len];
-    v[..4].copy_from_slice(&(i as u32).to_be_bytes());
-    v
-}
-
-fn number_of(payload: &[u8]) -> usize {
-    u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_pauses_when_max_queue_messages_wait() {
     const LIMIT: usize = 64;
@@ -635,7 +596,7 @@ async fn send_waits_while_write_limit_bytes_are_buffered() {
     }
     let mut close = Vec::new();
     let payload = CloseFrame::new(CloseCode::NORMAL, "").to_payload();
-    masked(OpCode::Close, &payload, &mut close);
+    masked_into(OpCode::Close, &payload, &mut close);
     stream.write_all(&close).await.unwrap();
     let reply = read_close(&mut stream, &mut buf).await;
     assert_eq!(reply.code, CloseCode::NORMAL);
@@ -665,7 +626,7 @@ async fn echoes_of_one_batch_leave_in_one_write() {
     let (mut stream, mut buf) = raw_handshake(server.local_addr().unwrap()).await;
     let mut batch = Vec::new();
     for i in 0..COUNT {
-        masked(OpCode::Text, format!("message {i}").as_bytes(), &mut batch);
+        masked_into(OpCode::Text, format!("message {i}").as_bytes(), &mut batch);
     }
     stream.write_all(&batch).await.unwrap();
 
@@ -1058,7 +1019,7 @@ async fn message_pipelined_behind_the_request_is_delivered() {
     .await
     .unwrap();
     let mut early = Vec::new();
-    masked(OpCode::Text, b"early", &mut early);
+    masked_into(OpCode::Text, b"early", &mut early);
     let (_stream, _buf) = raw_handshake_with(server.local_addr().unwrap(), &early).await;
     let msg = timeout(Duration::from_secs(1), rx.recv()).await;
     assert!(

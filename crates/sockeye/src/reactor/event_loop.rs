@@ -214,6 +214,8 @@ where
                     if conn.generation != generation || conn.handler.is_none() {
                         continue;
                     }
+                    // Timers the closure arms (a close's timeout) count from now.
+                    conn.proto.handle_timeout(Instant::now());
                     lend(&mut conn.proto, &mut self.spare);
                     call(conn, slot, &self.mailbox, |_, ws| f(ws));
                     self.service(slot);
@@ -420,6 +422,8 @@ where
                 self.ready.push(k);
             }
             if conn.proto.state() == State::Open {
+                // Reached from a writable event too: timers it arms count from now.
+                conn.proto.handle_timeout(Instant::now());
                 lend(&mut conn.proto, &mut self.spare);
                 call(conn, k, &self.mailbox, |h, ws| h.on_drain(ws));
                 if conn.proto.pending_output_len() > shared.write_limit {
