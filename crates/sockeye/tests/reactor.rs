@@ -1573,23 +1573,26 @@ async fn python_client_against_the_reactor_server() {
 
 // ----- Handles and broadcast -----------------------------------------------------------------
 
+/// Echoes; reports its connection's `Handle` on open and how it ended on close.
+struct Handed {
+    report: mpsc::Sender<Handle>,
+    closed: mpsc::Sender<Closed>,
+}
+
+impl Handler for Handed {
+    fn on_open(&mut self, ws: &mut Socket<'_>) {
+        let _ = self.report.send(ws.handle());
+    }
+    fn on_message(&mut self, ws: &mut Socket<'_>, message: Message) {
+        let _ = ws.send(message);
+    }
+    fn on_close(&mut self, closed: &Closed) {
+        let _ = self.closed.send(closed.clone());
+    }
+}
+
 #[test]
 fn a_handle_sends_posts_and_closes_from_another_thread() {
-    struct Handed {
-        report: mpsc::Sender<Handle>,
-        closed: mpsc::Sender<Closed>,
-    }
-    impl Handler for Handed {
-        fn on_open(&mut self, ws: &mut Socket<'_>) {
-            let _ = self.report.send(ws.handle());
-        }
-        fn on_message(&mut self, ws: &mut Socket<'_>, message: Message) {
-            let _ = ws.send(message);
-        }
-        fn on_close(&mut self, closed: &Closed) {
-            let _ = self.closed.send(closed.clone());
-        }
-    }
     let (handle_tx, handle_rx) = mpsc::channel();
     let (closed_tx, closed_rx) = mpsc::channel();
     let server = Server::builder()
@@ -1796,21 +1799,6 @@ fn socket_reports_its_addresses_id_and_the_request() {
 /// past, so the handshake timed out at once and the server recorded no close frame back.)
 #[test]
 fn a_handle_close_after_a_quiet_spell_gets_its_whole_close_timeout() {
-    struct Handed {
-        report: mpsc::Sender<Handle>,
-        closed: mpsc::Sender<Closed>,
-    }
-    impl Handler for Handed {
-        fn on_open(&mut self, ws: &mut Socket<'_>) {
-            let _ = self.report.send(ws.handle());
-        }
-        fn on_message(&mut self, ws: &mut Socket<'_>, message: Message) {
-            let _ = ws.send(message);
-        }
-        fn on_close(&mut self, closed: &Closed) {
-            let _ = self.closed.send(closed.clone());
-        }
-    }
     let (handle_tx, handle_rx) = mpsc::channel();
     let (closed_tx, closed_rx) = mpsc::channel();
     let close_timeout = Duration::from_millis(300);
