@@ -432,6 +432,12 @@ where
             }
             drains += 1;
             if drains == DRAINS_PER_TURN {
+                // The producer's last output is not written yet, and the socket may have
+                // room (no writable edge would come): serve it again after the others.
+                if !conn.has(QUEUED) {
+                    conn.flags |= QUEUED;
+                    self.ready.push(k);
+                }
                 break;
             }
         }
