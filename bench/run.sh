@@ -79,7 +79,8 @@ server_cmd() {
     case "$s:$mode" in
     sockeye:broadcast) echo "$SOCKEYE serve $addr" ;;            # the relay
     sockeye:*) echo "$SOCKEYE serve --echo $addr" ;;             # deflate: negotiated by default
-    sockeye-reactor:echo | sockeye-reactor:deflate) echo "$SOCKEYE serve --echo --reactor $addr" ;;
+    sockeye-reactor:broadcast) echo "$SOCKEYE serve --reactor $addr" ;;  # its relay
+    sockeye-reactor:*) echo "$SOCKEYE serve --echo --reactor $addr" ;;
     fastwebsockets:echo) echo "$PEERS/fastwebsockets_echo $addr" ;;
     tokio-tungstenite:echo | tokio-tungstenite:broadcast) echo "$PEERS/tungstenite_echo $addr $flag" ;;
     tokio-websockets:echo | tokio-websockets:broadcast) echo "$PEERS/tokio_websockets_echo $addr $flag" ;;

@@ -61,7 +61,7 @@ pub(crate) async fn clock(ws: Connection) -> Result<(), sockeye::BoxError> {
 }
 
 /// The current time as `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

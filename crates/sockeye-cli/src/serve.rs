@@ -1,5 +1,6 @@
 //! `sockeye serve`: the relay (topics by path, through a [`sockeye::Hub`], in memory or
-//! shared through Redis) with its demo page, and the echo server, tokio or blocking.
+//! shared through Redis, or on the event loop's own topics) with its demo page, and the echo
+//! server, tokio, blocking or event loop.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,9 +32,9 @@ pub(crate) struct ServeArgs {
     /// connection) instead of the tokio one.
     #[arg(long, requires = "echo")]
     sync: bool,
-    /// With --echo: run the event-loop echo server (`sockeye::reactor`: callbacks, no task
-    /// per connection; no TLS or Unix socket yet).
-    #[arg(long, requires = "echo", conflicts_with_all = ["sync", "tls_cert"])]
+    /// Run the event-loop server (`sockeye::reactor`: callbacks, no task per connection),
+    /// relay or echo; no TLS, Unix socket or Redis yet.
+    #[arg(long, conflicts_with_all = ["sync", "tls_cert", "redis"])]
     reactor: bool,
     /// With --reactor: how many loop threads (default: one per CPU the process may use).
     #[arg(long, requires = "reactor", value_name = "N")]
@@ -108,7 +109,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, sockeye::BoxError
         return serve_sync_echo(args, signal).await;
     }
     if args.reactor {
-        return serve_reactor_echo(args, signal).await;
+        return serve_reactor(args, signal).await;
     }
     let mut builder = sockeye::Server::builder()
         .max_size(args.max_size)
@@ -220,31 +221,67 @@ async fn serve_sync_echo(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The event-loop echo server (`serve --echo --reactor`): its loop threads serve; this task
-/// waits for the signal to stop, then shuts the server down (1001 to open connections) from
-/// a blocking thread.
-async fn serve_reactor_echo(
+/// The event-loop server (`serve --reactor`): the relay, on the loop's own topics, or the
+/// echo. Its loop threads serve; this task waits for the signal to stop, then shuts the
+/// server down (1001 to open connections) from a blocking thread.
+async fn serve_reactor(
     args: ServeArgs,
     signal: impl std::future::Future<Output = ()>,
 ) -> Result<ExitCode, sockeye::BoxError> {
+    use sockeye::reactor::{Handler, Socket};
     if args.unix().is_some() {
         return Err("--reactor serves TCP only".into());
     }
+    let echo = args.echo;
     let builder = sockeye::reactor::Server::builder()
         .max_size(args.max_size)
         .max_fragments(args.max_fragments)
         .compression(!args.no_compression)
         .ping_interval(args.ping_interval())
         .threads(args.threads.unwrap_or(0))
-        .process_request(|request| {
-            (request.uri().path() == "/healthz").then(|| sockeye::respond(StatusCode::OK, "OK\n"))
+        .process_request(move |request| match request.uri().path() {
+            "/healthz" => Some(sockeye::respond(StatusCode::OK, "OK\n")),
+            "/" if !echo && !demo::is_upgrade(request) => Some(demo::page()),
+            _ => None,
         });
-    let server = builder.serve(args.addr.as_str(), |_request| {
-        |ws: &mut sockeye::reactor::Socket<'_>, message: sockeye::Message| {
-            let _ = ws.send(message);
+    /// A relay member: subscribed to its path (the clock's subscribers only listen).
+    struct Member {
+        topic: String,
+    }
+    impl Handler for Member {
+        fn on_open(&mut self, ws: &mut Socket<'_>) {
+            ws.subscribe(&self.topic);
         }
-    })?;
-    args.announce("echo server (event loop)", Some(server.local_addr()), false);
+        fn on_message(&mut self, ws: &mut Socket<'_>, message: sockeye::Message) {
+            if self.topic != demo::CLOCK_PATH {
+                ws.publish(&self.topic, message);
+            }
+        }
+    }
+    let (server, mode) = if echo {
+        let server = builder.serve(args.addr.as_str(), |_request| {
+            |ws: &mut Socket<'_>, message: sockeye::Message| {
+                let _ = ws.send(message);
+            }
+        })?;
+        (server, "echo server (event loop)")
+    } else {
+        let server = builder.serve(args.addr.as_str(), |request| Member {
+            topic: request.uri().path().to_owned(),
+        })?;
+        // The demo's clock: one publish a second to its topic, for all its subscribers.
+        let clock = server.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                clock.publish(demo::CLOCK_PATH, demo::utc_now());
+            }
+        });
+        (server, "relay server (event loop)")
+    };
+    args.announce(mode, Some(server.local_addr()), false);
     signal.await;
     eprintln!("shutting down");
     tokio::task::spawn_blocking(move || server.shutdown()).await?;

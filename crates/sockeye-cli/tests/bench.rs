@@ -157,7 +157,16 @@ fn handshakes() {
 
 #[test]
 fn broadcast_through_the_relay() {
-    let server = Served::start(&[], None);
+    broadcast_through(&[]);
+}
+
+#[test]
+fn broadcast_through_the_event_loop_relay() {
+    broadcast_through(&["--reactor"]);
+}
+
+fn broadcast_through(flags: &[&str]) {
+    let server = Served::start(flags, None);
     let r = bench(
         &format!("ws://{}/bench-topic", server.addr),
         &["--mode", "broadcast", "-c", "20", "-f", "4"],

@@ -54,7 +54,16 @@ fn healthz_answers_200() {
 
 #[test]
 fn relay_delivers_to_the_other_clients_of_the_same_topic() {
-    let server = Served::start(&[], None);
+    relay_delivers_within_topics(&[]);
+}
+
+#[test]
+fn event_loop_relay_delivers_to_the_other_clients_of_the_same_topic() {
+    relay_delivers_within_topics(&["--reactor", "--threads", "2"]);
+}
+
+fn relay_delivers_within_topics(flags: &[&str]) {
+    let server = Served::start(flags, None);
     block_on(async {
         let room = |path: &str| format!("ws://{}/{path}", server.addr);
         let a = sockeye::connect(&room("room1")).await.unwrap();
@@ -135,7 +144,16 @@ fn event_loop_echo_server_with_reactor_flag() {
 
 #[test]
 fn demo_page_at_root_while_websocket_clients_of_root_still_join_topic_root() {
-    let server = Served::start(&[], None);
+    demo_page_and_topic_root(&[]);
+}
+
+#[test]
+fn event_loop_relay_serves_the_demo_page_and_topic_root() {
+    demo_page_and_topic_root(&["--reactor"]);
+}
+
+fn demo_page_and_topic_root(flags: &[&str]) {
+    let server = Served::start(flags, None);
     let response = http_get(&server.addr, "/");
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(
@@ -164,7 +182,16 @@ fn demo_page_at_root_while_websocket_clients_of_root_still_join_topic_root() {
 
 #[test]
 fn clock_pushes_the_server_time_every_second() {
-    let server = Served::start(&[], None);
+    clock_pushes_every_second(&[]);
+}
+
+#[test]
+fn event_loop_relay_has_the_clock_too() {
+    clock_pushes_every_second(&["--reactor", "--threads", "2"]);
+}
+
+fn clock_pushes_every_second(flags: &[&str]) {
+    let server = Served::start(flags, None);
     block_on(async {
         let ws = sockeye::connect(&format!("ws://{}/_sockeye/clock", server.addr))
             .await

@@ -9,6 +9,7 @@
 //! to close the transport ([`Protocol::should_close_transport`]).
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -979,8 +980,9 @@ impl Protocol {
     /// server without compression) where it is instead of copying it into the output: the
     /// output is then the bytes plus payloads spliced in at given points, which
     /// [`Protocol::poll_transmit_spliced`] hands out without a copy (for a vectored write).
-    /// [`Protocol::poll_transmit`] and [`Protocol::consume_output`] still work (they copy
-    /// the payloads in); [`Protocol::pending_output`] stops before the first of them.
+    /// A front end that writes from the core's own output gets them from
+    /// [`Protocol::pending_output`] or [`Protocol::pending_output_vectored`] as pieces of
+    /// their own; [`Protocol::poll_transmit`] copies them in.
     pub fn set_zero_copy(&mut self, on: bool) {
         self.zero_copy = on;
     }
@@ -1188,11 +1190,48 @@ impl Protocol {
 
     // ----- Output ----------------------------------------------------------------------
 
-    /// Bytes waiting to be written to the transport, in order. Write as much as possible in
-    /// one call, then report it with [`Protocol::consume_output`].
+    /// The next bytes waiting to be written to the transport, in order. Write as much as
+    /// possible in one call, then report it with [`Protocol::consume_output`]; call again for
+    /// more (with [`Protocol::set_zero_copy`] the output is in several pieces: the frames, and
+    /// the large payloads left where they were; [`Protocol::pending_output_vectored`] hands
+    /// them out at once, for a vectored write). Empty when nothing waits.
     pub fn pending_output(&self) -> &[u8] {
-        let end = self.splices.first().map_or(self.out.len(), |s| s.0);
-        &self.out[self.out_pos..end]
+        match self.splices.first() {
+            Some((at, payload)) if *at == self.out_pos => payload,
+            Some((at, _)) => &self.out[self.out_pos..*at],
+            None => &self.out[self.out_pos..],
+        }
+    }
+
+    /// Fills `dst` with the pieces of the output, in order, as many as fit (see
+    /// [`Protocol::pending_output`]); returns how many. Write them with one vectored write,
+    /// then report the bytes written with [`Protocol::consume_output`].
+    pub fn pending_output_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut filled = 0;
+        let mut pos = self.out_pos;
+        let mut splices = self.splices.iter().peekable();
+        while filled < dst.len() {
+            let piece: &[u8] = match splices.peek() {
+                Some((at, payload)) if *at == pos => {
+                    splices.next();
+                    payload
+                }
+                Some((at, _)) => {
+                    let piece = &self.out[pos..*at];
+                    pos = *at;
+                    piece
+                }
+                None if pos < self.out.len() => {
+                    let piece = &self.out[pos..];
+                    pos = self.out.len();
+                    piece
+                }
+                None => break,
+            };
+            dst[filled] = IoSlice::new(piece);
+            filled += 1;
+        }
+        filled
     }
 
     /// How many bytes wait to be written (for write limits and backpressure).
@@ -1219,11 +1258,33 @@ impl Protocol {
         self.out = out;
     }
 
-    /// Marks `n` bytes of [`Protocol::pending_output`] as written.
-    pub fn consume_output(&mut self, n: usize) {
-        self.unsplice();
-        self.out_pos = self.out_pos.saturating_add(n).min(self.out.len());
-        if self.out_pos == self.out.len() {
+    /// Marks the next `n` bytes of the output as written (those of
+    /// [`Protocol::pending_output`], or of several pieces after a vectored write; more than
+    /// what waits counts as all of it). Nothing is copied: a payload left in place by
+    /// [`Protocol::set_zero_copy`] is let go once written.
+    pub fn consume_output(&mut self, mut n: usize) {
+        while n > 0 {
+            match self.splices.first_mut() {
+                Some((at, payload)) if *at == self.out_pos => {
+                    let take = n.min(payload.len());
+                    payload.advance(take);
+                    n -= take;
+                    if payload.is_empty() {
+                        self.splices.remove(0);
+                    }
+                }
+                next => {
+                    let end = next.map_or(self.out.len(), |s| s.0);
+                    let take = n.min(end - self.out_pos);
+                    if take == 0 {
+                        break;
+                    }
+                    self.out_pos += take;
+                    n -= take;
+                }
+            }
+        }
+        if self.out_pos == self.out.len() && self.splices.is_empty() {
             self.out_pos = 0;
             self.out.clear();
         }
@@ -1515,19 +1576,68 @@ mod tests {
         joined.extend_from_slice(&buf[*at..]);
         assert_eq!(&joined[2..], &expected[..]);
 
-        // Plain readers get it copied in, whichever way they read.
+        // poll_transmit copies it in.
         let mut server = frames(true);
         let mut copied = Vec::new();
         server.poll_transmit(&mut copied);
         assert_eq!(copied, expected);
+
+        // pending_output hands out the pieces one by one, the payload where it was, and
+        // consume_output goes through them in any steps (here 7 bytes at a time).
         let mut server = frames(true);
         let head = server.pending_output().len();
-        assert!(
-            head < expected.len(),
-            "pending_output stops before the payload"
-        );
-        server.consume_output(head);
-        assert_eq!(server.pending_output(), &expected[head..]);
+        assert!(head < expected.len(), "the frames before the payload first");
+        let mut written = Vec::new();
+        let mut saw_payload = false;
+        while server.pending_output_len() > 0 {
+            let piece = server.pending_output();
+            saw_payload |= piece.as_ptr() == big.as_ptr();
+            let n = piece.len().min(7);
+            written.extend_from_slice(&piece[..n]);
+            server.consume_output(n);
+            assert_eq!(server.pending_output_len(), expected.len() - written.len());
+        }
+        assert!(saw_payload, "not copied");
+        assert_eq!(written, expected);
+        assert!(server.pending_output().is_empty());
+
+        // pending_output_vectored: all pieces at once; a write that ends inside the payload,
+        // then one that ends inside the last frame.
+        let mut server = frames(true);
+        let vectored = |server: &Protocol, room: usize| {
+            let mut slices = [IoSlice::new(&[]); 8];
+            let n = server.pending_output_vectored(&mut slices[..room]);
+            let ptrs: Vec<*const u8> = slices[..n].iter().map(|s| s.as_ptr()).collect();
+            let joined: Vec<u8> = slices[..n].iter().flat_map(|s| s.to_vec()).collect();
+            (n, ptrs, joined)
+        };
+        let (n, ptrs, joined) = vectored(&server, 8);
+        assert_eq!(n, 3, "frame header, payload, last frame");
+        assert_eq!(ptrs[1], big.as_ptr(), "not copied");
+        assert_eq!(joined, expected);
+        let first = head + 1000;
+        server.consume_output(first);
+        let (n, _, joined) = vectored(&server, 1);
+        assert_eq!(n, 1, "as many as fit");
+        assert_eq!(joined, &big[1000..]);
+        let (_, _, rest) = vectored(&server, 8);
+        assert_eq!(rest, &expected[first..]);
+        server.consume_output(expected.len() - first - 2);
+        assert_eq!(server.pending_output(), &expected[expected.len() - 2..]);
+        // Part-written, then copied in: poll_transmit gives what is left.
+        let mut tail = Vec::new();
+        server.poll_transmit(&mut tail);
+        assert_eq!(tail, &expected[expected.len() - 2..]);
+        let mut server = frames(true);
+        server.consume_output(head + 10);
+        let mut tail = Vec::new();
+        server.poll_transmit(&mut tail);
+        assert_eq!(tail, &expected[head + 10..]);
+        // More than waits: all of it.
+        let mut server = frames(true);
+        server.consume_output(usize::MAX);
+        assert_eq!(server.pending_output_len(), 0);
+        assert!(server.pending_output().is_empty());
 
         // Clients mask, compression transforms: both copy as before.
         let mut client = Protocol::open(Side::Client, config.clone(), None, None);

@@ -1116,9 +1116,20 @@ fn shutdown_closes_with_1001_answers_handshakes_with_503_and_stops_accepting() {
 
 #[test]
 fn reading_pauses_over_write_limit_and_on_drain_follows() {
+    // 32 MiB: far more than loopback socket buffers hold.
+    pauses_over_write_limit_and_resumes(16 * KIB, 2048);
+}
+
+#[test]
+fn large_echoes_sent_without_a_copy_survive_partial_writes() {
+    // Payloads of 64 KiB and more are written from the received buffer (vectored writes of
+    // frame headers and payloads): with a peer that reads nothing for a while, writes stop
+    // inside payloads and resume there. 24 MiB, every byte checked.
+    pauses_over_write_limit_and_resumes(96 * KIB + 5, 256);
+}
+
+fn pauses_over_write_limit_and_resumes(len: usize, count: usize) {
     const WRITE_LIMIT: usize = 64 * KIB;
-    const LEN: usize = 16 * KIB;
-    const COUNT: usize = 2048; // 32 MiB: far more than loopback socket buffers hold
     struct Counting {
         seen: Arc<AtomicUsize>,
         drains: Arc<AtomicUsize>,
@@ -1159,9 +1170,9 @@ fn reading_pauses_over_write_limit_and_on_drain_follows() {
     let writer = {
         let mut stream = stream.try_clone().unwrap();
         std::thread::spawn(move || {
-            for i in 0..COUNT {
+            for i in 0..count {
                 stream
-                    .write_all(&masked(OpCode::Binary, &numbered(i, LEN)))
+                    .write_all(&masked(OpCode::Binary, &numbered(i, len)))
                     .unwrap();
             }
             let _ = written_tx.send(());
@@ -1181,8 +1192,8 @@ fn reading_pauses_over_write_limit_and_on_drain_follows() {
         assert!(start.elapsed() < GUARD, "the count never stopped growing");
     };
     assert!(
-        stalled < COUNT / 2,
-        "the handler saw {stalled} of {COUNT} messages of 16 KiB while the peer read nothing"
+        stalled < count / 2,
+        "the handler saw {stalled} of {count} messages of 16 KiB while the peer read nothing"
     );
     assert!(
         written_rx.try_recv().is_err(),
@@ -1190,19 +1201,23 @@ fn reading_pauses_over_write_limit_and_on_drain_follows() {
     );
     let max = max_buffered.load(Ordering::SeqCst);
     assert!(
-        max <= WRITE_LIMIT + 64 * KIB + LEN + 14,
+        max <= WRITE_LIMIT + 64 * KIB + len + 14,
         "buffered_amount reached {max}"
     );
     // The peer reads: everything comes back, in order, and reading resumed.
-    for i in 0..COUNT {
+    for i in 0..count {
         let frame = read_data_frame(&mut stream, &mut buf);
         assert_eq!(frame.opcode, OpCode::Binary);
-        assert_eq!(frame.payload.len(), LEN);
+        assert_eq!(frame.payload.len(), len);
         assert_eq!(number_of(&frame.payload), i, "lost or reordered");
+        assert!(
+            frame.payload[..] == numbered(i, len)[..],
+            "message {i} corrupted"
+        );
     }
     written_rx.recv_timeout(GUARD).unwrap();
     writer.join().unwrap();
-    assert_eq!(seen.load(Ordering::SeqCst), COUNT);
+    assert_eq!(seen.load(Ordering::SeqCst), count);
     assert!(
         drains.load(Ordering::SeqCst) >= 1,
         "on_drain was not called"
@@ -1830,5 +1845,247 @@ fn a_handle_close_after_a_quiet_spell_gets_its_whole_close_timeout() {
         Some(CloseCode::NORMAL),
         "the client's answer was not waited for: {server_side:?}"
     );
+    server.shutdown();
+}
+
+// ----- Pub/sub -------------------------------------------------------------------------------
+
+/// A relay member: subscribes to its path on open and greets with its loop thread's name;
+/// "unsub" and "sub TOPIC" change its topics (answered directly); anything else is
+/// published to its path.
+struct Member {
+    topic: String,
+}
+
+impl Handler for Member {
+    fn on_open(&mut self, ws: &mut Socket<'_>) {
+        assert!(ws.subscribe(&self.topic));
+        assert!(ws.is_subscribed(&self.topic));
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        ws.send(format!("open {thread}")).unwrap();
+    }
+
+    fn on_message(&mut self, ws: &mut Socket<'_>, message: Message) {
+        match message.as_text() {
+            Some("unsub") => {
+                let was = ws.unsubscribe(&self.topic);
+                ws.send(format!("unsub {was}")).unwrap();
+            }
+            Some(text) if text.starts_with("sub ") => {
+                let topic = &text[4..];
+                let new = ws.subscribe(topic);
+                ws.send(format!("sub {topic} {new}")).unwrap();
+            }
+            _ => ws.publish(&self.topic, message),
+        }
+    }
+}
+
+fn relay_server(threads: usize) -> Server {
+    Server::builder()
+        .threads(threads)
+        .serve("127.0.0.1:0", |req: &http::Request<()>| Member {
+            topic: req.uri().path().to_owned(),
+        })
+        .unwrap()
+}
+
+/// A client of `path`, and the name of the loop thread that serves it.
+fn member(server: &Server, path: &str, compression: bool) -> (Connection, String) {
+    let uri = format!("ws://{}{path}", server.local_addr());
+    let ws = ClientBuilder::default()
+        .compression(compression)
+        .connect(&uri)
+        .unwrap();
+    let greeting = recv_message(&ws);
+    let thread = greeting.as_text().unwrap().strip_prefix("open ").unwrap();
+    (ws, thread.to_owned())
+}
+
+fn assert_next_text(ws: &Connection, expected: &str) {
+    assert_eq!(recv_message(ws).as_text(), Some(expected));
+}
+
+#[test]
+fn a_publish_reaches_the_topics_subscribers_on_every_loop_but_its_author() {
+    let server = relay_server(2);
+    // Members of /room until both loops have some (which loop accepts is up to the kernel).
+    let mut room = Vec::new();
+    let mut loops = std::collections::HashSet::new();
+    while loops.len() < 2 || room.len() < 3 {
+        assert!(
+            room.len() < 32,
+            "every connection went to one loop: {loops:?}"
+        );
+        let (ws, thread) = member(&server, "/room", room.len() % 2 == 1);
+        loops.insert(thread);
+        room.push(ws);
+    }
+    let (other, _) = member(&server, "/other", false);
+    let (author, rest) = room.split_first().unwrap();
+
+    // Text, a large binary message (over the splice threshold), then a burst: every other
+    // member gets all of them, in order, whatever its loop and its compression.
+    let big = letters(200 * KIB, 7);
+    author.send("hello").unwrap();
+    author.send(big.clone()).unwrap();
+    for i in 0..50 {
+        author.send(format!("burst {i}")).unwrap();
+    }
+    for ws in rest {
+        assert_next_text(ws, "hello");
+        assert!(recv_message(ws).as_bytes() == &big[..]);
+        for i in 0..50 {
+            assert_next_text(ws, &format!("burst {i}"));
+        }
+    }
+    // The author and the other topic got none of it: what comes next for them is what
+    // the server publishes now (every loop delivered the author's messages already).
+    server.publish("/room", "from the server");
+    server.publish("/other", "to the other topic");
+    for ws in &room {
+        assert_next_text(ws, "from the server");
+    }
+    assert_next_text(&other, "to the other topic");
+
+    for ws in room.iter().chain([&other]) {
+        ws.close(CloseCode::NORMAL, "").unwrap();
+        assert!(ws.closed().unwrap().is_ok());
+    }
+    server.shutdown();
+}
+
+#[test]
+fn unsubscribing_and_closing_leave_topics() {
+    let server = relay_server(1);
+    let (a, _) = member(&server, "/room", false);
+    let (b, _) = member(&server, "/room", true);
+    let (c, _) = member(&server, "/room", false);
+
+    b.send("unsub").unwrap();
+    assert_next_text(&b, "unsub true");
+    b.send("unsub").unwrap();
+    assert_next_text(&b, "unsub false");
+    a.send("x").unwrap();
+    assert_next_text(&c, "x");
+    // One loop: the publish was delivered to every subscriber at once, before this.
+    server.broadcast("marker 1");
+    assert_next_text(&b, "marker 1");
+    assert_next_text(&c, "marker 1");
+    assert_next_text(&a, "marker 1");
+
+    // C leaves; D takes a free slot (perhaps C's) on another topic; E joins the room.
+    c.close(CloseCode::NORMAL, "").unwrap();
+    assert!(c.closed().unwrap().is_ok());
+    wait_until("C is gone", || server.connection_count() == 2);
+    let (d, _) = member(&server, "/other", false);
+    let (e, _) = member(&server, "/room", false);
+    a.send("y").unwrap();
+    assert_next_text(&e, "y");
+    server.broadcast("marker 2");
+    assert_next_text(&d, "marker 2");
+    assert_next_text(&b, "marker 2");
+
+    // A second topic for B.
+    b.send("sub /other").unwrap();
+    assert_next_text(&b, "sub /other true");
+    b.send("sub /other").unwrap();
+    assert_next_text(&b, "sub /other false");
+    server.publish("/other", "o");
+    assert_next_text(&b, "o");
+    assert_next_text(&d, "o");
+
+    for ws in [&a, &b, &d, &e] {
+        ws.close(CloseCode::NORMAL, "").unwrap();
+        assert!(ws.closed().unwrap().is_ok());
+    }
+    server.shutdown();
+}
+
+#[test]
+fn a_subscriber_that_does_not_read_misses_messages_and_holds_up_no_one() {
+    const LEN: usize = 16 * KIB;
+    const COUNT: usize = 2000; // 32 MiB: far more than the socket buffers hold
+    const WRITE_LIMIT: usize = 64 * KIB;
+    let server = Server::builder()
+        .threads(1)
+        .write_limit(WRITE_LIMIT)
+        .ping_interval(None)
+        .serve("127.0.0.1:0", |req: &http::Request<()>| Member {
+            topic: req.uri().path().to_owned(),
+        })
+        .unwrap();
+    // The slow one: a raw peer of topic "/" that reads nothing for now.
+    let (mut slow, mut slow_buf) = raw_handshake(server.local_addr());
+    assert_eq!(read_data_frame(&mut slow, &mut slow_buf).payload.len(), 19); // its greeting
+    let (fast, _) = member(&server, "/", false);
+    let (author, _) = member(&server, "/", false);
+    // The author keeps at most two messages ahead of the fast subscriber (under its
+    // write_limit), so that one never falls behind; the slow one soon does.
+    for i in 0..COUNT {
+        author.send(numbered(i, LEN)).unwrap();
+        if i > 0 {
+            let m = recv_message(&fast);
+            assert_eq!(
+                number_of(m.as_bytes()),
+                i - 1,
+                "the fast subscriber lost one"
+            );
+        }
+    }
+    assert_eq!(number_of(recv_message(&fast).as_bytes()), COUNT - 1);
+    // The slow one now reads: it gets what was queued for it before it fell behind, in
+    // order (a prefix with gaps, none of the rest), then, once it has caught up, what is
+    // published from then on: "caught up", published until it arrives.
+    let (done_tx, done_rx) = mpsc::channel();
+    let slow_reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        loop {
+            let frame = read_data_frame(&mut slow, &mut slow_buf);
+            if frame.opcode == OpCode::Text {
+                assert_eq!(&frame.payload[..], b"caught up");
+                done_tx.send(()).unwrap();
+                return (slow, slow_buf, got);
+            }
+            got.push(number_of(&frame.payload));
+        }
+    });
+    let start = Instant::now();
+    loop {
+        author.send("caught up").unwrap();
+        assert_next_text(&fast, "caught up");
+        if done_rx.recv_timeout(Duration::from_millis(20)).is_ok() {
+            break;
+        }
+        assert!(
+            start.elapsed() < GUARD,
+            "the slow subscriber never caught up"
+        );
+    }
+    let (mut slow, mut slow_buf, got) = slow_reader.join().unwrap();
+    assert!(
+        !got.is_empty() && got.len() < COUNT / 2,
+        "the slow subscriber got {} of {COUNT} messages",
+        got.len()
+    );
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+    slow.write_all(&masked_close(CloseCode::NORMAL, ""))
+        .unwrap();
+    loop {
+        // Skips the other "caught up" messages that may have followed.
+        let frame = read_data_frame(&mut slow, &mut slow_buf);
+        if frame.opcode == OpCode::Close {
+            assert_eq!(
+                CloseFrame::parse(&frame.payload).unwrap().unwrap().code,
+                CloseCode::NORMAL
+            );
+            break;
+        }
+    }
+    assert_end_of_stream(slow, &mut slow_buf);
+    for ws in [&fast, &author] {
+        ws.close(CloseCode::NORMAL, "").unwrap();
+        assert!(ws.closed().unwrap().is_ok());
+    }
     server.shutdown();
 }

@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -16,8 +16,9 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::slab::Slab;
+use super::topics::Topics;
 use super::{closed_of, Command, Control, Handler, Mailbox, Socket};
-use crate::proto::{CloseCode, Config, Event, Protocol, State};
+use crate::proto::{CloseCode, Config, Event, PreparedMessage, Protocol, State};
 use crate::server::Hooks;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -52,6 +53,13 @@ const HUP: u8 = 32;
 /// The transport is to close but output is still waiting: written until `deadline`
 /// (`Protocol::flush_timeout`), then dropped.
 const FLUSHING: u8 = 64;
+/// In the loop's list of connections a publish gave output to (written once all the
+/// publishes of this turn are delivered: one write for all of them).
+const DIRTY: u8 = 128;
+
+/// Rounds of delivering publishes and writing them in a row (a handler's `on_drain` may
+/// publish again) before the loop polls again.
+const SETTLE_ROUNDS: usize = 16;
 
 /// What every loop of a server shares (read-only but for `control`).
 pub(super) struct Shared<F> {
@@ -60,6 +68,25 @@ pub(super) struct Shared<F> {
     pub(super) hooks: Hooks,
     pub(super) factory: F,
     pub(super) control: Arc<Control>,
+    /// Every loop's mailbox, by loop index (publishes reach the other loops through them).
+    pub(super) mailboxes: Vec<Arc<Mailbox>>,
+}
+
+/// What a callback reaches of its loop besides its own connection: the way in from other
+/// threads (for [`Socket::handle`]), the loop's topics, and the publishes made during this
+/// turn, delivered once the callback has returned.
+pub(super) struct Local {
+    pub(super) mailbox: Arc<Mailbox>,
+    pub(super) topics: Topics,
+    pub(super) outbox: Vec<Publish>,
+}
+
+/// A message published to a topic from a callback, to deliver once the callback returns.
+pub(super) struct Publish {
+    pub(super) topic: Arc<str>,
+    pub(super) message: Arc<PreparedMessage>,
+    /// The slot of the publishing connection, which does not get it.
+    pub(super) except: Option<usize>,
 }
 
 /// One connection: all it costs while idle is this (in the loop's slab) and one entry in the
@@ -96,7 +123,11 @@ pub(super) struct Loop<F, H> {
     /// taken back once written: an idle connection holds no output buffer.
     spare: Vec<u8>,
     shared: Arc<Shared<F>>,
-    mailbox: Arc<Mailbox>,
+    /// This loop's index in `shared.mailboxes`.
+    index: usize,
+    local: Local,
+    /// Connections a publish gave output to, to write (see `DIRTY`).
+    dirty: Vec<usize>,
     next_generation: u32,
     closing: bool,
     accept_again: Option<Instant>,
@@ -118,12 +149,7 @@ where
 
     /// Serves (in the loop's own thread: handlers need not be `Send`) until the server
     /// shuts down and the last connection is over.
-    pub(super) fn run(
-        poll: Poll,
-        listener: TcpListener,
-        mailbox: Arc<Mailbox>,
-        shared: Arc<Shared<F>>,
-    ) {
+    pub(super) fn run(poll: Poll, listener: TcpListener, index: usize, shared: Arc<Shared<F>>) {
         Loop {
             poll,
             listener: Some(listener),
@@ -132,8 +158,14 @@ where
             ready: Vec::new(),
             read_buf: vec![0; READ_BUF],
             spare: Vec::new(),
+            local: Local {
+                mailbox: shared.mailboxes[index].clone(),
+                topics: Topics::default(),
+                outbox: Vec::new(),
+            },
             shared,
-            mailbox,
+            index,
+            dirty: Vec::new(),
             next_generation: 0,
             closing: false,
             accept_again: None,
@@ -150,7 +182,7 @@ where
             if self.closing && self.conns.is_empty() {
                 return;
             }
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && self.dirty.is_empty() {
                 let next = self.timers.peek().map(|Reverse((t, _, _))| *t);
                 let next = match (next, self.accept_again) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -184,14 +216,17 @@ where
                     }
                 }
             }
+            self.settle();
             for k in std::mem::take(&mut self.ready) {
                 if let Some(conn) = self.conns.get_mut(k) {
                     conn.flags &= !QUEUED;
                     self.turn(k);
                 }
             }
+            self.settle();
             let now = Instant::now();
             self.fire_timers(now);
+            self.settle();
             if self.accept_again.is_some_and(|t| t <= now) {
                 self.accept_again = None;
                 self.accept();
@@ -201,7 +236,7 @@ where
 
     /// What other threads asked for through the mailbox.
     fn run_commands(&mut self) {
-        for command in self.mailbox.take() {
+        for command in self.local.mailbox.take() {
             match command {
                 Command::Post {
                     slot,
@@ -217,7 +252,7 @@ where
                     // Timers the closure arms (a close's timeout) count from now.
                     conn.proto.handle_timeout(Instant::now());
                     lend(&mut conn.proto, &mut self.spare);
-                    call(conn, slot, &self.mailbox, |_, ws| f(ws));
+                    call(conn, slot, &mut self.local, |_, ws| f(ws));
                     self.service(slot);
                 }
                 Command::Broadcast(message) => {
@@ -235,6 +270,74 @@ where
                         self.service(k);
                     }
                 }
+                Command::Publish { topic, message } => self.deliver(&topic, &message, None),
+            }
+        }
+    }
+
+    /// Delivers what callbacks published (to this loop's subscribers, and through the
+    /// other loops' mailboxes to theirs), then writes to the connections that got output,
+    /// once each however many messages they got. Repeats while that makes more (an
+    /// `on_drain` that publishes), up to `SETTLE_ROUNDS`; the rest waits for the next turn
+    /// of the loop, which then does not sleep.
+    fn settle(&mut self) {
+        for _ in 0..SETTLE_ROUNDS {
+            if self.local.outbox.is_empty() && self.dirty.is_empty() {
+                return;
+            }
+            let mut outbox = std::mem::take(&mut self.local.outbox);
+            for publish in outbox.drain(..) {
+                for (i, mailbox) in self.shared.mailboxes.iter().enumerate() {
+                    if i != self.index {
+                        mailbox.push(Command::Publish {
+                            topic: publish.topic.clone(),
+                            message: publish.message.clone(),
+                        });
+                    }
+                }
+                self.deliver(&publish.topic, &publish.message, publish.except);
+            }
+            if self.local.outbox.is_empty() {
+                self.local.outbox = outbox; // keeps its allocation
+            }
+            for k in std::mem::take(&mut self.dirty) {
+                if let Some(conn) = self.conns.get_mut(k) {
+                    conn.flags &= !DIRTY;
+                    self.service(k);
+                }
+            }
+        }
+    }
+
+    /// Queues `message` for this loop's open subscribers of `topic` but `except`; they are
+    /// written by `settle`. A subscriber over `write_limit` does not get it (the policy of
+    /// `Hub` and `broadcast`: a slow subscriber never holds up the others).
+    fn deliver(&mut self, topic: &str, message: &PreparedMessage, except: Option<usize>) {
+        let limit = self.shared.write_limit;
+        for k in self.local.topics.members(topic) {
+            if Some(k) == except {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(k) else {
+                continue;
+            };
+            let open = conn.handler.is_some() && conn.proto.state() == State::Open;
+            if !open {
+                continue;
+            }
+            if conn.proto.pending_output_len() > limit {
+                // Over the limit with what this turn gave it: see whether the socket takes
+                // it now (it is written at the end anyway), and drop only if it does not.
+                write_out(conn);
+                if conn.proto.pending_output_len() > limit {
+                    continue;
+                }
+            }
+            lend(&mut conn.proto, &mut self.spare);
+            let _ = conn.proto.send_prepared(message);
+            if !conn.has(DIRTY) {
+                conn.flags |= DIRTY;
+                self.dirty.push(k);
             }
         }
     }
@@ -270,6 +373,8 @@ where
             };
             let _ = socket.set_nodelay(true);
             let mut proto = Protocol::server(self.shared.config.clone());
+            // Large payloads are written from where they were received or built.
+            proto.set_zero_copy(true);
             // The open timeout counts from here.
             proto.handle_timeout(Instant::now());
             let generation = self.next_generation;
@@ -331,7 +436,7 @@ where
                 Ok(0) => {
                     conn.flags |= EOF;
                     let _ = conn.proto.receive_eof();
-                    dispatch(conn, k, &self.mailbox, shared);
+                    dispatch(conn, k, &mut self.local, shared);
                     break;
                 }
                 Ok(n) => {
@@ -339,7 +444,7 @@ where
                     if let Err(e) = conn.proto.receive_data(&self.read_buf[..n]) {
                         tracing::debug!(target: "sockeye::server", id = conn.id, "connection failed: {e}");
                     }
-                    dispatch(conn, k, &self.mailbox, shared);
+                    dispatch(conn, k, &mut self.local, shared);
                     if conn.proto.pending_output_len() > shared.write_limit {
                         conn.flags |= PAUSED;
                         break;
@@ -357,7 +462,7 @@ where
                     tracing::debug!(target: "sockeye::server", id = conn.id, "read failed: {e}");
                     conn.flags |= EOF | BROKEN;
                     let _ = conn.proto.receive_eof();
-                    dispatch(conn, k, &self.mailbox, shared);
+                    dispatch(conn, k, &mut self.local, shared);
                     break;
                 }
             }
@@ -377,24 +482,7 @@ where
         let shared = &*self.shared;
         let mut drains = 0;
         loop {
-            if !conn.has(BROKEN) {
-                while conn.proto.pending_output_len() > 0 {
-                    match conn.socket.write(conn.proto.pending_output()) {
-                        Ok(0) => {
-                            conn.flags |= BROKEN;
-                            break;
-                        }
-                        Ok(n) => conn.proto.consume_output(n),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            tracing::debug!(target: "sockeye::server", id = conn.id, "write failed: {e}");
-                            conn.flags |= BROKEN;
-                            break;
-                        }
-                    }
-                }
-            }
+            write_out(conn);
             if conn.has(BROKEN) {
                 // The peer is gone as far as the core is concerned.
                 let _ = conn.proto.receive_eof();
@@ -425,7 +513,7 @@ where
                 // Reached from a writable event too: timers it arms count from now.
                 conn.proto.handle_timeout(Instant::now());
                 lend(&mut conn.proto, &mut self.spare);
-                call(conn, k, &self.mailbox, |h, ws| h.on_drain(ws));
+                call(conn, k, &mut self.local, |h, ws| h.on_drain(ws));
                 if conn.proto.pending_output_len() > shared.write_limit {
                     conn.flags |= PAUSED;
                 }
@@ -504,7 +592,7 @@ where
             conn.proto.handle_timeout(now);
             // Buffers grown for large messages are given back here (every ping_interval).
             conn.proto.release_memory();
-            dispatch(conn, k, &self.mailbox, &self.shared);
+            dispatch(conn, k, &mut self.local, &self.shared);
             self.service(k);
         }
         if self.timers.len() > 64 && self.timers.len() > 4 * self.conns.len() {
@@ -525,6 +613,7 @@ where
             return;
         };
         close_handler(conn, &self.shared.control);
+        self.local.topics.leave_all(k);
         let linger = if conn.has(BROKEN) {
             None
         } else {
@@ -549,6 +638,7 @@ where
     fn remove(&mut self, k: usize) {
         if let Some(mut conn) = self.conns.remove(k) {
             close_handler(&mut conn, &self.shared.control);
+            self.local.topics.leave_all(k);
             let _ = self.poll.registry().deregister(&mut conn.socket);
         }
     }
@@ -568,6 +658,30 @@ where
                 }
             }
             self.service(k);
+        }
+    }
+}
+
+/// Writes what the connection has to write, as far as the socket takes it; a failed write
+/// marks it `BROKEN` (nothing more is written; `service` ends it).
+fn write_out<H>(conn: &mut Conn<H>) {
+    if conn.has(BROKEN) {
+        return;
+    }
+    while conn.proto.pending_output_len() > 0 {
+        match write_output(&mut conn.socket, &conn.proto) {
+            Ok(0) => {
+                conn.flags |= BROKEN;
+                return;
+            }
+            Ok(n) => conn.proto.consume_output(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(target: "sockeye::server", id = conn.id, "write failed: {e}");
+                conn.flags |= BROKEN;
+                return;
+            }
         }
     }
 }
@@ -596,6 +710,19 @@ fn lend(proto: &mut Protocol, spare: &mut Vec<u8>) {
     }
 }
 
+/// Pieces of the output one write takes (frames and payloads left in place).
+const WRITE_SLICES: usize = 16;
+
+/// Writes what the core has to send: with one `write` when it is one piece, a vectored
+/// write when large payloads were left in place (`Protocol::set_zero_copy`).
+fn write_output(socket: &mut TcpStream, proto: &Protocol) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+    match proto.pending_output_vectored(&mut slices) {
+        1 => socket.write(&slices[0]),
+        n => socket.write_vectored(&slices[..n]),
+    }
+}
+
 /// Takes the (written, empty) write buffer back from the connection, which keeps none.
 fn reclaim(proto: &mut Protocol, spare: &mut Vec<u8>) {
     let mut taken = Vec::new();
@@ -607,15 +734,15 @@ fn reclaim(proto: &mut Protocol, spare: &mut Vec<u8>) {
 }
 
 /// Hands the core's events to the handshake and the handler.
-fn dispatch<F, H>(conn: &mut Conn<H>, slot: usize, mailbox: &Arc<Mailbox>, shared: &Shared<F>)
+fn dispatch<F, H>(conn: &mut Conn<H>, slot: usize, local: &mut Local, shared: &Shared<F>)
 where
     F: Fn(&Request<()>) -> H,
     H: Handler,
 {
     while let Some(event) = conn.proto.poll_event() {
         match event {
-            Event::Message(message) => call(conn, slot, mailbox, |h, ws| h.on_message(ws, message)),
-            Event::Request(request) => open(conn, slot, mailbox, shared, &request),
+            Event::Message(message) => call(conn, slot, local, |h, ws| h.on_message(ws, message)),
+            Event::Request(request) => open(conn, slot, local, shared, &request),
             Event::Close(_)
             | Event::Ping(_)
             | Event::Pong { .. }
@@ -629,7 +756,7 @@ where
 fn open<F, H>(
     conn: &mut Conn<H>,
     slot: usize,
-    mailbox: &Arc<Mailbox>,
+    local: &mut Local,
     shared: &Shared<F>,
     request: &Request<()>,
 ) where
@@ -658,14 +785,14 @@ fn open<F, H>(
     }
     shared.control.open.fetch_add(1, Ordering::AcqRel);
     tracing::info!(target: "sockeye::server", id = conn.id, "connection open");
-    call(conn, slot, mailbox, |h, ws| h.on_open(ws));
+    call(conn, slot, local, |h, ws| h.on_open(ws));
 }
 
 /// Runs one of the handler's callbacks; a panic fails the connection with 1011.
 fn call<H: Handler>(
     conn: &mut Conn<H>,
     slot: usize,
-    mailbox: &Arc<Mailbox>,
+    local: &mut Local,
     f: impl FnOnce(&mut H, &mut Socket<'_>),
 ) {
     let Conn {
@@ -683,7 +810,7 @@ fn call<H: Handler>(
         proto,
         socket,
         id: *id,
-        mailbox,
+        local,
         slot,
         generation: *generation,
     };

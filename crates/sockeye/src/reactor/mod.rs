@@ -21,7 +21,37 @@
 //! sends to, closes or runs a closure on its connection from any thread, and
 //! [`Server::broadcast`] sends one message, encoded once, to every open connection.
 //!
-//! What it does not have (yet): TLS, Unix sockets, routing, and the [`crate::Hub`].
+//! Pub/sub is built in, as in uWebSockets: a connection [subscribes](Socket::subscribe) to
+//! topics, and a message [published](Socket::publish) to a topic (from a callback, or from
+//! any thread with [`Server::publish`]) reaches every subscriber on every loop thread,
+//! encoded once; what a turn of the loop publishes leaves in one write per subscriber.
+//! Each loop keeps its own subscribers, so subscribing takes no lock. (The tokio server's
+//! [`crate::Hub`], with its Redis link between processes, is not shared with this one.)
+//!
+//! ```no_run
+//! use sockeye::reactor::{Server, Socket};
+//! use sockeye::Message;
+//!
+//! # fn main() -> sockeye::Result<()> {
+//! // A chat relay: a client of ws://HOST/<room> gets what the others of <room> send.
+//! struct Member(String);
+//! impl sockeye::reactor::Handler for Member {
+//!     fn on_open(&mut self, ws: &mut Socket<'_>) {
+//!         ws.subscribe(&self.0);
+//!     }
+//!     fn on_message(&mut self, ws: &mut Socket<'_>, message: Message) {
+//!         ws.publish(&self.0, message);
+//!     }
+//! }
+//! let server = Server::builder().serve("127.0.0.1:8765", |request| {
+//!     Member(request.uri().path().to_owned())
+//! })?;
+//! server.publish("/lobby", "the server says hello"); // from any thread
+//! # server.shutdown();
+//! # Ok(()) }
+//! ```
+//!
+//! What it does not have (yet): TLS, Unix sockets, and routing.
 //!
 //! ```no_run
 //! use sockeye::reactor::{Server, Socket};
@@ -46,6 +76,7 @@
 
 mod event_loop;
 mod slab;
+mod topics;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -108,8 +139,8 @@ pub struct Socket<'a> {
     proto: &'a mut Protocol,
     socket: &'a mio::net::TcpStream,
     id: u64,
-    /// Where this connection lives, for [`Socket::handle`].
-    mailbox: &'a Arc<Mailbox>,
+    /// The connection's loop: its mailbox (for [`Socket::handle`]), topics and publishes.
+    local: &'a mut event_loop::Local,
     slot: usize,
     generation: u32,
 }
@@ -210,11 +241,49 @@ impl Socket<'_> {
     /// thread, a timer, a pub/sub system). Keeping one costs the connection nothing.
     pub fn handle(&self) -> Handle {
         Handle {
-            mailbox: self.mailbox.clone(),
+            mailbox: self.local.mailbox.clone(),
             slot: self.slot,
             generation: self.generation,
             id: self.id,
         }
+    }
+
+    /// Subscribes this connection to `topic` (any string: a path, a room name); `false` if
+    /// it already was. It leaves all its topics when it ends.
+    ///
+    /// Topics are the server's: a message published to one (by [`Socket::publish`] or
+    /// [`Server::publish`]) reaches its subscribers on every loop thread.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.local.topics.subscribe(self.slot, topic)
+    }
+
+    /// Unsubscribes this connection from `topic`; `false` if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.local.topics.unsubscribe(self.slot, topic)
+    }
+
+    /// Whether this connection is subscribed to `topic`.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.local.topics.is_subscribed(self.slot, topic)
+    }
+
+    /// Sends `message` to every subscriber of `topic` but this connection (as a relay
+    /// does; subscribed or not, this connection does not get it: send it here too if it
+    /// should), on every loop thread. The message is encoded once ([`PreparedMessage`];
+    /// connections that compress encode it themselves).
+    ///
+    /// Never waits: it is delivered once this callback returns, with everything else
+    /// published meanwhile, and each subscriber gets one write for all of it. Messages
+    /// published by one connection reach each subscriber in order. A subscriber with more
+    /// than `write_limit` bytes waiting does not get it and stays subscribed (the policy of
+    /// [`crate::Hub`] and [`crate::broadcast`]: a slow subscriber never holds up the others,
+    /// and the memory it can pin is bounded).
+    pub fn publish(&mut self, topic: &str, message: impl Into<Message>) {
+        self.local.outbox.push(event_loop::Publish {
+            topic: Arc::from(topic),
+            message: Arc::new(PreparedMessage::new(message)),
+            except: Some(self.slot),
+        });
     }
 
     fn check_open(&self) -> Result<()> {
@@ -318,6 +387,12 @@ enum Command {
     },
     /// [`Server::broadcast`]: to every open connection of the loop.
     Broadcast(Arc<PreparedMessage>),
+    /// A publish ([`Socket::publish`] in another loop, [`Server::publish`]): to the loop's
+    /// subscribers of `topic`.
+    Publish {
+        topic: Arc<str>,
+        message: Arc<PreparedMessage>,
+    },
 }
 
 /// How the connection of `proto` ended (or is ending).
@@ -378,29 +453,32 @@ impl ServerBuilder {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let mut prepared = Vec::with_capacity(threads);
+        let mut mailboxes = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let mut listener = mio::net::TcpListener::from_std(listener.try_clone()?);
+            let (poll, waker) = event_loop::Loop::<F, H>::prepare(&mut listener)?;
+            mailboxes.push(Arc::new(Mailbox {
+                queue: Mutex::new(Vec::new()),
+                waker,
+            }));
+            prepared.push((poll, listener));
+        }
         let shared = Arc::new(event_loop::Shared {
             config: Arc::new(self.options.config),
             write_limit: self.options.limits.write_limit,
             hooks: self.hooks,
             factory,
             control: Arc::new(Control::default()),
+            mailboxes: mailboxes.clone(),
         });
         let mut loops = Vec::with_capacity(threads);
-        let mut mailboxes = Vec::with_capacity(threads);
-        for i in 0..threads {
-            let mut listener = mio::net::TcpListener::from_std(listener.try_clone()?);
-            let (poll, waker) = event_loop::Loop::<F, H>::prepare(&mut listener)?;
-            let mailbox = Arc::new(Mailbox {
-                queue: Mutex::new(Vec::new()),
-                waker,
-            });
+        for (i, (poll, listener)) in prepared.into_iter().enumerate() {
             let shared = shared.clone();
-            let loop_mailbox = mailbox.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sockeye-loop-{i}"))
-                .spawn(move || event_loop::Loop::run(poll, listener, loop_mailbox, shared))?;
+                .spawn(move || event_loop::Loop::run(poll, listener, i, shared))?;
             loops.push(thread);
-            mailboxes.push(mailbox);
         }
         tracing::info!(target: "sockeye::server", "event-loop server listening on {local_addr} ({threads} threads)");
         Ok(Server {
@@ -472,6 +550,20 @@ impl Server {
         let message = Arc::new(PreparedMessage::new(message));
         for mailbox in &self.inner.mailboxes {
             mailbox.push(Command::Broadcast(message.clone()));
+        }
+    }
+
+    /// Sends `message` to every subscriber of `topic` (see [`Socket::subscribe`]), from any
+    /// thread: encoded once, delivered by each loop to its subscribers, never waiting (a
+    /// subscriber over `write_limit` does not get it, as with [`Socket::publish`]).
+    pub fn publish(&self, topic: &str, message: impl Into<Message>) {
+        let topic: Arc<str> = Arc::from(topic);
+        let message = Arc::new(PreparedMessage::new(message));
+        for mailbox in &self.inner.mailboxes {
+            mailbox.push(Command::Publish {
+                topic: topic.clone(),
+                message: message.clone(),
+            });
         }
     }
 
