@@ -45,6 +45,7 @@ const EXAMPLES: &[&str] = &[
     "recv_timeout",
     "keepalive",
     "chat",
+    "chat_reactor",
     "reconnecting_client",
     "basic_auth",
     "router",
@@ -648,7 +649,17 @@ async fn join(server: &Server, path: &str, name: &str) -> ClientConnection {
 
 #[tokio::test]
 async fn chat_rooms_in_memory() {
-    let server = Server::start("chat", &[]).await;
+    chat_rooms("chat").await;
+}
+
+#[tokio::test]
+async fn chat_rooms_on_the_event_loops_topics() {
+    chat_rooms("chat_reactor").await;
+}
+
+/// Two rooms: joins, messages and leaves reach everyone in the room, the author included.
+async fn chat_rooms(example: &str) {
+    let server = Server::start(example, &[]).await;
     let ann = join(&server, "lobby", "ann").await;
     let bob = join(&server, "lobby", "bob").await;
     assert_eq!(recv_text(&ann).await, "* bob joined /lobby");
