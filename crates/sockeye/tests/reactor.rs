@@ -1662,6 +1662,20 @@ fn a_handle_sends_posts_and_closes_from_another_thread() {
     assert_eq!(recv_message(&b), Message::from("marker"));
     b.close(CloseCode::NORMAL, "").unwrap();
     server.shutdown();
+
+    // After the shutdown, what a kept handle asks for is dropped at once, not queued for a
+    // loop that is gone (a token the closure holds is released), and so is a publish.
+    let token = Arc::new(());
+    let held = token.clone();
+    handle_b.post(move |_ws| drop(held));
+    handle_b.send("nobody reads this");
+    server.publish("/", "nor this");
+    server.broadcast("nor this");
+    assert_eq!(
+        Arc::strong_count(&token),
+        1,
+        "a closure is kept after shutdown"
+    );
 }
 
 #[test]

@@ -152,6 +152,7 @@ where
     /// Serves (in the loop's own thread: handlers need not be `Send`) until the server
     /// shuts down and the last connection is over.
     pub(super) fn run(poll: Poll, listener: TcpListener, index: usize, shared: Arc<Shared<F>>) {
+        let mailbox = shared.mailboxes[index].clone();
         Loop {
             poll,
             listener: Some(listener),
@@ -173,6 +174,8 @@ where
             accept_again: None,
         }
         .serve();
+        // Nobody takes commands any more: drop those left, and those to come.
+        mailbox.close();
     }
 
     fn serve(mut self) {

@@ -354,15 +354,29 @@ impl Handle {
 
 /// Work for a loop from outside it: a queue and the `mio::Waker` that interrupts its poll.
 struct Mailbox {
-    queue: Mutex<Vec<Command>>,
+    /// `None` once the loop has ended: what comes then is dropped at once (a `Handle` kept
+    /// after the server shut down must not pile up closures nobody will run).
+    queue: Mutex<Option<Vec<Command>>>,
     waker: mio::Waker,
 }
 
 impl Mailbox {
+    fn new(waker: mio::Waker) -> Mailbox {
+        Mailbox {
+            queue: Mutex::new(Some(Vec::new())),
+            waker,
+        }
+    }
+
     fn push(&self, command: Command) {
         let mut queue = lock(&self.queue);
-        let was_empty = queue.is_empty();
-        queue.push(command);
+        let Some(commands) = queue.as_mut() else {
+            drop(queue);
+            drop(command); // outside the lock: it may hold anything
+            return;
+        };
+        let was_empty = commands.is_empty();
+        commands.push(command);
         drop(queue);
         // One wake-up per batch: the loop takes the whole queue at once.
         if was_empty {
@@ -371,7 +385,16 @@ impl Mailbox {
     }
 
     fn take(&self) -> Vec<Command> {
-        std::mem::take(&mut *lock(&self.queue))
+        lock(&self.queue)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The loop has ended: drops what waits, and whatever comes later.
+    fn close(&self) {
+        let left = lock(&self.queue).take();
+        drop(left);
     }
 }
 
@@ -458,10 +481,7 @@ impl ServerBuilder {
         for _ in 0..threads {
             let mut listener = mio::net::TcpListener::from_std(listener.try_clone()?);
             let (poll, waker) = event_loop::Loop::<F, H>::prepare(&mut listener)?;
-            mailboxes.push(Arc::new(Mailbox {
-                queue: Mutex::new(Vec::new()),
-                waker,
-            }));
+            mailboxes.push(Arc::new(Mailbox::new(waker)));
             prepared.push((poll, listener));
         }
         let shared = Arc::new(event_loop::Shared {
