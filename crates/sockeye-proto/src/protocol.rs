@@ -124,9 +124,9 @@ pub struct Protocol {
     keep_recv: bool,
     out: Vec<u8>,
     out_pos: usize,
-    /// Large payloads that follow a point of `out` without being copied into it:
-    /// `(position in out, payload)`, in order. Only with [`Protocol::set_zero_copy`].
-    splices: Vec<(usize, Bytes)>,
+    /// Large payloads that follow a point of `out` without being copied into it. Only with
+    /// [`Protocol::set_zero_copy`]; allocated while there are some.
+    splices: Option<Box<Splices>>,
     /// The smallest payload spliced rather than copied (0: none is), in KiB.
     zero_copy_kib: u16,
     events: VecDeque<Event>,
@@ -160,6 +160,15 @@ pub struct Protocol {
     rng: Rng,
 }
 
+/// Payloads spliced into the output (see [`Protocol::set_zero_copy`]).
+#[derive(Debug, Default)]
+struct Splices {
+    /// `(position in out, payload)`, in order; a payload is popped once written.
+    queue: VecDeque<(usize, Bytes)>,
+    /// Their bytes not written yet.
+    total: usize,
+}
+
 /// How a connection ended, or is ending: [`Protocol::error`], the close frames.
 #[derive(Debug, Default)]
 struct Ending {
@@ -170,6 +179,10 @@ struct Ending {
 
 /// The smallest payload that [`Protocol::set_zero_copy`] splices rather than copies.
 const ZERO_COPY_MIN: usize = 64 * 1024;
+
+/// Written bytes at the front of the output buffer worth moving the rest down for (see
+/// [`Protocol::consume_output`]).
+const COMPACT_OUTPUT: usize = 16 * 1024;
 
 /// The largest output buffer [`Protocol::release_memory`] keeps; a larger one, grown for a
 /// large message, is kept while the connection is busy and freed when it is released.
@@ -211,7 +224,7 @@ impl Protocol {
             keep_recv: false,
             out: Vec::new(),
             out_pos: 0,
-            splices: Vec::new(),
+            splices: None,
             zero_copy_kib: 0,
             events: VecDeque::new(),
             ending: None,
@@ -973,7 +986,9 @@ impl Protocol {
         let payload = message.clone().into_bytes();
         log_frame(self.side, '>', opcode, &payload, true, false);
         FrameHeader::encode(&mut self.out, true, false, opcode, None, payload.len());
-        self.splices.push((self.out.len(), payload));
+        let splices = self.splices.get_or_insert_with(Box::default);
+        splices.total += payload.len();
+        splices.queue.push_back((self.out.len(), payload));
         Ok(())
     }
 
@@ -1208,7 +1223,7 @@ impl Protocol {
     /// the large payloads left where they were; [`Protocol::pending_output_vectored`] hands
     /// them out at once, for a vectored write). Empty when nothing waits.
     pub fn pending_output(&self) -> &[u8] {
-        match self.splices.first() {
+        match self.splices.as_ref().and_then(|s| s.queue.front()) {
             Some((at, payload)) if *at == self.out_pos => payload,
             Some((at, _)) => &self.out[self.out_pos..*at],
             None => &self.out[self.out_pos..],
@@ -1221,7 +1236,7 @@ impl Protocol {
     pub fn pending_output_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut filled = 0;
         let mut pos = self.out_pos;
-        let mut splices = self.splices.iter().peekable();
+        let mut splices = self.splices.iter().flat_map(|s| s.queue.iter()).peekable();
         while filled < dst.len() {
             let piece: &[u8] = match splices.peek() {
                 Some((at, payload)) if *at == pos => {
@@ -1248,20 +1263,19 @@ impl Protocol {
 
     /// How many bytes wait to be written (for write limits and backpressure).
     pub fn pending_output_len(&self) -> usize {
-        let spliced: usize = self.splices.iter().map(|s| s.1.len()).sum();
+        let spliced = self.splices.as_ref().map_or(0, |s| s.total);
         self.out.len() - self.out_pos + spliced
     }
 
     /// Copies the spliced payloads into the output, for the front ends that take it as one
     /// run of bytes.
     fn unsplice(&mut self) {
-        if self.splices.is_empty() {
+        let Some(splices) = self.splices.take() else {
             return;
-        }
-        let spliced: usize = self.splices.iter().map(|s| s.1.len()).sum();
-        let mut out = Vec::with_capacity(self.out.len() + spliced);
+        };
+        let mut out = Vec::with_capacity(self.out.len() + splices.total);
         let mut at = 0;
-        for (pos, payload) in self.splices.drain(..) {
+        for (pos, payload) in splices.queue {
             out.extend_from_slice(&self.out[at..pos]);
             out.extend_from_slice(&payload);
             at = pos;
@@ -1274,15 +1288,26 @@ impl Protocol {
     /// [`Protocol::pending_output`], or of several pieces after a vectored write; more than
     /// what waits counts as all of it). Nothing is copied: a payload left in place by
     /// [`Protocol::set_zero_copy`] is let go once written.
+    ///
+    /// The bytes written are dropped from the output buffer when they are the larger part
+    /// of it, so that a connection that never quite catches up (a subscriber a little slower
+    /// than its publisher) does not keep everything it was ever sent.
     pub fn consume_output(&mut self, mut n: usize) {
         while n > 0 {
-            match self.splices.first_mut() {
+            let front = self.splices.as_mut().and_then(|s| s.queue.front_mut());
+            match front {
                 Some((at, payload)) if *at == self.out_pos => {
                     let take = n.min(payload.len());
                     payload.advance(take);
                     n -= take;
-                    if payload.is_empty() {
-                        self.splices.remove(0);
+                    let emptied = payload.is_empty();
+                    let splices = self.splices.as_mut().expect("a splice is there");
+                    splices.total -= take;
+                    if emptied {
+                        splices.queue.pop_front();
+                        if splices.queue.is_empty() {
+                            self.splices = None;
+                        }
                     }
                 }
                 next => {
@@ -1296,9 +1321,18 @@ impl Protocol {
                 }
             }
         }
-        if self.out_pos == self.out.len() && self.splices.is_empty() {
+        if self.out_pos == self.out.len() && self.splices.is_none() {
             self.out_pos = 0;
             self.out.clear();
+        } else if self.out_pos >= COMPACT_OUTPUT && self.out_pos * 2 >= self.out.len() {
+            // Moves at most as many bytes as it frees. Splices are all at or after out_pos.
+            self.out.drain(..self.out_pos);
+            if let Some(splices) = self.splices.as_mut() {
+                for (at, _) in splices.queue.iter_mut() {
+                    *at -= self.out_pos;
+                }
+            }
+            self.out_pos = 0;
         }
     }
 
@@ -1335,14 +1369,15 @@ impl Protocol {
     /// [`Protocol::set_zero_copy`]): the bytes go to the end of `buf`, and each payload to
     /// `splices` with the position in `buf` it follows, after those already there.
     pub fn poll_transmit_spliced(&mut self, buf: &mut Vec<u8>, splices: &mut Vec<(usize, Bytes)>) {
-        if self.splices.is_empty() {
+        let Some(taken) = self.splices.take() else {
             return self.poll_transmit(buf);
-        }
+        };
         let base = buf.len();
         let start = self.out_pos;
         splices.extend(
-            self.splices
-                .drain(..)
+            taken
+                .queue
+                .into_iter()
                 .map(|(pos, payload)| (base + pos - start, payload)),
         );
         self.poll_transmit(buf);
@@ -1658,6 +1693,64 @@ mod tests {
         let mut splices = Vec::new();
         client.poll_transmit_spliced(&mut Vec::new(), &mut splices);
         assert!(splices.is_empty());
+    }
+
+    #[test]
+    fn output_written_in_pieces_is_the_same_bytes_and_the_buffer_stays_bounded() {
+        // A connection that sends steadily and never quite catches up (a subscriber a little
+        // slower than its publisher): what it writes is exactly what a copying twin writes,
+        // and its output buffer does not keep what was written.
+        let config = Arc::new(Config::default());
+        let mut fast = Protocol::open(Side::Server, config.clone(), None, None);
+        fast.set_zero_copy_min(1024);
+        let mut twin = Protocol::open(Side::Server, config, None, None);
+        let (mut written, mut expected) = (Vec::new(), Vec::new());
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let mut max_out = 0;
+        for i in 0..10_000u64 {
+            // Mostly 1 KB frames, some spliced payloads (up to 70 KB).
+            let len = if next(8) == 0 {
+                1024 + next(70_000)
+            } else {
+                1000
+            };
+            let payload = Bytes::from(vec![i as u8; len as usize]);
+            fast.send(&Message::Binary(payload.clone())).unwrap();
+            twin.send(&Message::Binary(payload)).unwrap();
+            // Write a little less than was sent, in 1 to 3 pieces at a time.
+            let mut budget = (len as usize).saturating_sub(1 + next(64) as usize);
+            while budget > 0 && fast.pending_output_len() > 0 {
+                let mut slices = [IoSlice::new(&[]); 3];
+                let pieces = fast.pending_output_vectored(&mut slices[..1 + next(3) as usize]);
+                let mut n = 0;
+                for slice in &slices[..pieces] {
+                    let take = slice.len().min(budget - n);
+                    written.extend_from_slice(&slice[..take]);
+                    n += take;
+                }
+                fast.consume_output(n);
+                budget -= n;
+            }
+            max_out = max_out.max(fast.out.len());
+        }
+        while fast.pending_output_len() > 0 {
+            let piece = fast.pending_output().to_vec();
+            written.extend_from_slice(&piece);
+            fast.consume_output(piece.len());
+        }
+        twin.poll_transmit(&mut expected);
+        assert!(written == expected, "the bytes written differ");
+        assert!(
+            max_out < 256 * 1024,
+            "the output buffer grew to {max_out} bytes"
+        );
+        assert!(fast.splices.is_none());
     }
 
     #[test]

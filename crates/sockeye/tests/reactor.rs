@@ -2103,3 +2103,62 @@ fn a_subscriber_that_does_not_read_misses_messages_and_holds_up_no_one() {
     }
     server.shutdown();
 }
+
+#[test]
+fn a_publish_keeps_its_place_among_the_handle_sends_of_the_same_callback() {
+    // X publishes m1 to /t, then sends m2 to Y through Y's handle, in one callback; Y (a
+    // subscriber of /t on the other loop) gets m1 first.
+    type Slot = Arc<std::sync::Mutex<Option<Handle>>>;
+    struct Node {
+        path: String,
+        y: Slot,
+    }
+    impl Handler for Node {
+        fn on_open(&mut self, ws: &mut Socket<'_>) {
+            if self.path == "/t" {
+                ws.subscribe("/t");
+                *self.y.lock().unwrap() = Some(ws.handle());
+            }
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            ws.send(format!("open {thread}")).unwrap();
+        }
+        fn on_message(&mut self, ws: &mut Socket<'_>, message: Message) {
+            let n = message.as_text().unwrap().to_owned();
+            ws.publish("/t", format!("m1 {n}"));
+            let y = self.y.lock().unwrap().clone().unwrap();
+            y.send(format!("m2 {n}"));
+        }
+    }
+    let y_slot: Slot = Arc::default();
+    let server = {
+        let y_slot = y_slot.clone();
+        Server::builder()
+            .threads(2)
+            .serve("127.0.0.1:0", move |req: &http::Request<()>| Node {
+                path: req.uri().path().to_owned(),
+                y: y_slot.clone(),
+            })
+            .unwrap()
+    };
+    // Y on /t, then clients on /x until one is on the other loop.
+    let (y, y_loop) = member(&server, "/t", false);
+    let mut xs = Vec::new();
+    let x = loop {
+        assert!(xs.len() < 32, "every connection went to one loop");
+        let (x, x_loop) = member(&server, "/x", false);
+        if x_loop != y_loop {
+            break x;
+        }
+        xs.push(x);
+    };
+    for i in 0..20 {
+        x.send(i.to_string()).unwrap();
+        assert_next_text(&y, &format!("m1 {i}"));
+        assert_next_text(&y, &format!("m2 {i}"));
+    }
+    for ws in xs.iter().chain([&x, &y]) {
+        ws.close(CloseCode::NORMAL, "").unwrap();
+        assert!(ws.closed().unwrap().is_ok());
+    }
+    server.shutdown();
+}

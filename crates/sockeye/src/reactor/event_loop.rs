@@ -79,11 +79,15 @@ pub(super) struct Shared<F> {
 /// turn, delivered once the callback has returned.
 pub(super) struct Local {
     pub(super) mailbox: Arc<Mailbox>,
+    /// The other loops' mailboxes: a publish goes to them at once (so that it keeps its
+    /// place among the commands the same callback sends them through `Handle`s).
+    pub(super) peers: Vec<Arc<Mailbox>>,
     pub(super) topics: Topics,
     pub(super) outbox: Vec<Publish>,
 }
 
-/// A message published to a topic from a callback, to deliver once the callback returns.
+/// A message published to a topic from a callback, to deliver to this loop's subscribers
+/// once the callback returns.
 pub(super) struct Publish {
     pub(super) topic: Arc<str>,
     pub(super) message: Arc<PreparedMessage>,
@@ -125,8 +129,6 @@ pub(super) struct Loop<F, H> {
     /// taken back once written: an idle connection holds no output buffer.
     spare: Vec<u8>,
     shared: Arc<Shared<F>>,
-    /// This loop's index in `shared.mailboxes`.
-    index: usize,
     local: Local,
     /// Connections a publish gave output to, to write (see `DIRTY`).
     dirty: Vec<usize>,
@@ -152,7 +154,13 @@ where
     /// Serves (in the loop's own thread: handlers need not be `Send`) until the server
     /// shuts down and the last connection is over.
     pub(super) fn run(poll: Poll, listener: TcpListener, index: usize, shared: Arc<Shared<F>>) {
-        let mailbox = shared.mailboxes[index].clone();
+        // However the loop ends, nobody takes commands any more: drop those left, and those
+        // to come.
+        let _closer = CloseOnDrop(shared.mailboxes[index].clone());
+        let peers = (shared.mailboxes.iter().enumerate())
+            .filter(|(i, _)| *i != index)
+            .map(|(_, m)| m.clone())
+            .collect();
         Loop {
             poll,
             listener: Some(listener),
@@ -163,19 +171,17 @@ where
             spare: Vec::new(),
             local: Local {
                 mailbox: shared.mailboxes[index].clone(),
+                peers,
                 topics: Topics::default(),
                 outbox: Vec::new(),
             },
             shared,
-            index,
             dirty: Vec::new(),
             next_generation: 0,
             closing: false,
             accept_again: None,
         }
         .serve();
-        // Nobody takes commands any more: drop those left, and those to come.
-        mailbox.close();
     }
 
     fn serve(mut self) {
@@ -187,7 +193,9 @@ where
             if self.closing && self.conns.is_empty() {
                 return;
             }
-            let timeout = if self.ready.is_empty() && self.dirty.is_empty() {
+            let idle =
+                self.ready.is_empty() && self.local.outbox.is_empty() && self.dirty.is_empty();
+            let timeout = if idle {
                 let next = self.timers.peek().map(|Reverse((t, _, _))| *t);
                 let next = match (next, self.accept_again) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -280,8 +288,8 @@ where
         }
     }
 
-    /// Delivers what callbacks published (to this loop's subscribers, and through the
-    /// other loops' mailboxes to theirs), then writes to the connections that got output,
+    /// Delivers what callbacks published to this loop's subscribers (the other loops got it
+    /// through their mailboxes already), then writes to the connections that got output,
     /// once each however many messages they got. Repeats while that makes more (an
     /// `on_drain` that publishes), up to `SETTLE_ROUNDS`; the rest waits for the next turn
     /// of the loop, which then does not sleep.
@@ -292,14 +300,6 @@ where
             }
             let mut outbox = std::mem::take(&mut self.local.outbox);
             for publish in outbox.drain(..) {
-                for (i, mailbox) in self.shared.mailboxes.iter().enumerate() {
-                    if i != self.index {
-                        mailbox.push(Command::Publish {
-                            topic: publish.topic.clone(),
-                            message: publish.message.clone(),
-                        });
-                    }
-                }
                 self.deliver(&publish.topic, &publish.message, publish.except);
             }
             if self.local.outbox.is_empty() {
@@ -334,6 +334,11 @@ where
                 // Over the limit with what this turn gave it: see whether the socket takes
                 // it now (it is written at the end anyway), and drop only if it does not.
                 write_out(conn);
+                if conn.has(BROKEN) && !conn.has(DIRTY) {
+                    // `service` ends it.
+                    conn.flags |= DIRTY;
+                    self.dirty.push(k);
+                }
                 if conn.proto.pending_output_len() > limit {
                     continue;
                 }
@@ -665,6 +670,15 @@ where
             }
             self.service(k);
         }
+    }
+}
+
+/// Closes a loop's mailbox when the loop's thread leaves `Loop::run`, returning or not.
+struct CloseOnDrop(Arc<Mailbox>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 

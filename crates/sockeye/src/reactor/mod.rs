@@ -272,16 +272,18 @@ impl Socket<'_> {
     /// should), on every loop thread. The message is encoded once ([`PreparedMessage`];
     /// connections that compress encode it themselves).
     ///
-    /// Never waits: it is delivered once this callback returns, with everything else
-    /// published meanwhile, and each subscriber gets one write for all of it. Messages
+    /// Never waits: it is delivered once this callback returns (on the other loops, as soon
+    /// as they get to it), with everything else published meanwhile, and each subscriber
+    /// gets one write for all of it. Messages
     /// published by one connection reach each subscriber in order. A subscriber with more
     /// than `write_limit` bytes waiting does not get it and stays subscribed (the policy of
     /// [`crate::Hub`] and [`crate::broadcast`]: a slow subscriber never holds up the others,
     /// and the memory it can pin is bounded).
     pub fn publish(&mut self, topic: &str, message: impl Into<Message>) {
+        let (topic, message) = post_publish(&self.local.peers, topic, message);
         self.local.outbox.push(event_loop::Publish {
-            topic: Arc::from(topic),
-            message: Arc::new(PreparedMessage::new(message)),
+            topic,
+            message,
             except: Some(self.slot),
         });
     }
@@ -416,6 +418,23 @@ enum Command {
         topic: Arc<str>,
         message: Arc<PreparedMessage>,
     },
+}
+
+/// Encodes a publish once and posts it to `loops`; gives back what it made.
+fn post_publish(
+    loops: &[Arc<Mailbox>],
+    topic: &str,
+    message: impl Into<Message>,
+) -> (Arc<str>, Arc<PreparedMessage>) {
+    let topic: Arc<str> = Arc::from(topic);
+    let message = Arc::new(PreparedMessage::new(message));
+    for mailbox in loops {
+        mailbox.push(Command::Publish {
+            topic: topic.clone(),
+            message: message.clone(),
+        });
+    }
+    (topic, message)
 }
 
 /// How the connection of `proto` ended (or is ending).
@@ -577,14 +596,7 @@ impl Server {
     /// thread: encoded once, delivered by each loop to its subscribers, never waiting (a
     /// subscriber over `write_limit` does not get it, as with [`Socket::publish`]).
     pub fn publish(&self, topic: &str, message: impl Into<Message>) {
-        let topic: Arc<str> = Arc::from(topic);
-        let message = Arc::new(PreparedMessage::new(message));
-        for mailbox in &self.inner.mailboxes {
-            mailbox.push(Command::Publish {
-                topic: topic.clone(),
-                message: message.clone(),
-            });
-        }
+        post_publish(&self.inner.mailboxes, topic, message);
     }
 
     /// Blocks until [`Server::shutdown`] is called (from another thread) and has finished.
