@@ -33,6 +33,8 @@ const READS_PER_TURN: usize = 16;
 const DRAINS_PER_TURN: usize = 16;
 /// The largest write buffer the loop keeps for the next connection.
 const KEEP_SPARE: usize = 1 << 20;
+/// The least a frame must still miss to be read straight into the core's buffer.
+const DIRECT_READ: usize = 64 * 1024;
 /// The smallest payload written without a copy (`Protocol::set_zero_copy_min`).
 const ZERO_COPY_MIN: usize = 4 * 1024;
 /// How long to wait before accepting again after `accept` failed (EMFILE...).
@@ -443,7 +445,19 @@ where
                 self.ready.push(k);
                 break;
             }
-            match conn.socket.read(&mut self.read_buf) {
+            // The rest of a large frame goes straight into the core's buffer (one read
+            // takes as much of it as the socket has; no copy from the loop's buffer).
+            let missing = conn.proto.frame_bytes_missing();
+            let direct = missing >= DIRECT_READ;
+            let (result, asked) = if direct {
+                (
+                    read_direct(&mut conn.socket, &mut conn.proto, missing),
+                    missing,
+                )
+            } else {
+                (conn.socket.read(&mut self.read_buf), self.read_buf.len())
+            };
+            match result {
                 Ok(0) => {
                     conn.flags |= EOF;
                     let _ = conn.proto.receive_eof();
@@ -452,7 +466,12 @@ where
                 }
                 Ok(n) => {
                     reads += 1;
-                    if let Err(e) = conn.proto.receive_data(&self.read_buf[..n]) {
+                    let received = if direct {
+                        conn.proto.receive_buffered()
+                    } else {
+                        conn.proto.receive_data(&self.read_buf[..n])
+                    };
+                    if let Err(e) = received {
                         tracing::debug!(target: "sockeye::server", id = conn.id, "connection failed: {e}");
                     }
                     dispatch(conn, k, &mut self.local, shared);
@@ -462,7 +481,7 @@ where
                     }
                     // A short read took all there was: more data makes a new edge, but an
                     // end of stream already reported does not.
-                    let drained = n < self.read_buf.len() && !conn.has(HUP);
+                    let drained = n < asked && !conn.has(HUP);
                     if drained || conn.proto.should_close_transport() {
                         break;
                     }
@@ -680,6 +699,20 @@ impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         self.0.close();
     }
+}
+
+/// Reads into the core's receive buffer up to `missing` bytes of the frame it has started
+/// (`Protocol::frame_bytes_missing`). Without `unsafe` the room must be zeroed first
+/// (the frame's declared length, at most `max_size`, as a buffered frame would take);
+/// still, the 1 MiB echo measured 0.40–0.45 → 0.32–0.37 CPU s/GB (A/B, 4 rounds): one
+/// read takes what the socket has, and the kernel writes where the payload stays.
+fn read_direct(socket: &mut TcpStream, proto: &mut Protocol, missing: usize) -> io::Result<usize> {
+    let buf = proto.receive_buffer();
+    let start = buf.len();
+    buf.resize(start + missing, 0);
+    let result = socket.read(&mut buf[start..]);
+    buf.truncate(start + *result.as_ref().unwrap_or(&0));
+    result
 }
 
 /// Writes what the connection has to write, as far as the socket takes it; a failed write
