@@ -273,16 +273,9 @@ where
                 Command::Broadcast(message) => {
                     let limit = self.shared.write_limit;
                     for k in self.conns.keys() {
-                        let Some(conn) = self.conns.get_mut(k) else {
-                            continue;
-                        };
-                        let open = conn.handler.is_some() && conn.proto.state() == State::Open;
-                        if !open || conn.proto.pending_output_len() > limit {
-                            continue;
+                        if let Some(conn) = self.conns.get_mut(k) {
+                            offer(conn, k, &message, limit, &mut self.spare, &mut self.dirty);
                         }
-                        lend(&mut conn.proto, &mut self.spare);
-                        let _ = conn.proto.send_prepared(&message);
-                        self.service(k);
                     }
                 }
                 Command::Publish { topic, message } => self.deliver(&topic, &message, None),
@@ -316,40 +309,13 @@ where
         }
     }
 
-    /// Queues `message` for this loop's open subscribers of `topic` but `except`; they are
-    /// written by `settle`. A subscriber over `write_limit` does not get it (the policy of
-    /// `Hub` and `broadcast`: a slow subscriber never holds up the others).
+    /// Queues `message` for this loop's subscribers of `topic` but `except` (see
+    /// [`offer`]); they are written by `settle`.
     fn deliver(&mut self, topic: &str, message: &PreparedMessage, except: Option<usize>) {
         let limit = self.shared.write_limit;
         for k in self.local.topics.members(topic) {
-            if Some(k) == except {
-                continue;
-            }
-            let Some(conn) = self.conns.get_mut(k) else {
-                continue;
-            };
-            let open = conn.handler.is_some() && conn.proto.state() == State::Open;
-            if !open {
-                continue;
-            }
-            if conn.proto.pending_output_len() > limit {
-                // Over the limit with what this turn gave it: see whether the socket takes
-                // it now (it is written at the end anyway), and drop only if it does not.
-                write_out(conn);
-                if conn.has(BROKEN) && !conn.has(DIRTY) {
-                    // `service` ends it.
-                    conn.flags |= DIRTY;
-                    self.dirty.push(k);
-                }
-                if conn.proto.pending_output_len() > limit {
-                    continue;
-                }
-            }
-            lend(&mut conn.proto, &mut self.spare);
-            let _ = conn.proto.send_prepared(message);
-            if !conn.has(DIRTY) {
-                conn.flags |= DIRTY;
-                self.dirty.push(k);
+            if let (Some(conn), false) = (self.conns.get_mut(k), Some(k) == except) {
+                offer(conn, k, message, limit, &mut self.spare, &mut self.dirty);
             }
         }
     }
@@ -689,6 +655,38 @@ where
             }
             self.service(k);
         }
+    }
+}
+
+/// Queues `message` for connection `k` if it is open and under `write_limit` (the policy of
+/// `Hub` and `broadcast`: a slow subscriber never holds up the others), and marks it
+/// `DIRTY` for `settle` to write once for everything the turn gave it. Over the limit with
+/// what this turn gave it, the connection is first written to (the socket may take it
+/// now): only what the socket does not take counts against it.
+fn offer<H>(
+    conn: &mut Conn<H>,
+    k: usize,
+    message: &PreparedMessage,
+    limit: usize,
+    spare: &mut Vec<u8>,
+    dirty: &mut Vec<usize>,
+) {
+    if conn.handler.is_none() || conn.proto.state() != State::Open {
+        return;
+    }
+    let mut take = true;
+    if conn.proto.pending_output_len() > limit {
+        write_out(conn);
+        take = conn.proto.pending_output_len() <= limit;
+    }
+    if take {
+        lend(&mut conn.proto, spare);
+        let _ = conn.proto.send_prepared(message);
+    }
+    // A write that failed is ended by `service` too.
+    if (take || conn.has(BROKEN)) && !conn.has(DIRTY) {
+        conn.flags |= DIRTY;
+        dirty.push(k);
     }
 }
 
