@@ -7,8 +7,9 @@ n=${1:-10000}
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p sockeye-cli
 cargo build --release -q -p sockeye --example idle_clients
+target=${CARGO_TARGET_DIR:-target}/release
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/release/sockeye serve --echo "127.0.0.1:$port" ${SERVE_FLAGS:-} 2>/dev/null &
+"$target/sockeye" serve --echo "127.0.0.1:$port" ${SERVE_FLAGS:-} 2>/dev/null &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
@@ -16,7 +17,7 @@ rss() { awk '/^VmRSS/ {print $2}' /proc/$server/status; }
 sleep 0.5
 before=$(rss)
 fifo=$(mktemp -u); mkfifo "$fifo"
-./target/release/examples/idle_clients "ws://127.0.0.1:$port/" "$n" < "$fifo" > /tmp/idle_clients.out &
+"$target/examples/idle_clients" "ws://127.0.0.1:$port/" "$n" < "$fifo" > /tmp/idle_clients.out &
 client=$!
 exec 4>"$fifo"
 for _ in $(seq 600); do grep -q ready /tmp/idle_clients.out 2>/dev/null && break; sleep 0.1; done

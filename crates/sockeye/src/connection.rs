@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
@@ -30,7 +30,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::futures::Notified;
 use tokio::sync::{oneshot, Notify};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use crate::timer::Timer;
 
 use crate::error::{Closed, Error, Result};
 use crate::head::{RequestHead, ResponseHead};
@@ -301,11 +303,26 @@ struct Inner {
     /// send() and close() waiters: output drained, or the connection ended.
     writers: Notify,
     driver: AtomicWaker,
+    /// Set by the process's timer when a deadline of this connection's came (see
+    /// `timer.rs`); the driver checks its [`Timer`] only then.
+    timer_fired: AtomicBool,
     recv_busy: AtomicBool,
     /// Live `Connection` handles; the last one dropped closes the connection.
     handles: AtomicUsize,
     limits: Limits,
     info: Info,
+}
+
+/// The timer's wake: flag it, then wake the driver.
+impl Wake for Inner {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.timer_fired.store(true, Ordering::Release);
+        self.driver.wake();
+    }
 }
 
 impl Inner {
@@ -550,6 +567,7 @@ impl Connection {
             readers: Notify::new(),
             writers: Notify::new(),
             driver: AtomicWaker::new(),
+            timer_fired: AtomicBool::new(false),
             recv_busy: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
             limits,
@@ -559,8 +577,7 @@ impl Connection {
             inner: inner.clone(),
             stream,
             out: crate::outgoing::Outgoing::new(leftover),
-            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
-            sleep_at: None,
+            timer: Timer::new(Waker::from(inner.clone())),
             eof: false,
             finished: false,
             unflushed: false,
@@ -1153,18 +1170,19 @@ pub(crate) struct Driver<S> {
     stream: S,
     /// Taken from the core, not written yet.
     out: crate::outgoing::Outgoing,
-    sleep: Pin<Box<Sleep>>,
-    sleep_at: Option<Instant>,
+    /// The core's next deadline, or the bound on flushing or lingering: one slot in the
+    /// process's timer, not a timer of its own (`timer.rs`).
+    timer: Timer,
     eof: bool,
     finished: bool,
     /// A batch was written and the transport not flushed since (TLS buffers records it
     /// could not write at once; TCP's flush does nothing).
     unflushed: bool,
     /// The connection is over and the writing side shut down; what the peer still sends is
-    /// read and discarded until it closes its side or `sleep` fires
+    /// read and discarded until it closes its side or `timer` fires
     /// ([`proto::Protocol::linger_timeout`]).
     lingering: bool,
-    /// The transport is to close but output is still unwritten: written until `sleep`
+    /// The transport is to close but output is still unwritten: written until `timer`
     /// fires ([`proto::Protocol::flush_timeout`]), then dropped.
     flushing: bool,
 }
@@ -1233,9 +1251,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     }
 
     /// Lingering: reads and discards until the peer's end of stream, an error, or the
-    /// deadline in `sleep`; then the driver is done and the transport is closed.
+    /// deadline in `timer`; then the driver is done and the transport is closed.
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.sleep.as_mut().poll(cx).is_ready() {
+        self.inner.driver.register(cx.waker());
+        if self.timer_due() {
             return Poll::Ready(());
         }
         let stream = &mut self.stream;
@@ -1257,6 +1276,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Whether the deadline in `timer` has passed: looked at only after the timer woke us.
+    fn timer_due(&mut self) -> bool {
+        self.inner.timer_fired.load(Ordering::Relaxed)
+            && self.inner.timer_fired.swap(false, Ordering::Acquire)
+            && self.timer.fired()
     }
 
     /// The transport failed (reading, writing or flushing): the peer is gone as far as the
@@ -1358,8 +1384,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
             let mut progress = false;
 
             // 1. Timers.
-            if this.sleep_at.is_some() && this.sleep.as_mut().poll(cx).is_ready() {
-                this.sleep_at = None;
+            if this.timer_due() {
                 if this.flushing {
                     // The peer did not take the output within the bound: drop it.
                     tracing::debug!(target: "sockeye", id = this.inner.info.id, "output not written within close_timeout: dropped");
@@ -1482,7 +1507,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                         this.finish(None);
                         if let Some(linger) = linger {
                             this.lingering = true;
-                            this.sleep.as_mut().reset(Instant::now() + linger);
+                            this.timer.set(Some(std::time::Instant::now() + linger));
                             return this.poll_linger(cx);
                         }
                         return Poll::Ready(());
@@ -1499,20 +1524,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                     this.finish(None);
                     return Poll::Ready(());
                 };
-                let at = Instant::now() + bound;
-                this.sleep_at = Some(at);
-                this.sleep.as_mut().reset(at);
-                progress = true; // poll it once to register the timer
+                this.timer.set(Some(std::time::Instant::now() + bound));
             }
 
             // 5. Sleep until the core's next deadline.
-            let deadline = deadline.map(Instant::from_std);
-            if !this.flushing && deadline != this.sleep_at {
-                this.sleep_at = deadline;
-                if let Some(d) = deadline {
-                    this.sleep.as_mut().reset(d);
-                    progress = true; // poll it once to register the timer
-                }
+            if !this.flushing {
+                this.timer.set(deadline);
             }
             if !progress {
                 return Poll::Pending;

@@ -131,6 +131,7 @@ mod redirect;
 pub mod routing;
 mod server;
 pub mod sync;
+mod timer;
 #[cfg(feature = "tls")]
 pub mod tls;
 mod unix;
