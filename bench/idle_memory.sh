@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Memory per idle connection of `sockeye serve --echo`: server RSS delta / connections.
 # Usage: bench/idle_memory.sh [CONNECTIONS]   (default 10000). Loopback only; stops by itself.
+# SERVE_FLAGS: more flags for the server. SETTLE: seconds to wait once the clients are
+# connected before reading the server's RSS (default 1); with SERVE_FLAGS="--ping-interval 2"
+# SETTLE=7 measures connections that have been through keepalive pings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-10000}
@@ -21,7 +24,7 @@ fifo=$(mktemp -u); mkfifo "$fifo"
 client=$!
 exec 4>"$fifo"
 for _ in $(seq 600); do grep -q ready /tmp/idle_clients.out 2>/dev/null && break; sleep 0.1; done
-sleep 1
+sleep "${SETTLE:-1}"
 after=$(rss)
 exec 4>&-
 wait $client || true

@@ -929,6 +929,12 @@ impl Protocol {
         let i = self.pings.iter().position(|(_, p, _)| p[..] == *payload)?;
         let (id, _, sent) = self.pings[i].clone();
         self.pings.drain(..=i);
+        if self.pings.is_empty() {
+            // Give the allocation back (4 entries, 224 bytes): an idle connection has a ping
+            // in flight only for a round trip every ping_interval, and would otherwise keep
+            // it for its whole life.
+            self.pings = VecDeque::new();
+        }
         if let (Some(sent), Some(now)) = (sent, self.now) {
             self.latency = Some(now.saturating_duration_since(sent));
         }
@@ -1592,6 +1598,36 @@ fn body_length(status: &StatusCode, headers: &http::HeaderMap) -> Option<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Idle connections keep nothing of their pings: the record of a ping in flight goes,
+    /// allocation and all, with its pong (it was 224 bytes per connection after the first
+    /// keepalive ping, for ever).
+    #[test]
+    fn a_ping_answered_leaves_no_allocation_behind() {
+        let config = Arc::new(Config::default());
+        let mut server = Protocol::open(Side::Server, config.clone(), None, None);
+        let mut client = Protocol::open(Side::Client, config, None, None);
+        for round in 0..3 {
+            let id = server
+                .send_ping(format!("ping {round}").as_bytes())
+                .unwrap();
+            assert!(server.pings.capacity() > 0);
+            let mut wire = Vec::new();
+            server.poll_transmit(&mut wire);
+            client.receive_data(&wire).unwrap();
+            let mut back = Vec::new();
+            client.poll_transmit(&mut back);
+            server.receive_data(&back).unwrap();
+            let mut acked = None;
+            while let Some(event) = server.poll_event() {
+                if let Event::Pong { acked: a, .. } = event {
+                    acked = a;
+                }
+            }
+            assert_eq!(acked, Some(id), "round {round}");
+            assert_eq!(server.pings.capacity(), 0, "round {round}");
+        }
+    }
 
     #[test]
     fn zero_copy_splices_large_payloads_in_order_and_copies_them_for_plain_readers() {

@@ -136,7 +136,9 @@ impl ClientBuilder {
     ) -> Result<Opened<Stream>> {
         let tcp = self.tcp(&chain.target).await?;
         let _ = tcp.set_nodelay(true);
-        let stream = self.transport(Stream::Plain(tcp), &chain.target).await?;
+        let stream = self
+            .transport(Stream::Plain(Box::new(tcp)), &chain.target)
+            .await?;
         handshake(stream, config, &chain.uri, &chain.headers).await
     }
 
@@ -193,7 +195,7 @@ impl ClientBuilder {
             let (tls, host) = (&self.tls, &target.host);
             match socket {
                 Stream::Plain(tcp) => {
-                    let tls = Box::pin(crate::tls::connect_tokio(tls, host, tcp)).await?;
+                    let tls = Box::pin(crate::tls::connect_tokio(tls, host, *tcp)).await?;
                     Ok(Stream::Tls(Box::new(tls)))
                 }
                 #[cfg(unix)]

@@ -329,8 +329,8 @@ impl Upgrading {
 
     fn span(&self) -> tracing::Span {
         match self.open.remote_addr {
-            Some(peer) => tracing::info_span!(target: "sockeye::server", "conn", remote = %peer),
-            None => tracing::info_span!(target: "sockeye::server", "conn"),
+            Some(peer) => tracing::debug_span!(target: "sockeye::server", "conn", remote = %peer),
+            None => tracing::debug_span!(target: "sockeye::server", "conn"),
         }
     }
 
@@ -368,7 +368,7 @@ impl Upgrading {
         };
         let stream = Stream::Upgraded(Box::new(hyper_util::rt::TokioIo::new(upgraded)));
         let (conn, driver) = Connection::new(proto, stream, Vec::new(), limits, info);
-        tracing::info!(target: "sockeye::server", id = conn.id(), "connection open");
+        tracing::info!(target: "sockeye::server", id = conn.id(), remote = %crate::server::Remote(conn.remote_addr()), "connection open");
         Ok((conn, driver))
     }
 }

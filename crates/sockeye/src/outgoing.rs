@@ -14,12 +14,22 @@ use crate::proto::Protocol;
 const MAX_SLICES: usize = 16;
 
 /// What the driver took from the core and has not written yet.
+///
+/// 40 bytes: it lives in every connection's task for as long as the connection does, and
+/// the payloads written without a copy (64 KiB and more) are rare, so their bookkeeping is
+/// boxed, allocated on first use and given back with the buffer ([`release`](Self::release)).
 #[derive(Default)]
 pub(crate) struct Outgoing {
     /// The bytes (frame headers, small frames).
     buf: Vec<u8>,
     /// How much of `buf` is written.
     pos: usize,
+    spliced: Option<Box<Spliced>>,
+}
+
+/// The payloads to write between the bytes of [`Outgoing::buf`].
+#[derive(Default)]
+struct Spliced {
     /// Payloads to write after a position of `buf`, in order.
     splices: Vec<(usize, Bytes)>,
     /// The first splice not completely written.
@@ -27,6 +37,13 @@ pub(crate) struct Outgoing {
     /// How much of splice `next` is written (when `pos` is at its position).
     in_splice: usize,
 }
+
+/// What no splice looks like.
+const NO_SPLICES: &Spliced = &Spliced {
+    splices: Vec::new(),
+    next: 0,
+    in_splice: 0,
+};
 
 impl Outgoing {
     /// Starts with bytes already due (what the handshake read left to answer).
@@ -37,41 +54,67 @@ impl Outgoing {
         }
     }
 
+    fn spliced(&self) -> &Spliced {
+        self.spliced.as_deref().unwrap_or(NO_SPLICES)
+    }
+
     /// Whether everything taken has been written.
     pub(crate) fn is_drained(&self) -> bool {
-        self.pos == self.buf.len() && self.next == self.splices.len()
+        let sp = self.spliced();
+        self.pos == self.buf.len() && sp.next == sp.splices.len()
     }
 
     /// Bytes taken and not written yet.
     pub(crate) fn remaining(&self) -> usize {
-        let spliced: usize = self.splices[self.next..].iter().map(|s| s.1.len()).sum();
-        self.buf.len() - self.pos + spliced - self.in_splice
+        let sp = self.spliced();
+        let spliced: usize = sp.splices[sp.next..].iter().map(|s| s.1.len()).sum();
+        self.buf.len() - self.pos + spliced - sp.in_splice
     }
 
-    /// Once drained: takes everything the core has to send (`buf` keeps its allocation).
+    /// Once drained: takes everything the core has to send (`buf` keeps its allocation, and
+    /// so does the splice list once it has one).
     pub(crate) fn refill(&mut self, proto: &mut Protocol) {
         debug_assert!(self.is_drained());
         self.buf.clear();
         self.pos = 0;
-        self.splices.clear();
-        self.next = 0;
-        self.in_splice = 0;
-        proto.poll_transmit_spliced(&mut self.buf, &mut self.splices);
+        match &mut self.spliced {
+            Some(sp) => {
+                sp.splices.clear();
+                sp.next = 0;
+                sp.in_splice = 0;
+                proto.poll_transmit_spliced(&mut self.buf, &mut sp.splices);
+            }
+            None => {
+                let mut splices = Vec::new();
+                proto.poll_transmit_spliced(&mut self.buf, &mut splices);
+                if !splices.is_empty() {
+                    self.spliced = Some(Box::new(Spliced {
+                        splices,
+                        ..Spliced::default()
+                    }));
+                }
+            }
+        }
     }
 
-    /// Once drained: gives back a buffer over `keep` bytes (grown for a burst).
+    /// Once drained: gives back a buffer over `keep` bytes (grown for a burst), and the
+    /// splice list.
     pub(crate) fn release(&mut self, keep: usize) {
-        if self.is_drained() && self.buf.capacity() > keep {
-            *self = Outgoing::default();
+        if self.is_drained() {
+            self.spliced = None;
+            if self.buf.capacity() > keep {
+                *self = Outgoing::default();
+            }
         }
     }
 
     /// The next slices to write, in order.
     fn slices(&self) -> Vec<IoSlice<'_>> {
         let mut slices = Vec::with_capacity(4);
-        let (mut pos, mut next, mut in_splice) = (self.pos, self.next, self.in_splice);
+        let sp = self.spliced();
+        let (mut pos, mut next, mut in_splice) = (self.pos, sp.next, sp.in_splice);
         while slices.len() < MAX_SLICES {
-            match self.splices.get(next) {
+            match sp.splices.get(next) {
                 Some((at, payload)) if *at == pos => {
                     if in_splice < payload.len() {
                         slices.push(IoSlice::new(&payload[in_splice..]));
@@ -95,15 +138,20 @@ impl Outgoing {
 
     /// Marks `n` more bytes as written.
     fn advance(&mut self, mut n: usize) {
+        let Some(sp) = self.spliced.as_deref_mut() else {
+            debug_assert!(n <= self.buf.len() - self.pos, "advanced past the end");
+            self.pos += n.min(self.buf.len() - self.pos);
+            return;
+        };
         while n > 0 {
-            match self.splices.get(self.next) {
+            match sp.splices.get(sp.next) {
                 Some((at, payload)) if *at == self.pos => {
-                    let take = n.min(payload.len() - self.in_splice);
-                    self.in_splice += take;
+                    let take = n.min(payload.len() - sp.in_splice);
+                    sp.in_splice += take;
                     n -= take;
-                    if self.in_splice == payload.len() {
-                        self.next += 1;
-                        self.in_splice = 0;
+                    if sp.in_splice == payload.len() {
+                        sp.next += 1;
+                        sp.in_splice = 0;
                     }
                 }
                 other => {
@@ -119,10 +167,10 @@ impl Outgoing {
             }
         }
         // Empty payloads at the current position are written too.
-        while let Some((at, payload)) = self.splices.get(self.next) {
-            if *at == self.pos && self.in_splice == payload.len() {
-                self.next += 1;
-                self.in_splice = 0;
+        while let Some((at, payload)) = sp.splices.get(sp.next) {
+            if *at == self.pos && sp.in_splice == payload.len() {
+                sp.next += 1;
+                sp.in_splice = 0;
             } else {
                 break;
             }
@@ -204,6 +252,43 @@ mod tests {
         }
     }
 
+    fn with_splices(buf: Vec<u8>, splices: Vec<(usize, Bytes)>) -> Outgoing {
+        Outgoing {
+            buf,
+            pos: 0,
+            spliced: Some(Box::new(Spliced {
+                splices,
+                ..Spliced::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn bytes_alone_leave_in_order_whatever_each_write_takes() {
+        for per_call in [1, 3, 64, 100_000] {
+            let buf: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+            let mut out = Outgoing::new(buf.clone());
+            let mut writer = Trickle {
+                got: Vec::new(),
+                per_call,
+            };
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            while !out.is_drained() {
+                assert!(
+                    matches!(out.poll_write(&mut writer, &mut cx), Poll::Ready(Ok(n)) if n > 0)
+                );
+                assert_eq!(out.remaining(), buf.len() - writer.got.len());
+            }
+            assert_eq!(writer.got, buf);
+            assert!(out.spliced.is_none(), "no splice list without splices");
+        }
+    }
+
+    #[test]
+    fn the_state_kept_per_connection_is_small() {
+        assert!(std::mem::size_of::<Outgoing>() <= 40);
+    }
+
     #[test]
     fn bytes_and_splices_leave_in_order_whatever_each_write_takes() {
         for per_call in [1, 2, 3, 7, 64, 1000, 100_000] {
@@ -212,11 +297,10 @@ mod tests {
             };
             let (a, b, c) = (big(3, 700), big(5, 0), big(7, 1500));
             let buf = b"head1|head2|tail".to_vec();
-            let mut out = Outgoing {
-                buf: buf.clone(),
-                splices: vec![(6, a.clone()), (6, b.clone()), (12, c.clone())],
-                ..Outgoing::default()
-            };
+            let mut out = with_splices(
+                buf.clone(),
+                vec![(6, a.clone()), (6, b.clone()), (12, c.clone())],
+            );
             let mut expected = Vec::new();
             expected.extend_from_slice(&buf[..6]);
             expected.extend_from_slice(&a);
@@ -248,11 +332,10 @@ mod tests {
     #[test]
     fn a_splice_at_the_start_and_at_the_end() {
         let payload = Bytes::from(vec![9u8; 300]);
-        let mut out = Outgoing {
-            buf: b"ab".to_vec(),
-            splices: vec![(0, payload.clone()), (2, payload.clone())],
-            ..Outgoing::default()
-        };
+        let mut out = with_splices(
+            b"ab".to_vec(),
+            vec![(0, payload.clone()), (2, payload.clone())],
+        );
         let mut writer = Trickle {
             got: Vec::new(),
             per_call: 128,

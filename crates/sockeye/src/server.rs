@@ -14,7 +14,6 @@ use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Notify;
-use tracing::Instrument;
 
 use crate::auth::BasicAuth;
 use crate::connection::{Connection, Info, Limits, Stream};
@@ -384,7 +383,7 @@ impl Listener {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
                 let _ = s.set_nodelay(true);
-                Ok((Stream::Plain(s), Some(peer)))
+                Ok((Stream::Plain(Box::new(s)), Some(peer)))
             }
             #[cfg(unix)]
             Listener::Unix(l) => Ok((Stream::Unix(Box::new(l.accept().await?.0)), None)),
@@ -580,7 +579,7 @@ async fn accept_loop<H, Fut>(
                 server.active.fetch_add(1, Ordering::AcqRel);
                 let guard = ActiveGuard(server.clone());
                 let span =
-                    tracing::info_span!(target: "sockeye::server", "conn", remote = %Remote(peer));
+                    tracing::debug_span!(target: "sockeye::server", "conn", remote = %Remote(peer));
                 // The opening (TLS, handshake: the core, buffers, parsed heads) is boxed and
                 // freed when done; what the task keeps for the connection's life is only
                 // `run_connection`'s future. Kept small on purpose: it is most of what an
@@ -591,21 +590,7 @@ async fn accept_loop<H, Fut>(
                     shared.clone(),
                     server.clone(),
                 ));
-                let server = server.clone();
-                let handler = handler.clone();
-                tokio::spawn(
-                    async move {
-                        let _guard = guard;
-                        let running = {
-                            let Some((conn, driver)) = opening.await else {
-                                return;
-                            };
-                            run_connection(conn, driver, server, &*handler)
-                        };
-                        running.await;
-                    }
-                    .instrument(span),
-                );
+                tokio::spawn(connection_task(guard, opening, handler.clone(), span));
             }
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS...: the listener is fine, the process is out of
@@ -617,12 +602,130 @@ async fn accept_loop<H, Fut>(
     }
 }
 
+/// The task of an accepted connection: its opening, then its life (handler and driver).
+/// What it holds while the connection is open is most of what an idle connection costs
+/// (`idle_size` test below).
+fn connection_task<H, Fut, O>(
+    guard: ActiveGuard,
+    opening: O,
+    handler: Arc<H>,
+    span: tracing::Span,
+) -> impl Future<Output = ()> + Send
+where
+    H: Fn(Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    O: Future<Output = Option<(Connection, crate::connection::Driver<Stream>)>> + Send + Unpin,
+{
+    InSpan::new(connection_future(guard, opening, handler), span)
+}
+
+/// What [`connection_task`] runs in its span: the opening, then the connection's life
+/// ([`run_connection`]).
+fn connection_future<H, Fut, O>(
+    guard: ActiveGuard,
+    opening: O,
+    handler: Arc<H>,
+) -> impl Future<Output = ()> + Send + Unpin
+where
+    H: Fn(Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    O: Future<Output = Option<(Connection, crate::connection::Driver<Stream>)>> + Send + Unpin,
+{
+    ConnectionFuture::new(opening, guard, handler, run_connection::<H, Fut>)
+}
+
+/// The two phases of a connection's task as one enum, written out rather than as an
+/// `async` block: the compiler keeps an `async` block's locals of the opening (the guard,
+/// the handler) beside the running connection, 24 bytes more for the task's whole life.
+enum ConnectionFuture<O, H, S, R> {
+    Opening {
+        opening: O,
+        /// `start` and what it takes besides the opened connection.
+        then: Option<(ActiveGuard, Arc<H>, S)>,
+    },
+    Running(R),
+    Done,
+}
+
+impl<O, H, S, R> ConnectionFuture<O, H, S, R>
+where
+    S: FnOnce(Connection, crate::connection::Driver<Stream>, ActiveGuard, &H) -> R,
+{
+    fn new(opening: O, guard: ActiveGuard, handler: Arc<H>, start: S) -> Self {
+        ConnectionFuture::Opening {
+            opening,
+            then: Some((guard, handler, start)),
+        }
+    }
+}
+
+impl<O, H, S, R> Future for ConnectionFuture<O, H, S, R>
+where
+    O: Future<Output = Option<(Connection, crate::connection::Driver<Stream>)>> + Unpin,
+    S: FnOnce(Connection, crate::connection::Driver<Stream>, ActiveGuard, &H) -> R + Unpin,
+    R: Future<Output = ()> + Unpin,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        // Every field is `Unpin`: the enum is, and moves between phases freely.
+        let this = &mut *self;
+        loop {
+            match this {
+                ConnectionFuture::Opening { opening, then } => {
+                    let opened = std::task::ready!(Pin::new(opening).poll(cx));
+                    let (guard, handler, start) = then.take().expect("polled after opening");
+                    *this = match opened {
+                        Some((conn, driver)) => {
+                            ConnectionFuture::Running(start(conn, driver, guard, &*handler))
+                        }
+                        None => ConnectionFuture::Done,
+                    };
+                }
+                ConnectionFuture::Running(running) => {
+                    std::task::ready!(Pin::new(running).poll(cx));
+                    *this = ConnectionFuture::Done;
+                }
+                ConnectionFuture::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// A future run inside a tracing span, as `tracing::Instrument` does, but with the span
+/// boxed, and not kept at all when it is disabled (no subscriber wants it): 8 bytes in every
+/// connection's task instead of 40, which keeps the task in tokio's 256-byte cell (see
+/// the `idle_size` test).
+pub(crate) struct InSpan<F> {
+    future: F,
+    span: Option<Box<tracing::Span>>,
+}
+
+impl<F: Future + Unpin> InSpan<F> {
+    pub(crate) fn new(future: F, span: tracing::Span) -> InSpan<F> {
+        InSpan {
+            future,
+            span: (!span.is_disabled()).then(|| Box::new(span)),
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
+        Pin::new(&mut this.future).poll(cx)
+    }
+}
+
 /// Registers an open connection with its server and returns the future that runs it (the
 /// handler and the driver, see [`run_handler`]), which leaves the server's map when done.
 fn run_connection<H, Fut>(
     conn: Connection,
     driver: crate::connection::Driver<Stream>,
-    server: Arc<ServerInner>,
+    guard: ActiveGuard,
     handler: &H,
 ) -> impl Future<Output = ()>
 where
@@ -630,7 +733,8 @@ where
     Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
 {
     let id = conn.id();
-    tracing::info!(target: "sockeye::server", id, "connection open");
+    tracing::info!(target: "sockeye::server", id, remote = %Remote(conn.remote_addr()), "connection open");
+    let server = &guard.0;
     server
         .connections
         .lock()
@@ -639,25 +743,44 @@ where
     if server.closing.load(Ordering::Acquire) {
         let _ = conn.start_close(CloseCode::GOING_AWAY, "");
     }
-    let registered = Registered { server, id };
     let handling = handler(conn.clone());
-    run_handler(conn, driver, handling, registered)
+    run_handler(conn, driver, handling, guard)
 }
 
-/// A connection in its server's map; leaves it when dropped (when the connection's future
-/// completes, or is dropped with the runtime).
-struct Registered {
-    server: Arc<ServerInner>,
-    id: u64,
+/// What the task of a connection keeps besides the connection: told when the connection
+/// is over (its future completes, or is dropped with the runtime).
+pub(crate) trait Unregister: Send {
+    /// The connection `id` is over.
+    fn unregister(&self, id: u64);
 }
 
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.server
+/// Nothing to tell (the hyper integration has no server map).
+impl Unregister for () {
+    fn unregister(&self, _: u64) {}
+}
+
+/// A connection of a `Server` leaves the server's map, then stops counting as active (the
+/// guard's own drop).
+impl Unregister for ActiveGuard {
+    fn unregister(&self, id: u64) {
+        self.0
             .connections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+            .remove(&id);
+    }
+}
+
+/// The connection and what to tell when it is over, kept together so that the id is not
+/// kept twice.
+struct Kept<K: Unregister> {
+    conn: crate::connection::Held,
+    keep: K,
+}
+
+impl<K: Unregister> Drop for Kept<K> {
+    fn drop(&mut self) {
+        self.keep.unregister(self.conn.id());
     }
 }
 
@@ -717,7 +840,7 @@ async fn accept_transport(socket: Stream, shared: &Shared) -> Result<Stream> {
         // inline would make every connection's task bigger, plain ones too.
         return match socket {
             Stream::Plain(tcp) => {
-                let accept = Box::pin(crate::tls::accept_tokio(config, tcp));
+                let accept = Box::pin(crate::tls::accept_tokio(config, *tcp));
                 Ok(Stream::Tls(Box::new(within(timeout, accept).await?)))
             }
             #[cfg(unix)]
@@ -760,7 +883,7 @@ pub(crate) fn run_handler<D, F, K>(
     keep: K,
 ) -> impl Future<Output = ()>
 where
-    K: Send,
+    K: Unregister,
     D: Future<Output = ()> + Unpin,
     F: Future<Output = std::result::Result<(), BoxError>>,
 {
@@ -772,9 +895,13 @@ where
     // while the driver may still have a closing handshake to finish.
     let mut handler = Some(Box::pin(handler));
     let mut driver_done = false;
+    // Dropped with this future, when the connection is over.
+    let kept = Kept {
+        conn: crate::connection::Held::from(conn),
+        keep,
+    };
     std::future::poll_fn(move |cx| {
-        // Dropped with this future, when the connection is over.
-        let _keep = &keep;
+        let conn = &kept.conn;
         if !driver_done && Pin::new(&mut driver).poll(cx).is_ready() {
             driver_done = true;
         }
@@ -884,5 +1011,44 @@ where
             let _ = stream.shutdown().await;
             return Err(e.into());
         }
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod idle_size {
+    use super::*;
+
+    /// tokio allocates a task as one cell (header, future, trailer) aligned to 128 bytes: a
+    /// future of up to 152 bytes makes a 256-byte cell, one of 160 to 272 bytes a 384-byte
+    /// cell, and more a 512-byte cell (measured with tokio 1.54). A connection's task lives as
+    /// long as the connection, so its future must stay under the first step.
+    #[test]
+    fn the_connection_task_fits_tokios_256_byte_cell() {
+        let handler = Arc::new(|ws: Connection| async move {
+            while let Some(m) = ws.recv().await? {
+                ws.send(m).await?;
+            }
+            Ok::<(), BoxError>(())
+        });
+        let server = Arc::new(ServerInner {
+            local_addr: None,
+            unix: None,
+            secure: false,
+            connections: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+            stop_accepting: Notify::new(),
+            active: AtomicUsize::new(1),
+            idle: Notify::new(),
+            closed: AtomicBool::new(false),
+            closed_notify: Notify::new(),
+        });
+        let task = connection_task(
+            ActiveGuard(server),
+            Box::pin(std::future::ready(None)),
+            handler,
+            tracing::Span::none(),
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 152, "connection task future: {size} bytes");
     }
 }

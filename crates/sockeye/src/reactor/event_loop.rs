@@ -835,7 +835,8 @@ fn open<F, H>(
         }
     }
     shared.control.open.fetch_add(1, Ordering::AcqRel);
-    tracing::info!(target: "sockeye::server", id = conn.id, "connection open");
+    // The peer's address is asked of the socket only when the event is logged.
+    tracing::info!(target: "sockeye::server", id = conn.id, remote = %crate::server::Remote(conn.socket.peer_addr().ok()), "connection open");
     call(conn, slot, local, |h, ws| h.on_open(ws));
 }
 

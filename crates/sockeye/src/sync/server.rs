@@ -441,7 +441,7 @@ fn accept_loop(listener: Listener, server: Arc<ServerInner>, shared: Arc<Shared>
                 let spawned = std::thread::Builder::new()
                     .name("sockeye-conn".into())
                     .spawn(move || {
-                        let span = tracing::info_span!(target: "sockeye::server", "conn", remote = %crate::server::Remote(peer));
+                        let span = tracing::debug_span!(target: "sockeye::server", "conn", remote = %crate::server::Remote(peer));
                         let _enter = span.enter();
                         handle_connection(stream, peer, &srv, &shared);
                     });
@@ -514,7 +514,7 @@ fn handle_connection(
         }
     };
     let id = conn.id();
-    tracing::info!(target: "sockeye::server", id, "connection open");
+    tracing::info!(target: "sockeye::server", id, remote = %crate::server::Remote(conn.remote_addr()), "connection open");
     lock(&server.connections).insert(id, conn.clone());
     if server.closing.load(Ordering::Acquire) {
         let _ = conn.start_close(CloseCode::GOING_AWAY, "");
