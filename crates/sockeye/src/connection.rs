@@ -281,19 +281,26 @@ struct Shared {
     queue: Inbox,
     /// The `send_fragmented` call whose message is being sent: other senders wait for it.
     fragmented_sender: Option<u64>,
-    ping_waiters: Vec<(PingId, oneshot::Sender<Duration>)>,
+    /// `ping()` waiters and close hooks: boxed, allocated when there is one (most
+    /// connections have none), freed when there are none left.
+    waiters: Option<Box<Waiters>>,
     /// Bytes the driver took from the core and has not written yet.
     inflight: usize,
     done: bool,
-    io_error: Option<Arc<io::Error>>,
-    /// Run once when the connection is over (the hub's automatic unsubscribe).
-    close_hooks: Vec<Box<dyn FnOnce() + Send>>,
     /// The driver took the hooks to run them: later ones run at once.
     hooks_taken: bool,
     /// The socket of a plain TCP connection, for publishers to write to directly while the
     /// connection has nothing else to write ([`Connection::try_send_prepared`]); dropped
     /// when the connection is over, so that the driver's drop closes the socket.
     direct: Option<Arc<tokio::net::tcp::OwnedWriteHalf>>,
+}
+
+/// What a few connections wait for (see [`Shared::waiters`]).
+#[derive(Default)]
+struct Waiters {
+    pings: Vec<(PingId, oneshot::Sender<Duration>)>,
+    /// Run once when the connection is over (the hub's automatic unsubscribe).
+    close_hooks: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 struct Inner {
@@ -619,11 +626,9 @@ impl Connection {
                 proto,
                 queue: Inbox::default(),
                 fragmented_sender: None,
-                ping_waiters: Vec::new(),
+                waiters: None,
                 inflight: 0,
                 done: false,
-                io_error: None,
-                close_hooks: Vec::new(),
                 hooks_taken: false,
                 direct,
             }),
@@ -945,7 +950,8 @@ impl Connection {
         self.send_as(Sender::Control, |sh| {
             let id = sh.proto.send_ping(payload)?;
             if let Some(tx) = tx.take() {
-                sh.ping_waiters.push((id, tx));
+                let waiters = sh.waiters.get_or_insert_with(Box::default);
+                waiters.pings.push((id, tx));
             }
             Ok(())
         })
@@ -990,7 +996,8 @@ impl Connection {
             drop(sh);
             hook();
         } else {
-            sh.close_hooks.push(Box::new(hook));
+            let waiters = sh.waiters.get_or_insert_with(Box::default);
+            waiters.close_hooks.push(Box::new(hook));
         }
     }
 
@@ -1350,7 +1357,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let hooks = {
             let mut sh = self.inner.lock();
             sh.hooks_taken = true;
-            std::mem::take(&mut sh.close_hooks)
+            (sh.waiters.as_mut()).map_or_else(Vec::new, |w| std::mem::take(&mut w.close_hooks))
         };
         for hook in hooks {
             hook();
@@ -1361,9 +1368,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             sh.inflight = 0;
             sh.direct = None;
             if let Some(e) = error {
-                sh.io_error = Some(Arc::new(e));
+                // The application sees the connection closed (1006); the cause is logged.
+                tracing::debug!(target: "sockeye", id = self.inner.info.id, "transport failed: {e}");
             }
-            sh.ping_waiters.clear();
+            // `ping()` waiters get `ConnectionClosed`.
+            sh.waiters = None;
             let code = sh.proto.close_code();
             match self.inner.info.side {
                 Side::Server => {
@@ -1392,12 +1401,12 @@ fn dispatch(inner: &Inner, mut sh: MutexGuard<'_, Shared>) {
                 acked: Some(id), ..
             } => {
                 let latency = sh.proto.latency().unwrap_or_default();
-                let waiters = std::mem::take(&mut sh.ping_waiters);
-                for (pid, tx) in waiters {
-                    if pid <= id {
+                if let Some(waiters) = sh.waiters.as_deref_mut() {
+                    for (_, tx) in waiters.pings.extract_if(.., |(pid, _)| *pid <= id) {
                         let _ = tx.send(latency);
-                    } else {
-                        sh.ping_waiters.push((pid, tx));
+                    }
+                    if waiters.pings.is_empty() && waiters.close_hooks.is_empty() {
+                        sh.waiters = None;
                     }
                 }
             }
@@ -1664,6 +1673,6 @@ mod idle_size {
     #[test]
     fn the_shared_state_of_a_connection_does_not_grow() {
         let inner = size_of::<Inner>();
-        assert!(inner <= 856, "Inner: {inner} bytes");
+        assert!(inner <= 792, "Inner: {inner} bytes");
     }
 }
