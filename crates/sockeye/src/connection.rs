@@ -1402,8 +1402,12 @@ fn dispatch(inner: &Inner, mut sh: MutexGuard<'_, Shared>) {
             } => {
                 let latency = sh.proto.latency().unwrap_or_default();
                 if let Some(waiters) = sh.waiters.as_deref_mut() {
-                    for (_, tx) in waiters.pings.extract_if(.., |(pid, _)| *pid <= id) {
-                        let _ = tx.send(latency);
+                    for (pid, tx) in std::mem::take(&mut waiters.pings) {
+                        if pid <= id {
+                            let _ = tx.send(latency);
+                        } else {
+                            waiters.pings.push((pid, tx));
+                        }
                     }
                     if waiters.pings.is_empty() && waiters.close_hooks.is_empty() {
                         sh.waiters = None;
