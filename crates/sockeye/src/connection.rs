@@ -23,14 +23,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::futures::Notified;
 use tokio::sync::{oneshot, Notify};
-use tokio::time::Instant;
 
 use crate::timer::Timer;
 
@@ -343,7 +342,7 @@ impl Inner {
     fn start_close(&self, code: CloseCode, reason: &str) -> Result<()> {
         {
             let mut sh = self.lock();
-            sh.proto.handle_timeout(Instant::now().into_std());
+            sh.proto.handle_timeout(Instant::now());
             sh.proto.close(code, reason)?;
         }
         self.driver.wake();
@@ -354,7 +353,7 @@ impl Inner {
     fn fail(&self, code: CloseCode, reason: &str) {
         {
             let mut sh = self.lock();
-            sh.proto.handle_timeout(Instant::now().into_std());
+            sh.proto.handle_timeout(Instant::now());
             sh.proto.fail(code, reason);
         }
         self.driver.wake();
@@ -365,7 +364,7 @@ impl Inner {
         if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             let mut sh = self.lock();
             if !sh.done && sh.proto.state() == State::Open {
-                sh.proto.handle_timeout(Instant::now().into_std());
+                sh.proto.handle_timeout(Instant::now());
                 let _ = sh.proto.close(CloseCode::NORMAL, "");
                 drop(sh);
                 self.driver.wake();
@@ -654,7 +653,7 @@ impl Connection {
         };
         {
             let mut sh = inner.lock();
-            sh.proto.handle_timeout(Instant::now().into_std());
+            sh.proto.handle_timeout(Instant::now());
             sh.inflight = driver.out.remaining();
             // Large payloads leave from the messages' own buffers (vectored writes).
             sh.proto.set_zero_copy(true);
@@ -905,7 +904,7 @@ impl Connection {
         if matches!(sender, Sender::Control) {
             // A ping records when it left, for `latency()`. Data frames need no clock:
             // the driver keeps the core's time for its timers.
-            sh.proto.handle_timeout(Instant::now().into_std());
+            sh.proto.handle_timeout(Instant::now());
         }
         if let Err(e) = op(&mut sh) {
             return Some(Err(match e {
@@ -1261,7 +1260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     let data = rb.filled();
                     let n = data.len();
                     let mut sh = inner.lock();
-                    sh.proto.handle_timeout(Instant::now().into_std());
+                    sh.proto.handle_timeout(Instant::now());
                     let result = if n == 0 {
                         sh.proto.receive_eof()
                     } else {
@@ -1292,7 +1291,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Ready(Ok(n)) => n,
         };
-        sh.proto.handle_timeout(Instant::now().into_std());
+        sh.proto.handle_timeout(Instant::now());
         let result = if n == 0 {
             sh.proto.receive_eof()
         } else {
@@ -1453,7 +1452,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                     return Poll::Ready(());
                 }
                 let mut sh = this.inner.lock();
-                sh.proto.handle_timeout(Instant::now().into_std());
+                sh.proto.handle_timeout(Instant::now());
                 // Buffers grown for large messages are kept while they are in use, and
                 // given back here (the keepalive timer fires every ping_interval).
                 sh.proto.release_memory();
@@ -1568,7 +1567,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                         this.finish(None);
                         if let Some(linger) = linger {
                             this.lingering = true;
-                            this.timer.set(Some(std::time::Instant::now() + linger));
+                            this.timer.set(Some(Instant::now() + linger));
                             return this.poll_linger(cx);
                         }
                         return Poll::Ready(());
@@ -1585,7 +1584,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                     this.finish(None);
                     return Poll::Ready(());
                 };
-                this.timer.set(Some(std::time::Instant::now() + bound));
+                this.timer.set(Some(Instant::now() + bound));
             }
 
             // 5. Sleep until the core's next deadline.

@@ -890,11 +890,13 @@ where
     // The driver runs outside tokio's cooperative budget (it caps its own work per poll):
     // a handler that spends the budget sending in a tight loop must not stop its own
     // connection from writing. It is polled first for the same reason.
-    let mut driver = tokio::task::coop::unconstrained(driver);
+    // Dropped as soon as it completes: the socket closes and the connection's state goes
+    // then, before this future (and the server's count of active connections, in `keep`)
+    // ends, even when the handler outlives its connection.
+    let mut driver = Some(tokio::task::coop::unconstrained(driver));
     // Dropped as soon as it returns: its state (buffers, clones of the connection) goes then,
     // while the driver may still have a closing handshake to finish.
     let mut handler = Some(Box::pin(handler));
-    let mut driver_done = false;
     // Dropped with this future, when the connection is over.
     let kept = Kept {
         conn: crate::connection::Held::from(conn),
@@ -902,8 +904,11 @@ where
     };
     std::future::poll_fn(move |cx| {
         let conn = &kept.conn;
-        if !driver_done && Pin::new(&mut driver).poll(cx).is_ready() {
-            driver_done = true;
+        if driver
+            .as_mut()
+            .is_some_and(|d| Pin::new(d).poll(cx).is_ready())
+        {
+            driver = None;
         }
         if let Some(running) = handler.as_mut() {
             if let Poll::Ready(result) = running.as_mut().poll(cx) {
@@ -924,11 +929,15 @@ where
             }
         }
         let handler_done = handler.is_none();
-        if handler_done && !driver_done && Pin::new(&mut driver).poll(cx).is_ready() {
+        if handler_done
+            && driver
+                .as_mut()
+                .is_some_and(|d| Pin::new(d).poll(cx).is_ready())
+        {
             // Poll again after the handler ended: it may have started the close.
-            driver_done = true;
+            driver = None;
         }
-        if handler_done && driver_done {
+        if handler_done && driver.is_none() {
             Poll::Ready(())
         } else {
             Poll::Pending

@@ -11,7 +11,9 @@
 //!
 //! A thread rather than a tokio task: it serves every runtime of the process (servers,
 //! clients, the hyper integration, tests with a runtime each) and cannot die with one of
-//! them. Deadlines are whole milliseconds from the process's first use, rounded up, so a
+//! them. It counts real time (`std::time::Instant`), and so do the connections it serves
+//! (their core reads `std::time::Instant::now()`): tokio's paused clock
+//! (`tokio::time::pause`) does not move connection timers. Deadlines are whole milliseconds from the process's first use, rounded up, so a
 //! wake never comes before the deadline it was asked for (tokio's `Sleep` has the same
 //! resolution).
 //!
@@ -24,6 +26,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -73,15 +76,18 @@ impl Wheel {
         self.base.elapsed().as_millis() as u64
     }
 
-    /// `at` in milliseconds since `base`, rounded up (so that the wake is not early).
+    /// `at` in milliseconds since `base`, rounded up (so that the wake is not early). A
+    /// deadline beyond `u64` milliseconds (a configuration of centuries) is as good as never
+    /// and stays just short of `NONE`.
     fn to_ms(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.base);
-        let ms = since.as_millis() as u64;
-        if since > Duration::from_millis(ms) {
+        let ms = since.as_millis();
+        let ms = if since.subsec_nanos() % 1_000_000 != 0 {
             ms + 1
         } else {
             ms
-        }
+        };
+        u64::try_from(ms).map_or(NONE - 1, |ms| ms.min(NONE - 1))
     }
 
     /// Starts the thread if it is not running. A failure to start (out of threads) is
@@ -119,7 +125,11 @@ impl Wheel {
                 // Wake outside the lock: a waker may run code that registers a deadline.
                 drop(st);
                 for waker in due.drain(..) {
-                    waker.wake();
+                    // A waker that panics must not take the process's timer with it.
+                    let woken = std::panic::catch_unwind(AssertUnwindSafe(|| waker.wake()));
+                    if woken.is_err() {
+                        tracing::error!(target: "sockeye", "a waker panicked in the timer thread");
+                    }
                 }
                 st = self.lock();
                 continue;
@@ -234,7 +244,9 @@ impl Drop for Timer {
     fn drop(&mut self) {
         let wheel = wheel();
         let mut st = wheel.lock();
-        st.slots[self.slot as usize] = None;
+        // The waker may hold the last reference to the connection's state: dropped after
+        // the lock, not under it, where every other connection's timer would wait for it.
+        let target = st.slots[self.slot as usize].take();
         st.free.push(self.slot);
         // Entries left in the heap for this slot wake nobody (or its next owner, once).
         if st.free.len() == st.slots.len() && st.slots.capacity() > 1024 {
@@ -243,6 +255,8 @@ impl Drop for Timer {
             st.slots.shrink_to(1024);
             st.free.shrink_to(1024);
         }
+        drop(st);
+        drop(target);
     }
 }
 
@@ -334,6 +348,21 @@ mod tests {
             assert!(second >= later);
         }
         assert!(timer.fired());
+    }
+
+    #[test]
+    fn a_deadline_centuries_ahead_is_never_due() {
+        let wheel = wheel();
+        let far = Instant::now() + Duration::from_secs(u64::MAX >> 2);
+        assert_eq!(wheel.to_ms(far), NONE - 1);
+        let (_, mut timer) = probe();
+        timer.set(Some(far));
+        assert!(!timer.fired());
+        // Rounding: up to the next millisecond, exact milliseconds unchanged.
+        let base = wheel.base;
+        assert_eq!(wheel.to_ms(base + Duration::from_millis(7)), 7);
+        assert_eq!(wheel.to_ms(base + Duration::from_micros(7001)), 8);
+        assert_eq!(wheel.to_ms(base), 0);
     }
 
     #[test]
