@@ -36,6 +36,11 @@ pub(crate) struct ServeArgs {
     /// relay or echo; no TLS, Unix socket or Redis yet.
     #[arg(long, conflicts_with_all = ["sync", "tls_cert", "redis"])]
     reactor: bool,
+    /// With --reactor --echo: the echo is an async handler (`recv().await`,
+    /// `send().await`) polled by the event loops (`ServerBuilder::serve_async`) instead of a
+    /// callback.
+    #[arg(long = "async", requires_all = ["reactor", "echo"])]
+    async_handler: bool,
     /// With --reactor: how many loop threads (default: one per CPU the process may use).
     #[arg(long, requires = "reactor", value_name = "N")]
     threads: Option<usize>,
@@ -258,7 +263,18 @@ async fn serve_reactor(
             }
         }
     }
-    let (server, mode) = if echo {
+    let (server, mode) = if echo && args.async_handler {
+        let server = builder.serve_async(
+            args.addr.as_str(),
+            |ws: sockeye::reactor::Connection| async move {
+                while let Some(message) = ws.recv().await? {
+                    ws.send(message).await?;
+                }
+                Ok(())
+            },
+        )?;
+        (server, "echo server (async handlers on the event loop)")
+    } else if echo {
         let server = builder.serve(args.addr.as_str(), |_request| {
             |ws: &mut Socket<'_>, message: sockeye::Message| {
                 let _ = ws.send(message);

@@ -125,21 +125,26 @@ fn blocking_echo_server_with_sync_flag() {
 
 #[test]
 fn event_loop_echo_server_with_reactor_flag() {
-    let server = Served::start(&["--echo", "--reactor", "--threads", "2"], None);
-    let (ok, stdout, stderr) = run_connect(&[&server.uri()], "hello\nworld\n", 2);
-    assert!(ok, "{stderr}");
-    assert_eq!(stdout, "< hello\n< world\n");
-    let response = http_get(&server.addr, "/healthz");
-    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
-    // The limits flags reach it: over --max-size, 1009.
-    let small = Served::start(&["--echo", "--reactor", "--max-size", "10"], None);
-    block_on(async {
-        let ws = sockeye::connect(&small.uri()).await.unwrap();
-        ws.send("more than ten bytes").await.unwrap();
-        let end = tokio::time::timeout(Duration::from_secs(10), ws.recv()).await;
-        assert!(end.unwrap().is_err());
-        assert_eq!(ws.close_code(), sockeye::CloseCode::MESSAGE_TOO_BIG);
-    });
+    // The echo as a callback, then as an async handler (--async).
+    for handler in [&[][..], &["--async"][..]] {
+        let flags = [&["--echo", "--reactor", "--threads", "2"][..], handler].concat();
+        let server = Served::start(&flags, None);
+        let (ok, stdout, stderr) = run_connect(&[&server.uri()], "hello\nworld\n", 2);
+        assert!(ok, "{handler:?}: {stderr}");
+        assert_eq!(stdout, "< hello\n< world\n", "{handler:?}");
+        let response = http_get(&server.addr, "/healthz");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        // The limits flags reach it: over --max-size, 1009.
+        let flags = [&["--echo", "--reactor", "--max-size", "10"][..], handler].concat();
+        let small = Served::start(&flags, None);
+        block_on(async {
+            let ws = sockeye::connect(&small.uri()).await.unwrap();
+            ws.send("more than ten bytes").await.unwrap();
+            let end = tokio::time::timeout(Duration::from_secs(10), ws.recv()).await;
+            assert!(end.unwrap().is_err());
+            assert_eq!(ws.close_code(), sockeye::CloseCode::MESSAGE_TOO_BIG);
+        });
+    }
 }
 
 #[test]
@@ -388,13 +393,14 @@ fn relay_across_two_processes_through_redis_and_a_redis_restart() {
 /// relay and the blocking echo server.
 #[test]
 fn serve_shuts_down_gracefully_on_sigterm_and_sigint() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--echo"], "TERM"),
         (&[], "INT"),
         (&["--echo", "--sync"], "TERM"),
         (&["--echo", "--sync"], "INT"),
         (&["--echo", "--reactor"], "TERM"),
         (&["--echo", "--reactor"], "INT"),
+        (&["--echo", "--reactor", "--async"], "TERM"),
     ];
     // One runtime with its own threads, so that the client keeps running (and answers the
     // server's close) while this thread waits for the server to exit.

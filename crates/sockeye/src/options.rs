@@ -41,8 +41,7 @@ macro_rules! option_setters {
 
 pub(crate) use option_setters;
 
-/// The limits, timeouts and compression setters of every builder, the event-loop server's
-/// included (it has no `max_queue`: its handler is called for each message as it arrives).
+/// The limits, timeouts and compression setters of every builder.
 macro_rules! limit_setters {
     ($builder:ty) => {
         impl $builder {

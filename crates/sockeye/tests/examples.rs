@@ -33,6 +33,7 @@ const EXAMPLES: &[&str] = &[
     "hello_server_sync",
     "hello_client_sync",
     "hello_server_reactor",
+    "hello_server_reactor_async",
     "clock_server",
     "clock_reactor",
     "consumer",
@@ -266,7 +267,12 @@ fn is_utc_timestamp(s: &str) -> bool {
 #[tokio::test]
 async fn hello_server_greets_and_closes() {
     // The tokio, the blocking and the event-loop versions behave the same.
-    for example in ["hello_server", "hello_server_sync", "hello_server_reactor"] {
+    for example in [
+        "hello_server",
+        "hello_server_sync",
+        "hello_server_reactor",
+        "hello_server_reactor_async",
+    ] {
         let mut server = Server::start(example, &[]).await;
         let ws = server.connect().await;
         ws.send("Alice").await.unwrap();
@@ -289,6 +295,8 @@ async fn hello_client_talks_to_hello_server() {
         ("hello_server_sync", "hello_client_sync"),
         ("hello_server_reactor", "hello_client"),
         ("hello_server_reactor", "hello_client_sync"),
+        ("hello_server_reactor_async", "hello_client"),
+        ("hello_server_reactor_async", "hello_client_sync"),
     ] {
         hello_pair(server_example, client_example).await;
     }

@@ -65,16 +65,23 @@ async def main(uri, compression):
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 "#;
 
-/// Echoes until asked to close with 4000.
-async fn echo_until_close_4000(ws: sockeye::Connection) -> Result<(), sockeye::BoxError> {
-    while let Some(msg) = ws.recv().await? {
-        if msg.as_text() == Some("close-4000") {
-            ws.close(CloseCode(4000), "asked to").await?;
-            break;
+/// Echoes until asked to close with 4000: the body of a handler, for either kind of
+/// connection (`sockeye::Connection`, `sockeye::reactor::Connection`).
+macro_rules! echo_until_close_4000 {
+    ($ws:expr) => {{
+        while let Some(msg) = $ws.recv().await? {
+            if msg.as_text() == Some("close-4000") {
+                $ws.close(CloseCode(4000), "asked to").await?;
+                break;
+            }
+            $ws.send(msg).await?;
         }
-        ws.send(msg).await?;
-    }
-    Ok(())
+        Ok(())
+    }};
+}
+
+async fn echo_until_close_4000(ws: sockeye::Connection) -> Result<(), sockeye::BoxError> {
+    echo_until_close_4000!(ws)
 }
 
 /// Runs [`PY_CLIENT`] against `uri` with compression on, then off, and checks its report.
@@ -106,6 +113,34 @@ async fn python_client_against_sockeye_server() {
     let uri = format!("ws://{}/", server.local_addr().unwrap());
     python_client_session(&uri).await;
     server.close().await;
+}
+
+/// The same client against async handlers on the event loops
+/// (`reactor::ServerBuilder::serve_async`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_against_async_handlers_on_the_event_loop() {
+    let server = sockeye::reactor::Server::builder()
+        .max_size(8 << 20)
+        .threads(1)
+        .serve_async(
+            "127.0.0.1:0",
+            |ws: sockeye::reactor::Connection| async move {
+                while let Some(msg) = ws.recv().await? {
+                    if msg.as_text() == Some("close-4000") {
+                        ws.close(CloseCode(4000), "asked to").await?;
+                        break;
+                    }
+                    ws.send(msg).await?;
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    let uri = format!("ws://{}/", server.local_addr());
+    python_client_session(&uri).await;
+    tokio::task::spawn_blocking(move || server.shutdown())
+        .await
+        .unwrap();
 }
 
 /// The same client against an axum router that also serves HTTP on the port: the upgrade

@@ -9,6 +9,7 @@ use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll as TaskPoll};
 use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
@@ -16,8 +17,10 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::slab::Slab;
+use super::tasks::{self, Link, Out, Task, Work};
 use super::topics::Topics;
 use super::{closed_of, Command, Control, Handler, Mailbox, Socket};
+use crate::error::Error;
 use crate::proto::{CloseCode, Config, Event, PreparedMessage, Protocol, State};
 use crate::server::Hooks;
 
@@ -60,6 +63,8 @@ const FLUSHING: u8 = 64;
 /// In the loop's list of connections a publish gave output to (written once all the
 /// publishes of this turn are delivered: one write for all of them).
 const DIRTY: u8 = 128;
+/// Rounds of polling woken async handlers in a row before the loop polls again.
+const WORK_ROUNDS: usize = 16;
 
 /// Rounds of delivering publishes and writing them in a row (a handler's `on_drain` may
 /// publish again) before the loop polls again.
@@ -74,6 +79,10 @@ pub(super) struct Shared<F> {
     pub(super) control: Arc<Control>,
     /// Every loop's mailbox, by loop index (publishes reach the other loops through them).
     pub(super) mailboxes: Vec<Arc<Mailbox>>,
+    pub(super) max_queue: usize,
+    /// The tokio runtime the server was started from, if any: the loops poll async
+    /// handlers inside it (its timers, channels and `spawn` work there).
+    pub(super) runtime: Option<tokio::runtime::Handle>,
 }
 
 /// What a callback reaches of its loop besides its own connection: the way in from other
@@ -86,7 +95,20 @@ pub(super) struct Local {
     pub(super) peers: Vec<Arc<Mailbox>>,
     pub(super) topics: Topics,
     pub(super) outbox: Vec<Publish>,
+    /// The futures of async handlers (`ServerBuilder::serve_async`), by task slot.
+    pub(super) tasks: Slab<Task>,
+    pub(super) max_queue: usize,
+    pub(super) write_limit: usize,
+    /// The handshake request of the connection being opened, during `on_open`.
+    pub(super) request: Option<Opening>,
+    /// Set by a callback: stop reading from its connection (its inbox is full).
+    pub(super) hold: bool,
+    /// Set by a callback: read from its connection again.
+    pub(super) resume: bool,
 }
+
+/// The handshake request of a connection being opened, and what the hooks granted it.
+pub(super) type Opening = (Box<Request<()>>, Option<Box<crate::head::Granted>>);
 
 /// A message published to a topic from a callback, to deliver to this loop's subscribers
 /// once the callback returns.
@@ -110,6 +132,8 @@ struct Conn<H> {
     /// Tells this connection's timer entries from those of an earlier one in the same slot.
     generation: u32,
     flags: u8,
+    /// Not reading: `max_queue` messages wait for an async handler's `recv`.
+    held: bool,
 }
 
 impl<H> Conn<H> {
@@ -137,6 +161,8 @@ pub(super) struct Loop<F, H> {
     next_generation: u32,
     closing: bool,
     accept_again: Option<Instant>,
+    /// Work taken from the thread-local queue (kept for its allocation).
+    work: Vec<Work>,
 }
 
 impl<F, H> Loop<F, H>
@@ -159,6 +185,9 @@ where
         // However the loop ends, nobody takes commands any more: drop those left, and those
         // to come.
         let _closer = CloseOnDrop(shared.mailboxes[index].clone());
+        // Async handlers run inside the server's tokio runtime, if it was started in one.
+        let _runtime = shared.runtime.as_ref().map(|r| r.enter());
+        tasks::enter_loop(&shared.mailboxes[index]);
         let peers = (shared.mailboxes.iter().enumerate())
             .filter(|(i, _)| *i != index)
             .map(|(_, m)| m.clone())
@@ -176,12 +205,19 @@ where
                 peers,
                 topics: Topics::default(),
                 outbox: Vec::new(),
+                tasks: Slab::new(),
+                max_queue: shared.max_queue,
+                write_limit: shared.write_limit,
+                request: None,
+                hold: false,
+                resume: false,
             },
             shared,
             dirty: Vec::new(),
             next_generation: 0,
             closing: false,
             accept_again: None,
+            work: Vec::new(),
         }
         .serve();
     }
@@ -192,11 +228,13 @@ where
             if !self.closing && self.shared.control.closing.load(Ordering::Acquire) {
                 self.start_closing();
             }
-            if self.closing && self.conns.is_empty() {
+            if self.closing && self.conns.is_empty() && self.local.tasks.is_empty() {
                 return;
             }
-            let idle =
-                self.ready.is_empty() && self.local.outbox.is_empty() && self.dirty.is_empty();
+            let idle = self.ready.is_empty()
+                && self.local.outbox.is_empty()
+                && self.dirty.is_empty()
+                && !tasks::has_work();
             let timeout = if idle {
                 let next = self.timers.peek().map(|Reverse((t, _, _))| *t);
                 let next = match (next, self.accept_again) {
@@ -231,6 +269,7 @@ where
                     }
                 }
             }
+            self.run_work();
             self.settle();
             for k in std::mem::take(&mut self.ready) {
                 if let Some(conn) = self.conns.get_mut(k) {
@@ -238,9 +277,11 @@ where
                     self.turn(k);
                 }
             }
+            self.run_work();
             self.settle();
             let now = Instant::now();
             self.fire_timers(now);
+            self.run_work();
             self.settle();
             if self.accept_again.is_some_and(|t| t <= now) {
                 self.accept_again = None;
@@ -279,6 +320,95 @@ where
                     }
                 }
                 Command::Publish { topic, message } => self.deliver(&topic, &message, None),
+                Command::Work(work) => tasks::push_local(work),
+            }
+        }
+    }
+
+    /// Polls the async handlers that were woken and moves what their connections' handles
+    /// queued into the connections, writing each once. Up to `WORK_ROUNDS` rounds (a
+    /// future that wakes itself at once would hold the loop); the rest waits for the next
+    /// turn of the loop, which then does not sleep.
+    fn run_work(&mut self) {
+        for _ in 0..WORK_ROUNDS {
+            let mut work = std::mem::take(&mut self.work);
+            tasks::take_work(&mut work);
+            if work.is_empty() {
+                self.work = work;
+                return;
+            }
+            for item in work.drain(..) {
+                match item {
+                    Work::Poll(link) => {
+                        self.poll_task(&link);
+                        self.flush(&link);
+                    }
+                    Work::Flush(link) => self.flush(&link),
+                }
+            }
+            self.work = work;
+        }
+    }
+
+    /// Polls the handler future of `link`; when it is done, queues the close it calls for
+    /// (1000 when it returned `Ok`, 1011 and an ERROR log when it failed or panicked).
+    fn poll_task(&mut self, link: &Arc<Link>) {
+        let Some(task) = self.local.tasks.get_mut(link.task as usize) else {
+            return;
+        };
+        if !Arc::ptr_eq(&task.link, link) {
+            return;
+        }
+        link.start_poll();
+        let waker = std::task::Waker::from(link.clone());
+        let mut cx = Context::from_waker(&waker);
+        let polled = catch_unwind(AssertUnwindSafe(|| task.future.as_mut().poll(&mut cx)));
+        let out = match polled {
+            Ok(TaskPoll::Pending) => return,
+            Ok(TaskPoll::Ready(Ok(()))) => Out::Close(CloseCode::NORMAL, String::new()),
+            Ok(TaskPoll::Ready(Err(e))) => {
+                if !matches!(e.downcast_ref::<Error>(), Some(Error::ConnectionClosed(_))) {
+                    tracing::error!(target: "sockeye::server", id = link.id, "connection handler failed: {e}");
+                }
+                Out::Fail(CloseCode::INTERNAL_ERROR)
+            }
+            Err(_) => {
+                tracing::error!(target: "sockeye::server", id = link.id, "connection handler panicked");
+                Out::Fail(CloseCode::INTERNAL_ERROR)
+            }
+        };
+        // Its state goes now (a panic in a destructor is the handler's too).
+        let task = self.local.tasks.remove(link.task as usize);
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(task)));
+        link.finish(out);
+    }
+
+    /// Moves what the handles of `link` queued into its connection and writes it; tells
+    /// the link what is left to write.
+    fn flush(&mut self, link: &Link) {
+        let k = link.slot as usize;
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        if conn.id != link.id || conn.handler.is_none() {
+            return;
+        }
+        conn.proto.handle_timeout(Instant::now());
+        lend(&mut conn.proto, &mut self.spare);
+        let held = conn.held;
+        call(conn, k, &mut self.local, |_, ws| link.flush_into(ws));
+        if held && !conn.held && !conn.has(QUEUED | EOF) {
+            // Input may wait, with no new edge.
+            conn.flags |= QUEUED;
+            self.ready.push(k);
+        }
+        self.service(k);
+        if let Some(conn) = self.conns.get_mut(k) {
+            if conn.id == link.id && conn.handler.is_some() {
+                let proto = &conn.proto;
+                link.written(proto.pending_output_len(), proto.state(), || {
+                    closed_of(proto)
+                });
             }
         }
     }
@@ -366,6 +496,7 @@ where
                 id: 0,
                 generation,
                 flags: 0,
+                held: false,
             });
             let conn = self.conns.get_mut(k).expect("just inserted");
             // Edge-triggered, both ways, once for the connection's life: no system call to
@@ -397,7 +528,7 @@ where
             }
             return;
         }
-        if conn.has(EOF | PAUSED) {
+        if conn.has(EOF | PAUSED) || conn.held {
             return self.service(k);
         }
         let shared = &*self.shared;
@@ -443,6 +574,9 @@ where
                     dispatch(conn, k, &mut self.local, shared);
                     if conn.proto.pending_output_len() > shared.write_limit {
                         conn.flags |= PAUSED;
+                        break;
+                    }
+                    if conn.held {
                         break;
                     }
                     // A short read took all there was: more data makes a new edge, but an
@@ -793,12 +927,11 @@ where
     while let Some(event) = conn.proto.poll_event() {
         match event {
             Event::Message(message) => call(conn, slot, local, |h, ws| h.on_message(ws, message)),
-            Event::Request(request) => open(conn, slot, local, shared, &request),
-            Event::Close(_)
-            | Event::Ping(_)
-            | Event::Pong { .. }
-            | Event::Fragment(_)
-            | Event::Response(_) => {}
+            Event::Request(request) => open(conn, slot, local, shared, request),
+            Event::Pong { payload, .. } => {
+                call(conn, slot, local, |h, ws| h.on_pong(ws, &payload));
+            }
+            Event::Close(_) | Event::Ping(_) | Event::Fragment(_) | Event::Response(_) => {}
         }
     }
 }
@@ -809,13 +942,13 @@ fn open<F, H>(
     slot: usize,
     local: &mut Local,
     shared: &Shared<F>,
-    request: &Request<()>,
+    request: Box<Request<()>>,
 ) where
     F: Fn(&Request<()>) -> H,
     H: Handler,
 {
     let closing = shared.control.closing.load(Ordering::Acquire);
-    let (response, _granted) = shared.hooks.answer(&mut conn.proto, request, closing);
+    let (response, granted) = shared.hooks.answer(&mut conn.proto, &request, closing);
     let status = response.status();
     if let Err(e) = conn.proto.send_response(&response) {
         tracing::info!(target: "sockeye::server", "opening handshake failed: {e}");
@@ -826,7 +959,7 @@ fn open<F, H>(
         return;
     }
     conn.id = crate::connection::next_id();
-    match catch_unwind(AssertUnwindSafe(|| (shared.factory)(request))) {
+    match catch_unwind(AssertUnwindSafe(|| (shared.factory)(&request))) {
         Ok(handler) => conn.handler = Some(handler),
         Err(_) => {
             tracing::error!(target: "sockeye::server", id = conn.id, "connection factory panicked");
@@ -837,7 +970,10 @@ fn open<F, H>(
     shared.control.open.fetch_add(1, Ordering::AcqRel);
     // The peer's address is asked of the socket only when the event is logged.
     tracing::info!(target: "sockeye::server", id = conn.id, remote = %crate::server::Remote(conn.socket.peer_addr().ok()), "connection open");
+    // An async handler's connection keeps the request (`tasks::AsyncConn::on_open`).
+    local.request = Some((request, granted));
     call(conn, slot, local, |h, ws| h.on_open(ws));
+    local.request = None;
 }
 
 /// Runs one of the handler's callbacks; a panic fails the connection with 1011.
@@ -869,6 +1005,12 @@ fn call<H: Handler>(
     if catch_unwind(AssertUnwindSafe(|| f(handler, &mut ws))).is_err() {
         tracing::error!(target: "sockeye::server", id = *id, "connection handler panicked");
         proto.fail(CloseCode::INTERNAL_ERROR, "");
+    }
+    if std::mem::take(&mut local.hold) {
+        conn.held = true;
+    }
+    if std::mem::take(&mut local.resume) {
+        conn.held = false;
     }
 }
 

@@ -14,8 +14,13 @@
 //! The same core runs both front ends, so every protocol rule is the same: limits and their
 //! close codes, keepalive pings and their timeout, the closing handshake and its timeout,
 //! permessage-deflate, and the server options ([`ServerBuilder`] has the same setters and
-//! defaults as [`crate::ServerBuilder`], but `max_queue`: a handler is called for each
-//! message as it arrives, so nothing queues).
+//! defaults as [`crate::ServerBuilder`]; `max_queue` counts only for async handlers: a
+//! callback is called for each message as it arrives, so nothing queues).
+//!
+//! python-websockets' model runs on the loops too: [`ServerBuilder::serve_async`] takes an
+//! `async fn` of a [`Connection`] (`recv().await`, `send().await`), whose future the loop
+//! that owns the connection polls instead of a tokio task (about 1.3 KB per idle
+//! connection, against 2.3 KB for [`crate::serve`]).
 //!
 //! Outside the callbacks, a [`Handle`] (from [`Socket::handle`]; `Send`, cheap to clone)
 //! sends to, closes or runs a closure on its connection from any thread, and
@@ -76,7 +81,10 @@
 
 mod event_loop;
 mod slab;
+mod tasks;
 mod topics;
+
+pub use tasks::Connection;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -115,6 +123,13 @@ pub trait Handler: 'static {
     /// `write_limit` bytes waiting (reading resumes at the same time).
     fn on_drain(&mut self, ws: &mut Socket<'_>) {
         let _ = ws;
+    }
+
+    /// A pong arrived, with this payload: the answer to a keepalive ping or to
+    /// [`Socket::ping`] (then [`Socket::latency`] has the round trip), or one the peer sent
+    /// unasked.
+    fn on_pong(&mut self, ws: &mut Socket<'_>, payload: &[u8]) {
+        let _ = (ws, payload);
     }
 
     /// The connection is over (closing handshake done or timed out, peer gone, or failed):
@@ -418,6 +433,9 @@ enum Command {
         topic: Arc<str>,
         message: Arc<PreparedMessage>,
     },
+    /// An async handler's connection was woken, or its handles queued something, from
+    /// another thread.
+    Work(tasks::Work),
 }
 
 /// Encodes a publish once and posts it to `loops`; gives back what it made.
@@ -457,7 +475,7 @@ pub struct ServerBuilder {
     threads: usize,
 }
 
-crate::options::limit_setters!(ServerBuilder);
+crate::options::option_setters!(ServerBuilder);
 crate::options::server_setters!(ServerBuilder);
 
 impl ServerBuilder {
@@ -481,6 +499,55 @@ impl ServerBuilder {
     {
         let listener = TcpListener::bind(addr)?;
         self.serve_listener(listener, factory)
+    }
+
+    /// Binds `addr` and serves python-websockets' way: `handler` runs once per connection
+    /// as an `async fn` of a [`Connection`] (`recv().await`, `send().await`), and the
+    /// connection closes when it returns (1000), or fails with 1011 and an ERROR log when it
+    /// returns an error or panics. Its future is polled by the loop that owns the
+    /// connection (it need not be `Send`), not by a tokio task: an idle connection costs
+    /// about a kilobyte (`docs/benchmarks.md`).
+    ///
+    /// Called inside a tokio runtime, the loops poll handlers inside it: tokio's timers,
+    /// channels, `spawn` and `select!` work in a handler. Like a callback, a handler must not
+    /// block the thread: every connection of its loop waits meanwhile.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), sockeye::BoxError> {
+    /// let server = sockeye::reactor::Server::builder().serve_async(
+    ///     "127.0.0.1:8765",
+    ///     |ws: sockeye::reactor::Connection| async move {
+    ///         while let Some(message) = ws.recv().await? {
+    ///             ws.send(message).await?;
+    ///         }
+    ///         Ok(())
+    ///     },
+    /// )?;
+    /// # server.shutdown();
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_async<A, H, Fut>(self, addr: A, handler: H) -> Result<Server>
+    where
+        A: ToSocketAddrs,
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<(), crate::BoxError>> + 'static,
+    {
+        let listener = TcpListener::bind(addr)?;
+        self.serve_async_listener(listener, handler)
+    }
+
+    /// [`serve_async`](Self::serve_async) on a listener bound already.
+    pub fn serve_async_listener<H, Fut>(self, listener: TcpListener, handler: H) -> Result<Server>
+    where
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<(), crate::BoxError>> + 'static,
+    {
+        let handler: Arc<tasks::HandlerFn> =
+            Arc::new(move |ws| Box::pin(handler(ws)) as tasks::TaskFuture);
+        self.serve_listener(listener, move |_: &Request<()>| {
+            tasks::AsyncConn::Start(handler.clone())
+        })
     }
 
     /// [`serve`](Self::serve) on a listener bound already.
@@ -510,6 +577,8 @@ impl ServerBuilder {
             factory,
             control: Arc::new(Control::default()),
             mailboxes: mailboxes.clone(),
+            max_queue: self.options.limits.max_queue,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         });
         let mut loops = Vec::with_capacity(threads);
         for (i, (poll, listener)) in prepared.into_iter().enumerate() {

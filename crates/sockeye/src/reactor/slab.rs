@@ -33,6 +33,15 @@ impl<T> Slab<T> {
         self.len == 0
     }
 
+    /// The index the next `insert` will use.
+    pub(super) fn next_key(&self) -> usize {
+        if self.free != usize::MAX {
+            self.free
+        } else {
+            self.slots.len()
+        }
+    }
+
     /// Stores `value`; returns its index.
     pub(super) fn insert(&mut self, value: T) -> usize {
         self.len += 1;

@@ -1,0 +1,717 @@
+//! Async handlers on the event loops: python-websockets' model (`async fn handler(ws)`,
+//! `recv().await`, `send().await`) without a tokio task or a tokio registration per
+//! connection. The handler's future is polled by the loop that owns the connection; what it
+//! sends waits in the connection's [`Link`] until the loop moves it into the core after the
+//! poll, so everything one poll sends leaves in one write.
+//!
+//! The pieces: a [`Link`] per connection (what its [`Connection`] handles and the loop
+//! share, under one mutex; it is also the future's waker), an [`AsyncConn`] (the
+//! connection's [`Handler`] in the loop: it fills the inbox and tells the link how the
+//! connection ends), a task per handler future in the loop's `tasks` slab, and [`Work`]: a
+//! task to poll or a link to flush, queued on the loop's own thread in a thread-local list
+//! and from other threads through the loop's mailbox.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use http::Request;
+
+use super::{Command, Handler, Mailbox, Socket};
+use crate::error::{Closed, Error, Result};
+use crate::head::RequestHead;
+use crate::proto::{CloseCode, Message, State};
+use crate::BoxError;
+
+/// A handler's future, as the loop keeps it.
+pub(super) type TaskFuture = Pin<Box<dyn Future<Output = std::result::Result<(), BoxError>>>>;
+
+/// The user's handler, shared by every connection of the server.
+pub(super) type HandlerFn = dyn Fn(Connection) -> TaskFuture + Send + Sync;
+
+/// One handler future in a loop's `tasks` slab.
+pub(super) struct Task {
+    pub(super) future: TaskFuture,
+    pub(super) link: Arc<Link>,
+}
+
+/// Work for a loop about one async connection.
+pub(super) enum Work {
+    /// Poll the link's handler future (it was woken), then flush.
+    Poll(Arc<Link>),
+    /// Move what the link's handles queued (sends, a close, a resumed read) into the
+    /// connection and write it.
+    Flush(Arc<Link>),
+}
+
+thread_local! {
+    /// On a loop thread: the loop (its mailbox's address) and the work queued from this
+    /// thread, which the loop runs before it polls again (no system call to wake itself).
+    static CURRENT: RefCell<Option<(usize, Vec<Work>)>> = const { RefCell::new(None) };
+}
+
+/// Makes this thread the loop of `mailbox`: work for it from here is queued locally.
+pub(super) fn enter_loop(mailbox: &Arc<Mailbox>) {
+    CURRENT.with(|c| *c.borrow_mut() = Some((Arc::as_ptr(mailbox) as usize, Vec::new())));
+}
+
+/// Takes the work queued on this loop thread into `into` (which must be empty).
+pub(super) fn take_work(into: &mut Vec<Work>) {
+    CURRENT.with(|c| {
+        if let Some((_, queued)) = c.borrow_mut().as_mut() {
+            std::mem::swap(queued, into);
+        }
+    });
+}
+
+/// Queues `work` that came through the mailbox on this loop thread.
+pub(super) fn push_local(work: Work) {
+    CURRENT.with(|c| {
+        if let Some((_, queued)) = c.borrow_mut().as_mut() {
+            queued.push(work);
+        }
+    });
+}
+
+/// Whether work is queued on this loop thread.
+pub(super) fn has_work() -> bool {
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|(_, w)| !w.is_empty()))
+}
+
+/// Queues `work` for the loop of `mailbox`: in the thread-local list when this is that
+/// loop's thread, through its mailbox otherwise.
+fn schedule(mailbox: &Arc<Mailbox>, work: Work) {
+    let here = Arc::as_ptr(mailbox) as usize;
+    let work = CURRENT
+        .try_with(|c| match c.borrow_mut().as_mut() {
+            Some((at, queued)) if *at == here => {
+                queued.push(work);
+                None
+            }
+            _ => Some(work),
+        })
+        .unwrap_or_else(|e| {
+            // The thread is going away; nothing of it can be queued locally.
+            let _ = e;
+            None
+        });
+    if let Some(work) = work {
+        mailbox.push(Command::Work(work));
+    }
+}
+
+/// What is queued for the connection by its handles.
+pub(super) enum Out {
+    Message(Message),
+    /// A ping whose payload is this token (`Connection::ping`).
+    Ping(u64),
+    Close(CloseCode, String),
+    Fail(CloseCode),
+}
+
+/// What a connection's handles and its loop share.
+pub(super) struct Link {
+    mailbox: Arc<Mailbox>,
+    /// The connection's slot in its loop, and its handler future's slot in the loop's tasks.
+    pub(super) slot: u32,
+    pub(super) task: u32,
+    pub(super) id: u64,
+    max_queue: u32,
+    write_limit: u32,
+    /// A `Work::Poll` is queued (wakes in between are one poll).
+    poll_queued: AtomicBool,
+    /// Kept as its bytes, parsed again if asked for (`crate::head`).
+    request: RequestHead,
+    subprotocol: Option<Box<str>>,
+    remote: Option<SocketAddr>,
+    state: Mutex<LinkState>,
+}
+
+struct LinkState {
+    /// Messages received, waiting for `recv`.
+    inbox: VecDeque<Message>,
+    /// What handles queued since the loop last flushed.
+    outbox: Vec<Out>,
+    /// Bytes waiting to be written: the core's, as of the loop's last write, and the
+    /// outbox's.
+    buffered: usize,
+    recv_waker: Option<Waker>,
+    /// Senders waiting for `buffered` to go under `write_limit`, and `wait_closed`s.
+    waiting: Option<Box<Waiting>>,
+    /// A `Work::Flush` is queued.
+    flush_queued: bool,
+    /// A close was queued (by `close` or by the end of the handler).
+    closing: bool,
+    recv_busy: bool,
+    /// The loop stopped reading: `max_queue` messages wait.
+    held: bool,
+    state: State,
+    /// How it ended, once it did (`state` is `Closed`).
+    closed: Option<Box<Closed>>,
+    /// The round trip of the latest ping answered (keepalive or `ping`), in microseconds;
+    /// 0 for none yet.
+    latency_us: u32,
+}
+
+/// Who waits on a connection, boxed: most connections never have anyone.
+#[derive(Default)]
+struct Waiting {
+    /// Senders waiting for `buffered` to go under `write_limit`, `wait_closed`s and pings.
+    wakers: Vec<Waker>,
+    /// `Connection::ping`s waiting for their pong: token, and the round trip once it came.
+    pings: Vec<(u64, Option<Duration>)>,
+}
+
+/// Ping payloads of async connections: unique in the process, so a late pong never answers
+/// a later ping.
+static PING_TOKENS: AtomicU64 = AtomicU64::new(1);
+
+impl Link {
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a flush unless one is queued already (`st` is the locked state).
+    fn flush_later(self: &Arc<Self>, mut st: MutexGuard<'_, LinkState>) {
+        if std::mem::replace(&mut st.flush_queued, true) {
+            return;
+        }
+        drop(st);
+        schedule(&self.mailbox, Work::Flush(self.clone()));
+    }
+
+    /// The loop moves what was queued into the connection (`ws`): sends, a close; reading
+    /// resumes once the inbox has room again.
+    pub(super) fn flush_into(&self, ws: &mut Socket<'_>) {
+        let mut st = self.lock();
+        st.flush_queued = false;
+        let outbox = std::mem::take(&mut st.outbox);
+        if st.held && st.inbox.len() <= self.max_queue as usize / 4 {
+            st.held = false;
+            ws.local.resume = true;
+        }
+        drop(st);
+        for out in outbox {
+            // A send that finds the connection closing is dropped, as `send` would fail.
+            let _ = match out {
+                Out::Message(m) => ws.send(m),
+                Out::Ping(token) => ws.ping(&token.to_be_bytes()),
+                Out::Close(code, reason) => ws.close(code, &reason),
+                Out::Fail(code) => {
+                    ws.proto.fail(code, "");
+                    Ok(())
+                }
+            };
+        }
+    }
+
+    /// The loop wrote what it could: `buffered` is what the core still holds. Wakes the
+    /// senders when it is under `write_limit`, and every waiter once the connection closes.
+    pub(super) fn written(&self, buffered: usize, state: State, closed: impl FnOnce() -> Closed) {
+        let mut st = self.lock();
+        let queued: usize = st.outbox.iter().map(out_len).sum();
+        st.buffered = buffered + queued;
+        if state != State::Open && st.closed.is_none() {
+            st.closed = Some(Box::new(closed()));
+        }
+        if st.state != State::Closed {
+            st.state = state;
+        }
+        let wake = st.buffered <= self.write_limit as usize || st.state == State::Closed;
+        let waiters = if wake {
+            take_waiters(&mut st)
+        } else {
+            Vec::new()
+        };
+        drop(st);
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    /// The connection is over: `recv` hands out what waits, then the end.
+    fn ended(&self, closed: &Closed) {
+        let mut st = self.lock();
+        st.state = State::Closed;
+        st.closed = Some(Box::new(closed.clone()));
+        st.buffered = 0;
+        st.outbox.clear();
+        let recv = st.recv_waker.take();
+        let waiters = take_waiters(&mut st);
+        drop(st);
+        recv.into_iter().chain(waiters).for_each(Waker::wake);
+    }
+
+    /// A poll of the handler future starts: a wake from now on queues another.
+    pub(super) fn start_poll(&self) {
+        self.poll_queued.store(false, Ordering::Release);
+    }
+
+    /// The handler future ended: queues the close (1000) or the failure (1011) it calls for.
+    pub(super) fn finish(self: &Arc<Self>, out: Out) {
+        let mut st = self.lock();
+        if st.state == State::Closed {
+            return;
+        }
+        st.closing = true;
+        st.outbox.push(out);
+        self.flush_later(st);
+    }
+}
+
+impl Wake for Link {
+    fn wake(self: Arc<Self>) {
+        if !self.poll_queued.swap(true, Ordering::AcqRel) {
+            let mailbox = self.mailbox.clone();
+            schedule(&mailbox, Work::Poll(self));
+        }
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.poll_queued.swap(true, Ordering::AcqRel) {
+            schedule(&self.mailbox, Work::Poll(self.clone()));
+        }
+    }
+}
+
+/// A slot index or a limit as kept in a [`Link`] (4 billion of either is out of reach; a
+/// larger limit is as good as none).
+fn narrow(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn out_len(out: &Out) -> usize {
+    match out {
+        Out::Message(m) => m.len(),
+        Out::Ping(_) | Out::Close(..) | Out::Fail(_) => 0,
+    }
+}
+
+/// The connection's [`Handler`] in the loop, for [`super::ServerBuilder::serve_async`]:
+/// starts the handler future when the connection opens, feeds the inbox, and tells the
+/// link how the connection ends.
+pub(super) enum AsyncConn {
+    /// Until the connection opens: the handler to start.
+    Start(Arc<HandlerFn>),
+    Open(Arc<Link>),
+    Over,
+}
+
+impl Handler for AsyncConn {
+    fn on_open(&mut self, ws: &mut Socket<'_>) {
+        let (AsyncConn::Start(handler), Some((request, granted))) =
+            (&*self, ws.local.request.take())
+        else {
+            return;
+        };
+        let handler = handler.clone();
+        let link = Arc::new(Link {
+            mailbox: ws.local.mailbox.clone(),
+            slot: narrow(ws.slot),
+            task: narrow(ws.local.tasks.next_key()),
+            id: ws.id,
+            max_queue: narrow(ws.local.max_queue),
+            write_limit: narrow(ws.local.write_limit),
+            poll_queued: AtomicBool::new(true),
+            request: RequestHead::new(*request, granted),
+            subprotocol: ws.subprotocol().map(Box::from),
+            remote: ws.remote_addr(),
+            state: Mutex::new(LinkState {
+                inbox: VecDeque::new(),
+                outbox: Vec::new(),
+                buffered: 0,
+                recv_waker: None,
+                waiting: None,
+                flush_queued: false,
+                closing: false,
+                recv_busy: false,
+                held: false,
+                state: State::Open,
+                closed: None,
+                latency_us: 0,
+            }),
+        });
+        let future = handler(Connection { link: link.clone() });
+        let task = ws.local.tasks.insert(Task {
+            future,
+            link: link.clone(),
+        });
+        debug_assert_eq!(task, link.task as usize);
+        schedule(&link.mailbox, Work::Poll(link.clone()));
+        *self = AsyncConn::Open(link);
+    }
+
+    fn on_message(&mut self, ws: &mut Socket<'_>, message: Message) {
+        let AsyncConn::Open(link) = self else {
+            return;
+        };
+        let mut st = link.lock();
+        st.inbox.push_back(message);
+        if st.inbox.len() >= link.max_queue as usize && !st.held {
+            // Reading stops until `recv` takes the inbox down to a quarter.
+            st.held = true;
+            ws.local.hold = true;
+        }
+        let waker = st.recv_waker.take();
+        drop(st);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn on_drain(&mut self, ws: &mut Socket<'_>) {
+        if let AsyncConn::Open(link) = self {
+            link.written(ws.buffered_amount(), ws.state(), || {
+                super::closed_of(ws.proto)
+            });
+        }
+    }
+
+    fn on_pong(&mut self, ws: &mut Socket<'_>, payload: &[u8]) {
+        let AsyncConn::Open(link) = self else {
+            return;
+        };
+        let latency = ws.latency();
+        let mut st = link.lock();
+        if let Some(latency) = latency {
+            let us = latency.as_micros().clamp(1, u32::MAX.into());
+            st.latency_us = u32::try_from(us).unwrap_or(u32::MAX);
+        }
+        let answered = <[u8; 8]>::try_from(payload).map(u64::from_be_bytes);
+        if let (Some(waiting), Ok(answered)) = (st.waiting.as_deref_mut(), answered) {
+            // A pong answers its ping and every earlier one (the core's rule too).
+            for (token, got) in waiting.pings.iter_mut() {
+                if *token <= answered && got.is_none() {
+                    *got = Some(latency.unwrap_or_default());
+                }
+            }
+        }
+        let waiters = take_waiters(&mut st);
+        drop(st);
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    fn on_close(&mut self, closed: &Closed) {
+        if let AsyncConn::Open(link) = std::mem::replace(self, AsyncConn::Over) {
+            link.ended(closed);
+        }
+    }
+}
+
+/// A connection served by an async handler on an event loop
+/// ([`ServerBuilder::serve_async`](super::ServerBuilder::serve_async)): python-websockets'
+/// API, `recv().await` and `send().await`, for about a kilobyte per idle connection.
+///
+/// Cheap to clone, `Send + Sync`: other tasks and threads may send on it and wait for its
+/// end. What the handler sends during one poll leaves in one write. Sends from elsewhere
+/// reach the connection through its loop's mailbox, in order.
+#[derive(Clone)]
+pub struct Connection {
+    link: Arc<Link>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("reactor::Connection")
+            .field("id", &self.link.id)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Forgets a `ping` when it ends or is dropped (the list is freed once empty).
+struct PingGuard<'a>(&'a Link, u64);
+
+impl Drop for PingGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        if let Some(waiting) = st.waiting.as_deref_mut() {
+            waiting.pings.retain(|(t, _)| *t != self.1);
+            if waiting.pings.is_empty() && waiting.wakers.is_empty() {
+                st.waiting = None;
+            }
+        }
+    }
+}
+
+/// Clears the receiving side's busy flag when a `recv` ends or is dropped.
+struct RecvGuard<'a>(&'a Link);
+
+impl Drop for RecvGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().recv_busy = false;
+    }
+}
+
+impl Connection {
+    /// A number that identifies this connection in logs, unique within the process (one
+    /// numbering for every front end).
+    pub fn id(&self) -> u64 {
+        self.link.id
+    }
+
+    /// The handshake request (method, path, headers, cookies).
+    pub fn request(&self) -> &Request<()> {
+        self.link.request.get()
+    }
+
+    /// The user name the client authenticated with, when the server checks HTTP Basic
+    /// credentials (`basic_auth`).
+    pub fn username(&self) -> Option<&str> {
+        self.link.request.username()
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.link.remote
+    }
+
+    /// The state of the connection, as of the loop's latest write (`Open` until a close
+    /// is under way).
+    pub fn state(&self) -> State {
+        self.link.lock().state
+    }
+
+    /// How the connection ended, once it has.
+    pub fn closed(&self) -> Option<Closed> {
+        let st = self.link.lock();
+        if st.state == State::Closed {
+            st.closed.as_deref().cloned()
+        } else {
+            None
+        }
+    }
+
+    /// The round-trip time measured by the latest ping answered (keepalive or
+    /// [`ping`](Self::ping)), if any.
+    pub fn latency(&self) -> Option<Duration> {
+        match self.link.lock().latency_us {
+            0 => None,
+            us => Some(Duration::from_micros(us.into())),
+        }
+    }
+
+    /// The code of the peer's close frame (1006 when none came), once the connection is
+    /// closed; `None` before.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        self.closed().map(|c| c.code())
+    }
+
+    /// The subprotocol negotiated in the handshake, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.link.subprotocol.as_deref()
+    }
+
+    /// Sends a ping and waits for its pong: the round-trip time. Fails with
+    /// [`Error::ConnectionClosed`] if the connection closes first. Cancel-safe (a pong that
+    /// comes later is ignored).
+    pub async fn ping(&self) -> Result<Duration> {
+        let token = PING_TOKENS.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut st = self.link.lock();
+            if st.state != State::Open || st.closing {
+                return Err(Error::ConnectionClosed(closed_so_far(&st)));
+            }
+            (st.waiting.get_or_insert_with(Box::default).pings).push((token, None));
+            st.outbox.push(Out::Ping(token));
+            self.link.flush_later(st);
+        }
+        let _forget = PingGuard(&self.link, token);
+        poll_fn(|cx| {
+            let mut st = self.link.lock();
+            let got =
+                (st.waiting.as_deref()).and_then(|w| w.pings.iter().find(|(t, _)| *t == token));
+            if let Some((_, Some(latency))) = got {
+                return Poll::Ready(Ok(*latency));
+            }
+            if st.state == State::Closed {
+                return Poll::Ready(Err(Error::ConnectionClosed(closed_so_far(&st))));
+            }
+            add_waiter(&mut st, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Bytes waiting to be written (as of the loop's latest write, plus what was queued
+    /// since).
+    pub fn buffered_amount(&self) -> usize {
+        self.link.lock().buffered
+    }
+
+    /// Receives the next message.
+    ///
+    /// Returns `Ok(None)` once the connection closed normally (1000 or 1001 both ways), and
+    /// [`Error::ConnectionClosed`] with the close frames when it ended any other way.
+    /// Messages that arrived before the close are returned first. A second `recv` while one
+    /// is waiting fails with [`Error::ConcurrentRecv`]. Cancel-safe: a `recv` dropped
+    /// before it completes loses no message.
+    ///
+    /// While `max_queue` messages wait, the loop stops reading from the connection (the
+    /// peer's sends back up); it reads again once `recv` takes them down to a quarter.
+    pub async fn recv(&self) -> Result<Option<Message>> {
+        {
+            let mut st = self.link.lock();
+            if std::mem::replace(&mut st.recv_busy, true) {
+                return Err(Error::ConcurrentRecv);
+            }
+        }
+        let _busy = RecvGuard(&self.link);
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>>> {
+        let mut st = self.link.lock();
+        if let Some(message) = st.inbox.pop_front() {
+            if st.inbox.is_empty() {
+                // An idle connection keeps no inbox (one allocation per batch received).
+                st.inbox = VecDeque::new();
+            }
+            if st.held && st.inbox.len() <= self.link.max_queue as usize / 4 {
+                self.link.flush_later(st);
+            }
+            return Poll::Ready(Ok(Some(message)));
+        }
+        if st.state == State::Closed {
+            let closed = closed_so_far(&st);
+            return Poll::Ready(if closed.is_ok() {
+                Ok(None)
+            } else {
+                Err(Error::ConnectionClosed(closed))
+            });
+        }
+        if !st
+            .recv_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            st.recv_waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Sends a message: queues it for the connection's loop, first waiting while more than
+    /// `write_limit` bytes wait to be written. Fails with [`Error::ConnectionClosed`] once
+    /// the connection is closing or closed. Cancel-safe: a `send` dropped before it
+    /// completes has not queued its message.
+    pub fn send(&self, message: impl Into<Message>) -> impl Future<Output = Result<()>> + '_ {
+        // A `poll_fn` over the message: the future is the handle and the message (48 B),
+        // which keeps a handler's future small (an idle connection keeps it).
+        let mut message = Some(message.into());
+        poll_fn(move |cx| {
+            let mut st = self.link.lock();
+            if st.state != State::Open || st.closing {
+                let closed = closed_so_far(&st);
+                return Poll::Ready(Err(Error::ConnectionClosed(closed)));
+            }
+            if st.buffered > self.link.write_limit as usize {
+                add_waiter(&mut st, cx.waker());
+                return Poll::Pending;
+            }
+            let message = message.take().expect("polled after completion");
+            st.buffered += message.len();
+            st.outbox.push(Out::Message(message));
+            self.link.flush_later(st);
+            Poll::Ready(Ok(()))
+        })
+    }
+
+    /// Starts the closing handshake with `code` and `reason` (at most 123 bytes) and waits
+    /// until the connection is closed (bounded by `close_timeout`). Messages that arrive
+    /// meanwhile can still be received.
+    pub async fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
+        {
+            let mut st = self.link.lock();
+            if st.state == State::Open && !st.closing {
+                st.closing = true;
+                st.outbox.push(Out::Close(code, reason.to_owned()));
+                self.link.flush_later(st);
+            }
+        }
+        self.wait_closed().await;
+        Ok(())
+    }
+
+    /// Waits until the connection is closed.
+    pub async fn wait_closed(&self) {
+        poll_fn(|cx| {
+            let mut st = self.link.lock();
+            if st.state == State::Closed {
+                return Poll::Ready(());
+            }
+            add_waiter(&mut st, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// How the connection ended, or what is known of it while it ends.
+fn closed_so_far(st: &LinkState) -> Closed {
+    st.closed.as_deref().cloned().unwrap_or(Closed {
+        received: None,
+        sent: None,
+    })
+}
+
+/// The waiters, taken out (their box freed when no ping waits either).
+fn take_waiters(st: &mut LinkState) -> Vec<Waker> {
+    let Some(waiting) = st.waiting.as_deref_mut() else {
+        return Vec::new();
+    };
+    let wakers = std::mem::take(&mut waiting.wakers);
+    if waiting.pings.is_empty() {
+        st.waiting = None;
+    }
+    wakers
+}
+
+/// Adds `waker` to the waiters.
+fn add_waiter(st: &mut LinkState, waker: &Waker) {
+    let wakers = &mut st.waiting.get_or_insert_with(Box::default).wakers;
+    if !wakers.iter().any(|w| w.will_wake(waker)) {
+        wakers.push(waker.clone());
+    }
+}
+
+/// What an idle async connection keeps besides its slot: the link and the handler's future.
+/// Guards against growth (docs/benchmarks.md, "Memory per idle connection"); 64-bit only.
+#[cfg(all(test, target_pointer_width = "64"))]
+mod idle_size {
+    use super::{Connection, Link};
+
+    async fn echo(ws: Connection) -> crate::Result<()> {
+        while let Some(message) = ws.recv().await? {
+            ws.send(message).await?;
+        }
+        Ok(())
+    }
+
+    async fn recv_only(ws: Connection) {
+        let _ = ws.recv().await;
+    }
+
+    async fn send_only(ws: Connection) {
+        let _ = ws.send("x").await;
+    }
+
+    fn future_size<F: std::future::Future>(_: &dyn Fn(Connection) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn the_link_and_an_echo_handlers_future_stay_small() {
+        let link = std::mem::size_of::<Link>();
+        let recv = future_size(&recv_only);
+        let send = future_size(&send_only);
+        let handler = future_size(&echo);
+        assert!(link <= 248, "Link: {link} B");
+        assert!(recv <= 64, "recv: {recv} B");
+        assert!(send <= 80, "send: {send} B");
+        assert!(handler <= 184, "echo handler future: {handler} B");
+    }
+}

@@ -1,0 +1,564 @@
+//! Async handlers on the event loops (`sockeye::reactor::ServerBuilder::serve_async`) over
+//! real loopback sockets, with sockeye's tokio client as the peer: echo (text, binary,
+//! large, pipelined, compressed or not), the handler's end (1000 when it returns, 1011 when
+//! it fails or panics, and the loop goes on), tokio inside handlers (timers, `select!`,
+//! channels), sends from other tasks and threads, the request and remote address, `recv`
+//! after the peer's close (`Ok(None)`, then the same) and after an abnormal end (the
+//! error), a second concurrent `recv`, `max_queue` (reading stops while the inbox is full,
+//! and nothing is lost), `write_limit` (a producer waits for a peer that does not read, and
+//! nothing is lost), the handler's own close, and graceful shutdown (1001).
+//!
+//! Timeouts are failure guards only.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sockeye::reactor::{self, Server, ServerBuilder};
+use sockeye::{ClientBuilder, CloseCode, Error, Message};
+use tokio::time::timeout;
+
+/// Failure guard for anything that should happen promptly.
+const GUARD: Duration = Duration::from_secs(10);
+const KIB: usize = 1024;
+
+fn uri_of(server: &Server) -> String {
+    format!("ws://{}/", server.local_addr())
+}
+
+/// Shuts the server down from a blocking thread (it waits for the loops).
+async fn shutdown(server: Server) {
+    timeout(
+        GUARD,
+        tokio::task::spawn_blocking(move || server.shutdown()),
+    )
+    .await
+    .expect("shutdown in time")
+    .unwrap();
+}
+
+async fn recv(ws: &sockeye::Connection) -> sockeye::Result<Option<Message>> {
+    timeout(GUARD, ws.recv()).await.expect("recv in time")
+}
+
+/// Closes the client's connection normally, then shuts the server down.
+async fn finish(ws: &sockeye::Connection, server: Server) {
+    timeout(GUARD, ws.close(CloseCode::NORMAL, ""))
+        .await
+        .expect("close in time")
+        .unwrap();
+    shutdown(server).await;
+}
+
+/// Waits until `count` stops moving (for 200 ms); returns where it stopped.
+async fn until_stalled(count: &AtomicUsize) -> usize {
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = count.load(Ordering::SeqCst);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+fn echo_server(builder: ServerBuilder) -> Server {
+    builder
+        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+            while let Some(message) = ws.recv().await? {
+                ws.send(message).await?;
+            }
+            Ok(())
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoes_text_binary_large_and_pipelined_messages_with_and_without_compression() {
+    for compression in [true, false] {
+        let server = echo_server(Server::builder().threads(2).max_size(4 << 20));
+        let ws = ClientBuilder::default()
+            .compression(compression)
+            .max_size(4 << 20)
+            .connect(&uri_of(&server))
+            .await
+            .unwrap();
+        ws.send("hello").await.unwrap();
+        assert_eq!(recv(&ws).await.unwrap(), Some(Message::from("hello")));
+        ws.send(vec![0u8, 1, 2, 255]).await.unwrap();
+        assert_eq!(
+            recv(&ws).await.unwrap(),
+            Some(Message::from(vec![0u8, 1, 2, 255]))
+        );
+        ws.send("").await.unwrap();
+        assert_eq!(recv(&ws).await.unwrap(), Some(Message::from("")));
+        // Large: more than write_limit (32 KiB) and the loop's read buffer.
+        let large: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        ws.send(large.clone()).await.unwrap();
+        assert_eq!(recv(&ws).await.unwrap(), Some(Message::from(large)));
+        // Pipelined: many in flight, answered in order.
+        let sender = ws.clone();
+        let sending = tokio::spawn(async move {
+            for i in 0..2000 {
+                sender.send(format!("message {i}")).await.unwrap();
+            }
+        });
+        for i in 0..2000 {
+            let got = recv(&ws).await.unwrap().unwrap();
+            assert_eq!(got.as_text(), Some(format!("message {i}").as_str()));
+        }
+        sending.await.unwrap();
+        timeout(GUARD, ws.close(CloseCode::NORMAL, "bye"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ws.close_code(), CloseCode::NORMAL);
+        shutdown(server).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handlers_end_closes_with_1000_and_its_failure_or_panic_with_1011() {
+    let server = Server::builder()
+        .threads(1)
+        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+            let path = ws.request().uri().path().to_owned();
+            match path.as_str() {
+                "/return" => Ok(()),
+                "/fail" => Err("the handler gave up".into()),
+                "/panic" => panic!("the handler panicked"),
+                _ => {
+                    ws.send(format!("served {path}")).await?;
+                    ws.wait_closed().await;
+                    Ok(())
+                }
+            }
+        })
+        .unwrap();
+    let base = format!("ws://{}", server.local_addr());
+    for (path, code) in [
+        ("/return", CloseCode::NORMAL),
+        ("/fail", CloseCode::INTERNAL_ERROR),
+        ("/panic", CloseCode::INTERNAL_ERROR),
+    ] {
+        let ws = sockeye::connect(&format!("{base}{path}")).await.unwrap();
+        let end = recv(&ws).await;
+        match code {
+            CloseCode::NORMAL => assert!(matches!(end, Ok(None)), "{path}: {end:?}"),
+            _ => match end {
+                Err(Error::ConnectionClosed(closed)) => {
+                    assert_eq!(closed.code(), code, "{path}")
+                }
+                other => panic!("{path}: {other:?}"),
+            },
+        }
+    }
+    // The loop (one thread) goes on after a panic.
+    let ws = sockeye::connect(&format!("{base}/still")).await.unwrap();
+    assert_eq!(
+        recv(&ws).await.unwrap(),
+        Some(Message::from("served /still"))
+    );
+    finish(&ws, server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_use_tokio_timers_select_and_channels_inside_the_loop() {
+    // A producer that never calls recv (the seeds' clock), and a consumer racing recv
+    // against a tokio timer with select!.
+    let server = Server::builder()
+        .threads(1)
+        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+            if ws.request().uri().path() == "/clock" {
+                for tick in 0..3 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    ws.send(format!("tick {tick}")).await?;
+                }
+                return Ok(());
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+            tokio::spawn(async move {
+                let _ = tx.send("from a spawned task".to_owned()).await;
+            });
+            let spawned = rx.recv().await.unwrap_or_default();
+            ws.send(spawned).await?;
+            loop {
+                tokio::select! {
+                    message = ws.recv() => match message? {
+                        Some(m) => ws.send(m).await?,
+                        None => return Ok(()),
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                        ws.send("idle").await?;
+                    }
+                }
+            }
+        })
+        .unwrap();
+    let base = format!("ws://{}", server.local_addr());
+    let clock = sockeye::connect(&format!("{base}/clock")).await.unwrap();
+    for tick in 0..3 {
+        assert_eq!(
+            recv(&clock).await.unwrap(),
+            Some(Message::from(format!("tick {tick}")))
+        );
+    }
+    assert!(matches!(recv(&clock).await, Ok(None)));
+
+    let ws = sockeye::connect(&format!("{base}/select")).await.unwrap();
+    assert_eq!(
+        recv(&ws).await.unwrap(),
+        Some(Message::from("from a spawned task"))
+    );
+    // Nothing sent: the timer branch answers.
+    assert_eq!(recv(&ws).await.unwrap(), Some(Message::from("idle")));
+    ws.send("ping me back").await.unwrap();
+    let mut got = recv(&ws).await.unwrap().unwrap();
+    while got == Message::from("idle") {
+        got = recv(&ws).await.unwrap().unwrap();
+    }
+    assert_eq!(got, Message::from("ping me back"));
+    finish(&ws, server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_reached_from_other_tasks_and_threads_in_order() {
+    // Registration and broadcast (the seeds' pattern): handlers register their connection,
+    // a tokio task and a plain thread send to all of them.
+    let registry: Arc<Mutex<Vec<reactor::Connection>>> = Arc::default();
+    let joined = registry.clone();
+    let server = Server::builder()
+        .threads(2)
+        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+            let joined = joined.clone();
+            async move {
+                joined.lock().unwrap().push(ws.clone());
+                ws.send(format!("welcome {}", ws.id())).await?;
+                while ws.recv().await?.is_some() {}
+                Ok(())
+            }
+        })
+        .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+        let welcome = recv(&ws).await.unwrap().unwrap();
+        assert!(welcome.as_text().unwrap().starts_with("welcome "));
+        clients.push(ws);
+    }
+    let all = registry.lock().unwrap().clone();
+    assert_eq!(all.len(), 4);
+    for conn in &all {
+        assert!(conn.remote_addr().unwrap().ip().is_loopback());
+        assert_eq!(conn.state(), sockeye::State::Open);
+    }
+    let from_task = all.clone();
+    tokio::spawn(async move {
+        for i in 0..100 {
+            for conn in &from_task {
+                conn.send(format!("task {i}")).await.unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let from_thread = all.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for conn in &from_thread {
+                conn.send("thread").await.unwrap();
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    for ws in &clients {
+        for i in 0..100 {
+            assert_eq!(
+                recv(ws).await.unwrap(),
+                Some(Message::from(format!("task {i}")))
+            );
+        }
+        assert_eq!(recv(ws).await.unwrap(), Some(Message::from("thread")));
+    }
+    for ws in &clients {
+        ws.close(CloseCode::NORMAL, "").await.unwrap();
+    }
+    for conn in &all {
+        timeout(GUARD, conn.wait_closed()).await.unwrap();
+        assert!(conn.closed().unwrap().is_ok());
+        assert!(matches!(
+            conn.send("late").await,
+            Err(Error::ConnectionClosed(_))
+        ));
+    }
+    shutdown(server).await;
+}
+
+/// How a `recv` ended, for a test to compare.
+fn describe(got: &sockeye::Result<Option<Message>>) -> String {
+    match got {
+        Ok(Some(m)) => format!("message {}", m.as_text().unwrap_or("(binary)")),
+        Ok(None) => "end".to_owned(),
+        Err(Error::ConnectionClosed(closed)) => format!("closed {}", u16::from(closed.code())),
+        Err(e) => format!("error {e}"),
+    }
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    timeout(GUARD, rx.recv()).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_reports_the_end_and_a_second_recv_at_once_is_an_error() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = Server::builder()
+        .threads(1)
+        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+            let tx = tx.clone();
+            async move {
+                let first = {
+                    let waiting = ws.recv();
+                    tokio::pin!(waiting);
+                    // Starts the first recv, then tries a second one meanwhile.
+                    assert!(futures_util::FutureExt::now_or_never(waiting.as_mut()).is_none());
+                    let second = ws.recv().await;
+                    let _ = tx.send(format!("second: {}", describe(&second)));
+                    waiting.await
+                };
+                let _ = tx.send(format!("first: {}", describe(&first)));
+                let after = ws.recv().await;
+                let _ = tx.send(format!("then: {}", describe(&after)));
+                let again = ws.recv().await;
+                let _ = tx.send(format!("again: {}", describe(&again)));
+                Ok(())
+            }
+        })
+        .unwrap();
+    let concurrent = format!("second: error {}", Error::ConcurrentRecv);
+
+    // A normal close (1001 from the client): Ok(None), and the same again.
+    let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+    assert_eq!(next(&mut rx).await, concurrent);
+    ws.send("one").await.unwrap();
+    assert_eq!(next(&mut rx).await, "first: message one");
+    ws.close(CloseCode::GOING_AWAY, "").await.unwrap();
+    assert_eq!(next(&mut rx).await, "then: end");
+    assert_eq!(next(&mut rx).await, "again: end");
+
+    // A peer that vanishes without a close frame: the error, with 1006, every time.
+    let mut raw = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    use std::io::Write;
+    raw.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(next(&mut rx).await, concurrent);
+    raw.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(raw);
+    assert_eq!(next(&mut rx).await, "first: closed 1006");
+    assert_eq!(next(&mut rx).await, "then: closed 1006");
+    assert_eq!(next(&mut rx).await, "again: closed 1006");
+    shutdown(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_stops_while_max_queue_messages_wait_and_nothing_is_lost() {
+    // The handler does not recv until told; the client sends far more than socket buffers
+    // hold. With reading stopped, the client's sends back up; then every message arrives,
+    // in order.
+    const COUNT: usize = 256;
+    const SIZE: usize = 64 * KIB;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let release = gate.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = Server::builder()
+        .threads(1)
+        .max_queue(4)
+        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+            let (gate, tx) = (gate.clone(), tx.clone());
+            async move {
+                gate.notified().await;
+                let mut seen = 0;
+                while let Some(message) = ws.recv().await? {
+                    assert_eq!(message.as_bytes()[0], (seen % 256) as u8);
+                    assert_eq!(message.len(), SIZE);
+                    seen += 1;
+                    if seen == COUNT {
+                        break;
+                    }
+                }
+                let _ = tx.send(seen);
+                Ok(())
+            }
+        })
+        .unwrap();
+    let ws = ClientBuilder::default()
+        .compression(false)
+        .connect(&uri_of(&server))
+        .await
+        .unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sender = ws.clone();
+    let counter = sent.clone();
+    let sending = tokio::spawn(async move {
+        for i in 0..COUNT {
+            sender.send(vec![(i % 256) as u8; SIZE]).await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let last = until_stalled(&sent).await;
+    assert!(
+        last < COUNT,
+        "all {COUNT} sends of {SIZE} bytes went through while the server read nothing"
+    );
+    release.notify_one();
+    assert_eq!(timeout(GUARD, rx.recv()).await.unwrap(), Some(COUNT));
+    timeout(GUARD, sending).await.unwrap().unwrap();
+    assert!(matches!(recv(&ws).await, Ok(None)));
+    shutdown(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_waits_over_write_limit_for_a_peer_that_does_not_read() {
+    const COUNT: usize = 512;
+    const SIZE: usize = 64 * KIB;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (counter, buffered) = (sent.clone(), most.clone());
+    let server = Server::builder()
+        .threads(1)
+        .write_limit(64 * KIB)
+        .compression(false)
+        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+            let (counter, buffered) = (counter.clone(), buffered.clone());
+            async move {
+                for i in 0..COUNT {
+                    ws.send(vec![(i % 256) as u8; SIZE]).await?;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    buffered.fetch_max(ws.buffered_amount(), Ordering::SeqCst);
+                }
+                ws.wait_closed().await;
+                Ok(())
+            }
+        })
+        .unwrap();
+    let ws = ClientBuilder::default()
+        .max_queue(1)
+        .connect(&uri_of(&server))
+        .await
+        .unwrap();
+    let last = until_stalled(&sent).await;
+    assert!(
+        last < COUNT,
+        "the producer ran {COUNT} sends ahead of a peer that does not read"
+    );
+    // Never more than the limit and one message waiting in the server.
+    assert!(most.load(Ordering::SeqCst) <= 64 * KIB + SIZE);
+    for i in 0..COUNT {
+        let got = recv(&ws).await.unwrap().unwrap();
+        assert_eq!(got.len(), SIZE);
+        assert_eq!(got.as_bytes()[0], (i % 256) as u8, "message {i}");
+    }
+    finish(&ws, server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handlers_close_and_shutdown_reach_the_client() {
+    let server = Server::builder()
+        .threads(1)
+        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+            match ws.request().uri().path() {
+                "/close" => {
+                    ws.close(CloseCode::POLICY_VIOLATION, "not today").await?;
+                    assert!(ws.closed().is_some());
+                    Ok(())
+                }
+                _ => {
+                    while let Some(m) = ws.recv().await? {
+                        ws.send(m).await?;
+                    }
+                    Ok(())
+                }
+            }
+        })
+        .unwrap();
+    let base = format!("ws://{}", server.local_addr());
+    let ws = sockeye::connect(&format!("{base}/close")).await.unwrap();
+    match recv(&ws).await {
+        Err(Error::ConnectionClosed(closed)) => {
+            assert_eq!(closed.code(), CloseCode::POLICY_VIOLATION);
+            assert_eq!(closed.reason(), "not today");
+        }
+        other => panic!("{other:?}"),
+    }
+    let ws = sockeye::connect(&format!("{base}/stay")).await.unwrap();
+    ws.send("before").await.unwrap();
+    assert_eq!(recv(&ws).await.unwrap(), Some(Message::from("before")));
+    let stopping = tokio::spawn(shutdown(server));
+    // 1001 both ways is a normal close.
+    assert!(matches!(recv(&ws).await, Ok(None)));
+    assert_eq!(ws.close_code(), CloseCode::GOING_AWAY);
+    timeout(GUARD, stopping).await.unwrap().unwrap();
+}
+
+#[test]
+fn a_connection_is_send_sync_and_cheap_to_clone() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send_sync::<reactor::Connection>();
+    assert_eq!(std::mem::size_of::<reactor::Connection>(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_latency_subprotocol_username_and_the_request_are_the_connections() {
+    let server = Server::builder()
+        .threads(1)
+        .subprotocols(["chat.v2", "chat.v1"])
+        .basic_auth(sockeye::auth::basic("test", [("ada", "secret")]))
+        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+            assert_eq!(ws.latency(), None);
+            let rtt = ws.ping().await?;
+            // Two at once: both answered.
+            let (a, b) = tokio::join!(ws.ping(), ws.ping());
+            let (a, b) = (a?, b?);
+            let request = ws.request();
+            let report = format!(
+                "path {} cookie {} user {} subprotocol {} latency {} pings {}",
+                request.uri().path(),
+                request.headers()["cookie"].to_str().unwrap_or("?"),
+                ws.username().unwrap_or("-"),
+                ws.subprotocol().unwrap_or("-"),
+                ws.latency().is_some(),
+                rtt < GUARD && a < GUARD && b < GUARD,
+            );
+            ws.send(report).await?;
+            ws.wait_closed().await;
+            // Once closed, a ping fails at once.
+            match ws.ping().await {
+                Err(Error::ConnectionClosed(_)) => Ok(()),
+                other => Err(format!("ping after the close: {other:?}").into()),
+            }
+        })
+        .unwrap();
+    let ws = ClientBuilder::default()
+        .subprotocols(["chat.v1"])
+        .header("cookie", "theme=dark")
+        .unwrap()
+        .header("authorization", "Basic YWRhOnNlY3JldA==")
+        .unwrap()
+        .connect(&format!("ws://{}/room/7", server.local_addr()))
+        .await
+        .unwrap();
+    assert_eq!(ws.subprotocol(), Some("chat.v1"));
+    assert_eq!(
+        recv(&ws).await.unwrap().unwrap().as_text(),
+        Some("path /room/7 cookie theme=dark user ada subprotocol chat.v1 latency true pings true")
+    );
+    finish(&ws, server).await;
+}
