@@ -192,6 +192,11 @@ impl Config {
         self.open_timeout
     }
 
+    /// The configured close timeout.
+    pub fn close_timeout_value(&self) -> Duration {
+        self.close_timeout
+    }
+
     /// How long the opening handshake may take, or `None` for no limit. Default 10 s.
     pub fn open_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
         self.open_timeout = timeout;

@@ -19,6 +19,10 @@ use sockeye::{ClientBuilder, CloseCode, Error, Message};
 use tokio::time::timeout;
 
 /// Failure guard for anything that should happen promptly.
+#[path = "support/raw_peer.rs"]
+mod raw_peer;
+use raw_peer::raw_handshake;
+
 const GUARD: Duration = Duration::from_secs(10);
 const KIB: usize = 1024;
 
@@ -352,13 +356,7 @@ async fn recv_reports_the_end_and_a_second_recv_at_once_is_an_error() {
     assert_eq!(next(&mut rx).await, "again: end");
 
     // A peer that vanishes without a close frame: the error, with 1006, every time.
-    let mut raw = std::net::TcpStream::connect(server.local_addr()).unwrap();
-    use std::io::Write;
-    raw.write_all(
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
+    let (raw, _) = raw_handshake(server.local_addr());
     assert_eq!(next(&mut rx).await, concurrent);
     raw.shutdown(std::net::Shutdown::Both).unwrap();
     drop(raw);

@@ -134,6 +134,8 @@ struct Conn<H> {
     flags: u8,
     /// Not reading: `max_queue` messages wait for an async handler's `recv`.
     held: bool,
+    /// `on_closing` was called.
+    told_closing: bool,
 }
 
 impl<H> Conn<H> {
@@ -163,6 +165,9 @@ pub(super) struct Loop<F, H> {
     accept_again: Option<Instant>,
     /// Work taken from the thread-local queue (kept for its allocation).
     work: Vec<Work>,
+    /// Shutting down, once the last connection has closed: when to drop the async handlers
+    /// still running.
+    tasks_deadline: Option<Instant>,
 }
 
 impl<F, H> Loop<F, H>
@@ -218,6 +223,7 @@ where
             closing: false,
             accept_again: None,
             work: Vec::new(),
+            tasks_deadline: None,
         }
         .serve();
     }
@@ -228,7 +234,7 @@ where
             if !self.closing && self.shared.control.closing.load(Ordering::Acquire) {
                 self.start_closing();
             }
-            if self.closing && self.conns.is_empty() && self.local.tasks.is_empty() {
+            if self.closing && self.conns.is_empty() && self.tasks_done() {
                 return;
             }
             let idle = self.ready.is_empty()
@@ -237,10 +243,10 @@ where
                 && !tasks::has_work();
             let timeout = if idle {
                 let next = self.timers.peek().map(|Reverse((t, _, _))| *t);
-                let next = match (next, self.accept_again) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let next = [next, self.accept_again, self.tasks_deadline]
+                    .into_iter()
+                    .flatten()
+                    .min();
                 next.map(|t| t.saturating_duration_since(Instant::now()))
             } else {
                 Some(Duration::ZERO)
@@ -325,6 +331,27 @@ where
         }
     }
 
+    /// Shutting down with no connection left: whether the async handlers are done. One
+    /// still running `close_timeout` after the last connection closed (waiting for
+    /// something that never comes) is dropped then, so that shutdown always ends.
+    fn tasks_done(&mut self) -> bool {
+        if self.local.tasks.is_empty() {
+            return true;
+        }
+        let now = Instant::now();
+        let bound = self.shared.config.close_timeout_value();
+        let deadline = *self.tasks_deadline.get_or_insert(now + bound);
+        if now < deadline {
+            return false;
+        }
+        tracing::warn!(target: "sockeye::server", "{} connection handlers still running {bound:?} after their connections closed: dropped", self.local.tasks.len());
+        for k in self.local.tasks.keys() {
+            let task = self.local.tasks.remove(k);
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(task)));
+        }
+        true
+    }
+
     /// Polls the async handlers that were woken and moves what their connections' handles
     /// queued into the connections, writing each once. Up to `WORK_ROUNDS` rounds (a
     /// future that wakes itself at once would hold the loop); the rest waits for the next
@@ -405,10 +432,7 @@ where
         self.service(k);
         if let Some(conn) = self.conns.get_mut(k) {
             if conn.id == link.id && conn.handler.is_some() {
-                let proto = &conn.proto;
-                link.written(proto.pending_output_len(), proto.state(), || {
-                    closed_of(proto)
-                });
+                link.written(conn.proto.pending_output_len());
             }
         }
     }
@@ -497,6 +521,7 @@ where
                 generation,
                 flags: 0,
                 held: false,
+                told_closing: false,
             });
             let conn = self.conns.get_mut(k).expect("just inserted");
             // Edge-triggered, both ways, once for the connection's life: no system call to
@@ -608,6 +633,10 @@ where
         };
         if conn.has(LINGER) {
             return;
+        }
+        if !conn.told_closing && conn.handler.is_some() && conn.proto.state() != State::Open {
+            conn.told_closing = true;
+            call(conn, k, &mut self.local, |h, ws| h.on_closing(ws));
         }
         let shared = &*self.shared;
         let mut drains = 0;

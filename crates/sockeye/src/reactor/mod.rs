@@ -132,6 +132,14 @@ pub trait Handler: 'static {
         let _ = (ws, payload);
     }
 
+    /// The closing handshake started: the peer's close frame arrived, or this side closed
+    /// (`Socket::close`, a failure, a shutdown). Nothing can be sent from now on;
+    /// [`on_close`](Self::on_close) follows when it is over. Not called for a connection
+    /// that ends without a closing handshake (the peer vanished).
+    fn on_closing(&mut self, ws: &mut Socket<'_>) {
+        let _ = ws;
+    }
+
     /// The connection is over (closing handshake done or timed out, peer gone, or failed):
     /// how it ended. Called once, for connections that opened.
     fn on_close(&mut self, closed: &Closed) {

@@ -88,19 +88,17 @@ pub(super) fn has_work() -> bool {
 /// loop's thread, through its mailbox otherwise.
 fn schedule(mailbox: &Arc<Mailbox>, work: Work) {
     let here = Arc::as_ptr(mailbox) as usize;
-    let work = CURRENT
-        .try_with(|c| match c.borrow_mut().as_mut() {
-            Some((at, queued)) if *at == here => {
-                queued.push(work);
-                None
+    let mut work = Some(work);
+    // When the thread's locals are being torn down (a send from a thread-local
+    // destructor), `try_with` fails and the work goes through the mailbox: right whatever
+    // thread this is (a loop that has ended drops it).
+    let _ = CURRENT.try_with(|c| {
+        if let Some((at, queued)) = c.borrow_mut().as_mut() {
+            if *at == here {
+                queued.extend(work.take());
             }
-            _ => Some(work),
-        })
-        .unwrap_or_else(|e| {
-            // The thread is going away; nothing of it can be queued locally.
-            let _ = e;
-            None
-        });
+        }
+    });
     if let Some(work) = work {
         mailbox.push(Command::Work(work));
     }
@@ -159,13 +157,44 @@ struct LinkState {
     latency_us: u32,
 }
 
-/// Who waits on a connection, boxed: most connections never have anyone.
+/// Who waits on a connection, boxed: most connections never have anyone. Each kind is
+/// woken only by what it waits for (a waiter woken by every write would be polled in a
+/// loop: a handler in `wait_closed` spun its loop in the first version).
 #[derive(Default)]
 struct Waiting {
-    /// Senders waiting for `buffered` to go under `write_limit`, `wait_closed`s and pings.
-    wakers: Vec<Waker>,
+    /// Senders waiting for `buffered` to go under `write_limit` (or the close).
+    senders: Vec<Waker>,
+    /// `wait_closed`s and `close`s (woken at the end).
+    closers: Vec<Waker>,
+    /// `ping`s (woken by pongs and at the end).
+    pingers: Vec<Waker>,
     /// `Connection::ping`s waiting for their pong: token, and the round trip once it came.
     pings: Vec<(u64, Option<Duration>)>,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+            && self.closers.is_empty()
+            && self.pingers.is_empty()
+            && self.pings.is_empty()
+    }
+
+    fn list(&mut self, which: Waiters) -> &mut Vec<Waker> {
+        match which {
+            Waiters::Senders => &mut self.senders,
+            Waiters::Closers => &mut self.closers,
+            Waiters::Pingers => &mut self.pingers,
+        }
+    }
+}
+
+/// Which waiters to wake.
+#[derive(Clone, Copy)]
+enum Waiters {
+    Senders,
+    Closers,
+    Pingers,
 }
 
 /// Ping payloads of async connections: unique in the process, so a late pong never answers
@@ -192,7 +221,9 @@ impl Link {
         let mut st = self.lock();
         st.flush_queued = false;
         let outbox = std::mem::take(&mut st.outbox);
-        if st.held && st.inbox.len() <= self.max_queue as usize / 4 {
+        // Reading resumes once the inbox has room, and for good once a close is queued
+        // (the peer's close frame must be read; nobody may `recv` any more).
+        if st.held && (st.inbox.len() <= self.max_queue as usize / 4 || st.closing) {
             st.held = false;
             ws.local.resume = true;
         }
@@ -212,25 +243,34 @@ impl Link {
     }
 
     /// The loop wrote what it could: `buffered` is what the core still holds. Wakes the
-    /// senders when it is under `write_limit`, and every waiter once the connection closes.
-    pub(super) fn written(&self, buffered: usize, state: State, closed: impl FnOnce() -> Closed) {
+    /// senders when it is under `write_limit`.
+    pub(super) fn written(&self, buffered: usize) {
         let mut st = self.lock();
         let queued: usize = st.outbox.iter().map(out_len).sum();
         st.buffered = buffered + queued;
-        if state != State::Open && st.closed.is_none() {
-            st.closed = Some(Box::new(closed()));
-        }
-        if st.state != State::Closed {
-            st.state = state;
-        }
-        let wake = st.buffered <= self.write_limit as usize || st.state == State::Closed;
-        let waiters = if wake {
-            take_waiters(&mut st)
+        let waiters = if st.buffered <= self.write_limit as usize {
+            take_waiters(&mut st, Waiters::Senders)
         } else {
             Vec::new()
         };
         drop(st);
-        waiters.into_iter().for_each(Waker::wake);
+        wake_all(waiters);
+    }
+
+    /// The closing handshake started (either side, or a shutdown): sends fail from now on,
+    /// and reading is never held again. `closed` is what is known of the end so far.
+    pub(super) fn closing(&self, closed: Closed) {
+        let mut st = self.lock();
+        if st.state == State::Closed {
+            return;
+        }
+        st.state = State::Closing;
+        st.closing = true;
+        st.closed = Some(Box::new(closed));
+        // Senders waiting for room fail now.
+        let waiters = take_waiters(&mut st, Waiters::Senders);
+        drop(st);
+        wake_all(waiters);
     }
 
     /// The connection is over: `recv` hands out what waits, then the end.
@@ -241,9 +281,11 @@ impl Link {
         st.buffered = 0;
         st.outbox.clear();
         let recv = st.recv_waker.take();
-        let waiters = take_waiters(&mut st);
+        let mut waiters = take_waiters(&mut st, Waiters::Senders);
+        waiters.extend(take_waiters(&mut st, Waiters::Closers));
+        waiters.extend(take_waiters(&mut st, Waiters::Pingers));
         drop(st);
-        recv.into_iter().chain(waiters).for_each(Waker::wake);
+        wake_all(recv.into_iter().chain(waiters));
     }
 
     /// A poll of the handler future starts: a wake from now on queues another.
@@ -350,24 +392,30 @@ impl Handler for AsyncConn {
             return;
         };
         let mut st = link.lock();
-        st.inbox.push_back(message);
-        if st.inbox.len() >= link.max_queue as usize && !st.held {
+        if !st.closing || st.inbox.len() < link.max_queue as usize {
+            st.inbox.push_back(message);
+        }
+        // Closing (the handler may be gone): reading goes on until the peer's close frame,
+        // and what comes meanwhile is kept up to `max_queue`, the rest dropped.
+        if !st.closing && st.inbox.len() >= link.max_queue as usize && !st.held {
             // Reading stops until `recv` takes the inbox down to a quarter.
             st.held = true;
             ws.local.hold = true;
         }
         let waker = st.recv_waker.take();
         drop(st);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_all(waker);
     }
 
     fn on_drain(&mut self, ws: &mut Socket<'_>) {
         if let AsyncConn::Open(link) = self {
-            link.written(ws.buffered_amount(), ws.state(), || {
-                super::closed_of(ws.proto)
-            });
+            link.written(ws.buffered_amount());
+        }
+    }
+
+    fn on_closing(&mut self, ws: &mut Socket<'_>) {
+        if let AsyncConn::Open(link) = self {
+            link.closing(super::closed_of(ws.proto));
         }
     }
 
@@ -383,16 +431,19 @@ impl Handler for AsyncConn {
         }
         let answered = <[u8; 8]>::try_from(payload).map(u64::from_be_bytes);
         if let (Some(waiting), Ok(answered)) = (st.waiting.as_deref_mut(), answered) {
-            // A pong answers its ping and every earlier one (the core's rule too).
-            for (token, got) in waiting.pings.iter_mut() {
-                if *token <= answered && got.is_none() {
-                    *got = Some(latency.unwrap_or_default());
+            // A pong that answers one of this connection's pings answers every earlier one
+            // too (the core's rule); any other pong answers none of them.
+            if waiting.pings.iter().any(|(token, _)| *token == answered) {
+                for (token, got) in waiting.pings.iter_mut() {
+                    if *token <= answered && got.is_none() {
+                        *got = Some(latency.unwrap_or_default());
+                    }
                 }
             }
         }
-        let waiters = take_waiters(&mut st);
+        let waiters = take_waiters(&mut st, Waiters::Pingers);
         drop(st);
-        waiters.into_iter().for_each(Waker::wake);
+        wake_all(waiters);
     }
 
     fn on_close(&mut self, closed: &Closed) {
@@ -431,7 +482,7 @@ impl Drop for PingGuard<'_> {
         let mut st = self.0.lock();
         if let Some(waiting) = st.waiting.as_deref_mut() {
             waiting.pings.retain(|(t, _)| *t != self.1);
-            if waiting.pings.is_empty() && waiting.wakers.is_empty() {
+            if waiting.is_empty() {
                 st.waiting = None;
             }
         }
@@ -531,7 +582,7 @@ impl Connection {
             if st.state == State::Closed {
                 return Poll::Ready(Err(Error::ConnectionClosed(closed_so_far(&st))));
             }
-            add_waiter(&mut st, cx.waker());
+            add_waiter(&mut st, Waiters::Pingers, cx.waker());
             Poll::Pending
         })
         .await
@@ -609,7 +660,7 @@ impl Connection {
                 return Poll::Ready(Err(Error::ConnectionClosed(closed)));
             }
             if st.buffered > self.link.write_limit as usize {
-                add_waiter(&mut st, cx.waker());
+                add_waiter(&mut st, Waiters::Senders, cx.waker());
                 return Poll::Pending;
             }
             let message = message.take().expect("polled after completion");
@@ -624,6 +675,9 @@ impl Connection {
     /// until the connection is closed (bounded by `close_timeout`). Messages that arrive
     /// meanwhile can still be received.
     pub async fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
+        if code != CloseCode::NO_STATUS && !code.is_valid_on_wire() {
+            return Err(crate::proto::Error::Misuse("this close code may not be sent").into());
+        }
         {
             let mut st = self.link.lock();
             if st.state == State::Open && !st.closing {
@@ -643,7 +697,7 @@ impl Connection {
             if st.state == State::Closed {
                 return Poll::Ready(());
             }
-            add_waiter(&mut st, cx.waker());
+            add_waiter(&mut st, Waiters::Closers, cx.waker());
             Poll::Pending
         })
         .await
@@ -658,21 +712,30 @@ fn closed_so_far(st: &LinkState) -> Closed {
     })
 }
 
-/// The waiters, taken out (their box freed when no ping waits either).
-fn take_waiters(st: &mut LinkState) -> Vec<Waker> {
+/// The waiters of one kind, taken out (the box freed once nobody waits).
+fn take_waiters(st: &mut LinkState, which: Waiters) -> Vec<Waker> {
     let Some(waiting) = st.waiting.as_deref_mut() else {
         return Vec::new();
     };
-    let wakers = std::mem::take(&mut waiting.wakers);
-    if waiting.pings.is_empty() {
+    let wakers = std::mem::take(waiting.list(which));
+    if waiting.is_empty() {
         st.waiting = None;
     }
     wakers
 }
 
-/// Adds `waker` to the waiters.
-fn add_waiter(st: &mut LinkState, waker: &Waker) {
-    let wakers = &mut st.waiting.get_or_insert_with(Box::default).wakers;
+/// Wakes `wakers`; one that panics (a foreign waker) does not stop the others or the loop.
+fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
+    for waker in wakers {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake())).is_err() {
+            tracing::error!(target: "sockeye::server", "a waker panicked");
+        }
+    }
+}
+
+/// Adds `waker` to the waiters of its kind.
+fn add_waiter(st: &mut LinkState, which: Waiters, waker: &Waker) {
+    let wakers = st.waiting.get_or_insert_with(Box::default).list(which);
     if !wakers.iter().any(|w| w.will_wake(waker)) {
         wakers.push(waker.clone());
     }
