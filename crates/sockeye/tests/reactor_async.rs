@@ -560,3 +560,58 @@ async fn ping_latency_subprotocol_username_and_the_request_are_the_connections()
     );
     finish(&ws, server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_a_stream_of_messages_and_a_sink() {
+    use futures_util::{SinkExt, StreamExt};
+    // python-websockets' `async for message in websocket`, and a sink fed by a stream.
+    let server = Server::builder()
+        .threads(1)
+        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+            let mut sink = ws.clone();
+            let mut messages = ws.clone();
+            let mut count = 0;
+            while let Some(message) = messages.next().await {
+                let text = message?.as_text().unwrap_or("?").to_uppercase();
+                count += 1;
+                SinkExt::send(&mut sink, Message::from(text)).await?;
+            }
+            // The stream ended with the client's normal close; it stays ended.
+            assert!(messages.next().await.is_none());
+            assert_eq!(count, 3);
+            Ok(())
+        })
+        .unwrap();
+    let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+    for word in ["one", "two", "three"] {
+        ws.send(word).await.unwrap();
+        assert_eq!(
+            recv(&ws).await.unwrap(),
+            Some(Message::from(word.to_uppercase()))
+        );
+    }
+    finish(&ws, server).await;
+
+    // The sink's close closes with 1000 and waits for the end.
+    let server = Server::builder()
+        .threads(1)
+        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+            let mut sink = ws.clone();
+            let mut words = futures_util::stream::iter(["a", "b"].map(|w| Ok(Message::from(w))));
+            sink.send_all(&mut words).await?;
+            SinkExt::close(&mut sink).await?;
+            assert!(ws.closed().is_some_and(|c| c.is_ok()));
+            // Closed: the sink refuses more.
+            assert!(SinkExt::send(&mut sink, Message::from("late"))
+                .await
+                .is_err());
+            Ok(())
+        })
+        .unwrap();
+    let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+    assert_eq!(recv(&ws).await.unwrap(), Some(Message::from("a")));
+    assert_eq!(recv(&ws).await.unwrap(), Some(Message::from("b")));
+    assert!(matches!(recv(&ws).await, Ok(None)));
+    assert_eq!(ws.close_code(), CloseCode::NORMAL);
+    shutdown(server).await;
+}

@@ -147,6 +147,8 @@ struct LinkState {
     /// A close was queued (by `close` or by the end of the handler).
     closing: bool,
     recv_busy: bool,
+    /// The `Stream` of messages has ended (after `None` or an error).
+    stream_done: bool,
     /// The loop stopped reading: `max_queue` messages wait.
     held: bool,
     state: State,
@@ -371,6 +373,7 @@ impl Handler for AsyncConn {
                 flush_queued: false,
                 closing: false,
                 recv_busy: false,
+                stream_done: false,
                 held: false,
                 state: State::Open,
                 closed: None,
@@ -655,20 +658,30 @@ impl Connection {
         let mut message = Some(message.into());
         poll_fn(move |cx| {
             let mut st = self.link.lock();
-            if st.state != State::Open || st.closing {
-                let closed = closed_so_far(&st);
-                return Poll::Ready(Err(Error::ConnectionClosed(closed)));
-            }
-            if st.buffered > self.link.write_limit as usize {
-                add_waiter(&mut st, Waiters::Senders, cx.waker());
-                return Poll::Pending;
-            }
-            let message = message.take().expect("polled after completion");
-            st.buffered += message.len();
-            st.outbox.push(Out::Message(message));
-            self.link.flush_later(st);
+            std::task::ready!(self.poll_room(&mut st, cx))?;
+            self.queue(st, message.take().expect("polled after completion"));
             Poll::Ready(Ok(()))
         })
+    }
+
+    /// Ready to take a message: open, not closing, and at most `write_limit` bytes waiting
+    /// (else the sender waits for the loop to write them).
+    fn poll_room(&self, st: &mut LinkState, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if st.state != State::Open || st.closing {
+            return Poll::Ready(Err(Error::ConnectionClosed(closed_so_far(st))));
+        }
+        if st.buffered > self.link.write_limit as usize {
+            add_waiter(st, Waiters::Senders, cx.waker());
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues `message` for the loop (`st` is the locked state, room checked).
+    fn queue(&self, mut st: MutexGuard<'_, LinkState>, message: Message) {
+        st.buffered += message.len();
+        st.outbox.push(Out::Message(message));
+        self.link.flush_later(st);
     }
 
     /// Starts the closing handshake with `code` and `reason` (at most 123 bytes) and waits
@@ -678,29 +691,94 @@ impl Connection {
         if code != CloseCode::NO_STATUS && !code.is_valid_on_wire() {
             return Err(crate::proto::Error::Misuse("this close code may not be sent").into());
         }
-        {
-            let mut st = self.link.lock();
-            if st.state == State::Open && !st.closing {
-                st.closing = true;
-                st.outbox.push(Out::Close(code, reason.to_owned()));
-                self.link.flush_later(st);
-            }
-        }
+        self.start_close(code, reason);
         self.wait_closed().await;
         Ok(())
     }
 
+    /// Queues a close unless one is under way.
+    fn start_close(&self, code: CloseCode, reason: &str) {
+        let mut st = self.link.lock();
+        if st.state == State::Open && !st.closing {
+            st.closing = true;
+            st.outbox.push(Out::Close(code, reason.to_owned()));
+            self.link.flush_later(st);
+        }
+    }
+
     /// Waits until the connection is closed.
     pub async fn wait_closed(&self) {
-        poll_fn(|cx| {
-            let mut st = self.link.lock();
-            if st.state == State::Closed {
-                return Poll::Ready(());
+        poll_fn(|cx| self.poll_closed(cx)).await
+    }
+
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.link.lock();
+        if st.state == State::Closed {
+            return Poll::Ready(());
+        }
+        add_waiter(&mut st, Waiters::Closers, cx.waker());
+        Poll::Pending
+    }
+}
+
+impl futures_core::Stream for Connection {
+    type Item = Result<Message>;
+
+    /// The messages received, as [`Connection::recv`] gives them (python-websockets'
+    /// `async for message in websocket`); the stream ends after a normal close, or after
+    /// yielding the error of any other end. While a `recv` waits, polling the stream gives
+    /// [`Error::ConcurrentRecv`].
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
+        {
+            let st = self.link.lock();
+            if st.stream_done {
+                return Poll::Ready(None);
             }
-            add_waiter(&mut st, Waiters::Closers, cx.waker());
-            Poll::Pending
-        })
-        .await
+            if st.recv_busy {
+                return Poll::Ready(Some(Err(Error::ConcurrentRecv)));
+            }
+        }
+        let got = std::task::ready!(self.poll_recv(cx));
+        let item = match got {
+            Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        self.link.lock().stream_done = true;
+        Poll::Ready(item)
+    }
+}
+
+impl futures_sink::Sink<Message> for Connection {
+    type Error = Error;
+
+    /// Ready once at most `write_limit` bytes wait (as [`Connection::send`] waits).
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut st = self.link.lock();
+        self.poll_room(&mut st, cx)
+    }
+
+    /// Queues the message for the connection's loop.
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<()> {
+        let st = self.link.lock();
+        if st.state != State::Open || st.closing {
+            return Err(Error::ConnectionClosed(closed_so_far(&st)));
+        }
+        self.queue(st, item);
+        Ok(())
+    }
+
+    /// Waits while more than `write_limit` bytes wait to be written.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut st = self.link.lock();
+        self.poll_room(&mut st, cx)
+    }
+
+    /// Closes the connection with 1000 (if nobody has started a close) and waits until it
+    /// is closed.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.start_close(CloseCode::NORMAL, "");
+        self.poll_closed(cx).map(Ok)
     }
 }
 
