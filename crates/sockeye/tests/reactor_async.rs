@@ -615,3 +615,80 @@ async fn a_connection_is_a_stream_of_messages_and_a_sink() {
     assert_eq!(ws.close_code(), CloseCode::NORMAL);
     shutdown(server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_skips_slow_and_closed_connections_and_never_waits() {
+    const SIZE: usize = 128 * KIB;
+    let registry: Arc<Mutex<Vec<reactor::Connection>>> = Arc::default();
+    let joined = registry.clone();
+    let server = Server::builder()
+        .threads(2)
+        .write_limit(16 * KIB)
+        .compression(false)
+        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+            let joined = joined.clone();
+            async move {
+                joined.lock().unwrap().push(ws.clone());
+                ws.wait_closed().await;
+                Ok(())
+            }
+        })
+        .unwrap();
+    // Two readers, one client that never reads, one that leaves.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(sockeye::connect(&uri_of(&server)).await.unwrap());
+        let count = clients.len();
+        timeout(GUARD, async {
+            while registry.lock().unwrap().len() < count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+    let all = registry.lock().unwrap().clone();
+    let (fast, slow, gone) = (&clients[..2], &clients[2], &clients[3]);
+    gone.close(CloseCode::NORMAL, "").await.unwrap();
+    timeout(GUARD, all[3].wait_closed()).await.unwrap();
+    let mut slow_skipped_at = None;
+    for round in 0..100usize {
+        let skipped = reactor::broadcast(&all, vec![(round % 256) as u8; SIZE]);
+        let ids: Vec<u64> = skipped.iter().map(|c| c.id()).collect();
+        assert!(ids.contains(&all[3].id()), "round {round}: the closed one");
+        assert!(!ids.contains(&all[0].id()) && !ids.contains(&all[1].id()));
+        if ids.contains(&all[2].id()) {
+            slow_skipped_at.get_or_insert(round);
+        }
+        for ws in fast {
+            let got = recv(ws).await.unwrap().unwrap();
+            assert_eq!((got.len(), got.as_bytes()[0]), (SIZE, (round % 256) as u8));
+        }
+        // The readers' links learn that their backlog is written when their loop handles
+        // the socket's next writable event, which may come after the client has read it.
+        timeout(GUARD, async {
+            while all[..2].iter().any(|c| c.buffered_amount() > 16 * KIB) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+    // 12.8 MB for a client that reads nothing: more than the socket buffers hold.
+    let at = slow_skipped_at.expect("the client that does not read was never skipped");
+    assert!(at > 0, "skipped before anything backed up");
+    for ws in fast {
+        ws.close(CloseCode::NORMAL, "").await.unwrap();
+    }
+    // What the slow client was sent arrives, in order: every round before it fell behind,
+    // then the rounds it had room for again; then the shutdown's 1001.
+    let stopping = tokio::spawn(shutdown(server));
+    let mut rounds = Vec::new();
+    while let Some(got) = recv(slow).await.unwrap() {
+        rounds.push(usize::from(got.as_bytes()[0]));
+    }
+    assert_eq!(rounds[..at], (0..at).collect::<Vec<_>>());
+    assert!(rounds.windows(2).all(|w| w[0] < w[1]), "{rounds:?}");
+    assert!(rounds.len() < 100, "nothing was skipped: {rounds:?}");
+    timeout(GUARD, stopping).await.unwrap().unwrap();
+}

@@ -84,7 +84,7 @@ mod slab;
 mod tasks;
 mod topics;
 
-pub use tasks::Connection;
+pub use tasks::{broadcast, Connection};
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -26,7 +26,7 @@ use http::Request;
 use super::{Command, Handler, Mailbox, Socket};
 use crate::error::{Closed, Error, Result};
 use crate::head::RequestHead;
-use crate::proto::{CloseCode, Message, State};
+use crate::proto::{CloseCode, Message, PreparedMessage, State};
 use crate::BoxError;
 
 /// A handler's future, as the loop keeps it.
@@ -107,6 +107,8 @@ fn schedule(mailbox: &Arc<Mailbox>, work: Work) {
 /// What is queued for the connection by its handles.
 pub(super) enum Out {
     Message(Message),
+    /// A message encoded once for many connections (`broadcast`).
+    Prepared(Arc<PreparedMessage>),
     /// A ping whose payload is this token (`Connection::ping`).
     Ping(u64),
     Close(CloseCode, String),
@@ -234,6 +236,7 @@ impl Link {
             // A send that finds the connection closing is dropped, as `send` would fail.
             let _ = match out {
                 Out::Message(m) => ws.send(m),
+                Out::Prepared(m) => ws.send_prepared(&m),
                 Out::Ping(token) => ws.ping(&token.to_be_bytes()),
                 Out::Close(code, reason) => ws.close(code, &reason),
                 Out::Fail(code) => {
@@ -331,6 +334,7 @@ fn narrow(n: usize) -> u32 {
 fn out_len(out: &Out) -> usize {
     match out {
         Out::Message(m) => m.len(),
+        Out::Prepared(m) => m.message().len(),
         Out::Ping(_) | Out::Close(..) | Out::Fail(_) => 0,
     }
 }
@@ -719,6 +723,39 @@ impl Connection {
         add_waiter(&mut st, Waiters::Closers, cx.waker());
         Poll::Pending
     }
+}
+
+/// Sends `message` to every connection in `connections` without waiting (python-websockets'
+/// `broadcast`, as [`crate::broadcast`] for the tokio server): encoded once (a
+/// [`PreparedMessage`]; connections that compress encode it themselves) and queued for
+/// each connection's loop. Connections that are not open, or have more than `write_limit`
+/// bytes waiting, are skipped; they are returned so the caller can act on them.
+///
+/// ```no_run
+/// # async fn f(all: Vec<sockeye::reactor::Connection>) {
+/// let slow = sockeye::reactor::broadcast(&all, "to everyone");
+/// for conn in slow {
+///     tracing::warn!("connection {} skipped: too slow", conn.id());
+/// }
+/// # }
+/// ```
+pub fn broadcast<'a, I>(connections: I, message: impl Into<Message>) -> Vec<Connection>
+where
+    I: IntoIterator<Item = &'a Connection>,
+{
+    let message = Arc::new(PreparedMessage::new(message));
+    let mut skipped = Vec::new();
+    for conn in connections {
+        let mut st = conn.link.lock();
+        if st.state != State::Open || st.closing || st.buffered > conn.link.write_limit as usize {
+            skipped.push(conn.clone());
+            continue;
+        }
+        st.buffered += message.message().len();
+        st.outbox.push(Out::Prepared(message.clone()));
+        conn.link.flush_later(st);
+    }
+    skipped
 }
 
 impl futures_core::Stream for Connection {
