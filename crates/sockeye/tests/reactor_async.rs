@@ -692,3 +692,69 @@ async fn broadcast_skips_slow_and_closed_connections_and_never_waits() {
     assert!(rounds.len() < 100, "nothing was skipped: {rounds:?}");
     timeout(GUARD, stopping).await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_handlers_use_the_servers_topics() {
+    // The chat relay, python-websockets' way: a client at /<room> gets what the others of
+    // <room> send, on two loops, and what the server publishes from outside.
+    let server = Server::builder()
+        .threads(2)
+        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+            let room = ws.request().uri().path().to_owned();
+            ws.subscribe(&room);
+            ws.send("joined").await?;
+            while let Some(message) = ws.recv().await? {
+                if message.as_text() == Some("leave") {
+                    ws.unsubscribe(&room);
+                    ws.send("left").await?;
+                    continue;
+                }
+                ws.publish(&room, message);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let base = format!("ws://{}", server.local_addr());
+    let mut red = Vec::new();
+    for _ in 0..3 {
+        let ws = sockeye::connect(&format!("{base}/red")).await.unwrap();
+        assert_eq!(recv(&ws).await.unwrap(), Some(Message::from("joined")));
+        red.push(ws);
+    }
+    let blue = sockeye::connect(&format!("{base}/blue")).await.unwrap();
+    assert_eq!(recv(&blue).await.unwrap(), Some(Message::from("joined")));
+
+    red[0].send("hello red").await.unwrap();
+    for ws in &red[1..] {
+        assert_eq!(recv(ws).await.unwrap(), Some(Message::from("hello red")));
+    }
+    server.publish("/blue", "from the server");
+    assert_eq!(
+        recv(&blue).await.unwrap(),
+        Some(Message::from("from the server"))
+    );
+    // One leaves the room: it no longer gets the room's messages; the others do.
+    red[2].send("leave").await.unwrap();
+    assert_eq!(recv(&red[2]).await.unwrap(), Some(Message::from("left")));
+    red[1].send("second").await.unwrap();
+    assert_eq!(recv(&red[0]).await.unwrap(), Some(Message::from("second")));
+    // Nothing reached the author, the one who left, or the other room: a marker sent
+    // to each now is what each receives next.
+    server.publish("/red", "marker");
+    server.publish("/blue", "marker");
+    assert_eq!(recv(&red[0]).await.unwrap(), Some(Message::from("marker")));
+    assert_eq!(recv(&red[1]).await.unwrap(), Some(Message::from("marker")));
+    assert_eq!(recv(&blue).await.unwrap(), Some(Message::from("marker")));
+    red[2].send("still here").await.unwrap(); // published to /red, which it left
+    assert_eq!(
+        recv(&red[0]).await.unwrap(),
+        Some(Message::from("still here"))
+    );
+    // The one who left got none of it: its next message is the answer to this.
+    red[2].send("leave").await.unwrap();
+    assert_eq!(recv(&red[2]).await.unwrap(), Some(Message::from("left")));
+    for ws in red.iter().chain([&blue]) {
+        ws.close(CloseCode::NORMAL, "").await.unwrap();
+    }
+    shutdown(server).await;
+}

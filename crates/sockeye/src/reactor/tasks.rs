@@ -109,6 +109,10 @@ pub(super) enum Out {
     Message(Message),
     /// A message encoded once for many connections (`broadcast`).
     Prepared(Arc<PreparedMessage>),
+    /// `Connection::subscribe`, `unsubscribe`, `publish`.
+    Subscribe(Box<str>),
+    Unsubscribe(Box<str>),
+    Publish(Box<str>, Message),
     /// A ping whose payload is this token (`Connection::ping`).
     Ping(u64),
     Close(CloseCode, String),
@@ -233,17 +237,29 @@ impl Link {
         }
         drop(st);
         for out in outbox {
-            // A send that finds the connection closing is dropped, as `send` would fail.
-            let _ = match out {
-                Out::Message(m) => ws.send(m),
-                Out::Prepared(m) => ws.send_prepared(&m),
-                Out::Ping(token) => ws.ping(&token.to_be_bytes()),
-                Out::Close(code, reason) => ws.close(code, &reason),
-                Out::Fail(code) => {
-                    ws.proto.fail(code, "");
-                    Ok(())
+            // What finds the connection closing is dropped, as `send` would fail.
+            match out {
+                Out::Message(m) => {
+                    let _ = ws.send(m);
                 }
-            };
+                Out::Prepared(m) => {
+                    let _ = ws.send_prepared(&m);
+                }
+                Out::Ping(token) => {
+                    let _ = ws.ping(&token.to_be_bytes());
+                }
+                Out::Close(code, reason) => {
+                    let _ = ws.close(code, &reason);
+                }
+                Out::Fail(code) => ws.proto.fail(code, ""),
+                Out::Subscribe(topic) => {
+                    ws.subscribe(&topic);
+                }
+                Out::Unsubscribe(topic) => {
+                    ws.unsubscribe(&topic);
+                }
+                Out::Publish(topic, m) => ws.publish(&topic, m),
+            }
         }
     }
 
@@ -335,7 +351,12 @@ fn out_len(out: &Out) -> usize {
     match out {
         Out::Message(m) => m.len(),
         Out::Prepared(m) => m.message().len(),
-        Out::Ping(_) | Out::Close(..) | Out::Fail(_) => 0,
+        Out::Ping(_)
+        | Out::Close(..)
+        | Out::Fail(_)
+        | Out::Subscribe(_)
+        | Out::Unsubscribe(_)
+        | Out::Publish(..) => 0,
     }
 }
 
@@ -686,6 +707,35 @@ impl Connection {
         st.buffered += message.len();
         st.outbox.push(Out::Message(message));
         self.link.flush_later(st);
+    }
+
+    /// Subscribes this connection to `topic` of the server's pub/sub (the topics of
+    /// [`Socket::subscribe`](super::Socket::subscribe) and
+    /// [`Server::publish`](super::Server::publish)), in order with what this handle sends.
+    /// It leaves all its topics when it ends.
+    pub fn subscribe(&self, topic: &str) {
+        self.queue_out(Out::Subscribe(topic.into()));
+    }
+
+    /// Unsubscribes this connection from `topic`.
+    pub fn unsubscribe(&self, topic: &str) {
+        self.queue_out(Out::Unsubscribe(topic.into()));
+    }
+
+    /// Publishes `message` to every subscriber of `topic` but this connection, on every loop
+    /// thread, encoded once (see [`Socket::publish`](super::Socket::publish): slow
+    /// subscribers are skipped, each gets one write per turn). Never waits.
+    pub fn publish(&self, topic: &str, message: impl Into<Message>) {
+        self.queue_out(Out::Publish(topic.into(), message.into()));
+    }
+
+    /// Queues `out` for the loop unless the connection is closing.
+    fn queue_out(&self, out: Out) {
+        let mut st = self.link.lock();
+        if st.state == State::Open && !st.closing {
+            st.outbox.push(out);
+            self.link.flush_later(st);
+        }
     }
 
     /// Starts the closing handshake with `code` and `reason` (at most 123 bytes) and waits
