@@ -130,6 +130,8 @@ pub(super) struct Link {
     write_limit: u32,
     /// A `Work::Poll` is queued (wakes in between are one poll).
     poll_queued: AtomicBool,
+    /// A `recv` is waiting (an atomic, not in the state: two fewer locks per message).
+    recv_busy: AtomicBool,
     /// Kept as its bytes, parsed again if asked for (`crate::head`).
     request: RequestHead,
     subprotocol: Option<Box<str>>,
@@ -152,7 +154,6 @@ struct LinkState {
     flush_queued: bool,
     /// A close was queued (by `close` or by the end of the handler).
     closing: bool,
-    recv_busy: bool,
     /// The `Stream` of messages has ended (after `None` or an error).
     stream_done: bool,
     /// The loop stopped reading: `max_queue` messages wait.
@@ -386,6 +387,7 @@ impl Handler for AsyncConn {
             max_queue: narrow(ws.local.max_queue),
             write_limit: narrow(ws.local.write_limit),
             poll_queued: AtomicBool::new(true),
+            recv_busy: AtomicBool::new(false),
             request: RequestHead::new(*request, granted),
             subprotocol: ws.subprotocol().map(Box::from),
             remote: ws.remote_addr(),
@@ -397,7 +399,6 @@ impl Handler for AsyncConn {
                 waiting: None,
                 flush_queued: false,
                 closing: false,
-                recv_busy: false,
                 stream_done: false,
                 held: false,
                 state: State::Open,
@@ -522,7 +523,7 @@ struct RecvGuard<'a>(&'a Link);
 
 impl Drop for RecvGuard<'_> {
     fn drop(&mut self) {
-        self.0.lock().recv_busy = false;
+        self.0.recv_busy.store(false, Ordering::Release);
     }
 }
 
@@ -633,11 +634,8 @@ impl Connection {
     /// While `max_queue` messages wait, the loop stops reading from the connection (the
     /// peer's sends back up); it reads again once `recv` takes them down to a quarter.
     pub async fn recv(&self) -> Result<Option<Message>> {
-        {
-            let mut st = self.link.lock();
-            if std::mem::replace(&mut st.recv_busy, true) {
-                return Err(Error::ConcurrentRecv);
-            }
+        if self.link.recv_busy.swap(true, Ordering::Acquire) {
+            return Err(Error::ConcurrentRecv);
         }
         let _busy = RecvGuard(&self.link);
         poll_fn(|cx| self.poll_recv(cx)).await
@@ -816,14 +814,11 @@ impl futures_core::Stream for Connection {
     /// yielding the error of any other end. While a `recv` waits, polling the stream gives
     /// [`Error::ConcurrentRecv`].
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
-        {
-            let st = self.link.lock();
-            if st.stream_done {
-                return Poll::Ready(None);
-            }
-            if st.recv_busy {
-                return Poll::Ready(Some(Err(Error::ConcurrentRecv)));
-            }
+        if self.link.lock().stream_done {
+            return Poll::Ready(None);
+        }
+        if self.link.recv_busy.load(Ordering::Acquire) {
+            return Poll::Ready(Some(Err(Error::ConcurrentRecv)));
         }
         let got = std::task::ready!(self.poll_recv(cx));
         let item = match got {
