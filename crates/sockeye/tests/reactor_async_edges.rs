@@ -5,8 +5,10 @@
 //! is an error, not a hang; a panicking waker does not kill the loop; a send from a
 //! thread-local destructor is neither lost nor wedges the connection; a handler that never
 //! returns does not hold a shutdown for ever; sends fail once the closing handshake has
-//! started; a pong that answers none of our pings resolves none of them. Each test is
-//! bounded by timeouts and stops by itself.
+//! started; a pong that answers none of our pings resolves none of them; a waiting
+//! `Stream` is not forgotten when a `recv` starts; a publish after the close reaches the topic;
+//! a subscribe from another thread comes before the next publish; the sink's flush does
+//! not wait for the peer. Each test is bounded by timeouts and stops by itself.
 
 use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -425,6 +427,133 @@ async fn a_pong_that_answers_none_of_our_pings_resolves_none() {
         got, "still waiting after 500 ms",
         "a foreign pong answered the ping"
     );
+    drop(raw);
+    shutdown(server).await;
+}
+
+/// A `Stream` waiting while a `recv` starts on another handle is woken by what comes
+/// next, and then gets either the next message or `ConcurrentRecv` (if the `recv` still
+/// waits when it looks), never nothing: the `recv` took its place in the first version,
+/// and the stream was never woken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_stream_is_not_forgotten_when_a_recv_starts() {
+    use futures_util::StreamExt;
+    let (server, mut rx) = reporting(|ws| async move {
+        let mut stream = ws.clone();
+        let streamed = tokio::spawn(async move { stream.next().await });
+        tokio::time::sleep(Duration::from_millis(100)).await; // the stream waits first
+                                                              // Then a recv waits too, and only then is the client told to send.
+        let announce = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            ws.send("ready").await
+        };
+        let (received, announced) = tokio::join!(ws.recv(), announce);
+        if announced.is_err() {
+            return "could not announce".to_owned();
+        }
+        let received = match received {
+            Ok(Some(m)) => m.as_text().unwrap_or("?").to_owned(),
+            other => format!("{other:?}"),
+        };
+        let streamed = match timeout(Duration::from_secs(3), streamed).await {
+            Ok(Ok(Some(Ok(m)))) => m.as_text().unwrap_or("?").to_owned(),
+            Ok(Ok(Some(Err(sockeye::Error::ConcurrentRecv)))) => "concurrent".to_owned(),
+            other => format!("{other:?}"),
+        };
+        format!("{received} {streamed}")
+    });
+    let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+    let ready = timeout(GUARD, ws.recv()).await.unwrap().unwrap();
+    assert_eq!(ready, Some(Message::from("ready")));
+    ws.send("a").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = ws.send("b").await; // the handler may be gone already
+    let got = timeout(GUARD, rx.recv()).await.unwrap().unwrap();
+    assert!(got == "a b" || got == "a concurrent", "{got}");
+    drop(ws);
+    shutdown(server).await;
+}
+
+/// A publish after the connection has closed ("Bob left") reaches the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_after_the_close_reaches_the_topic() {
+    let server = Server::builder()
+        .threads(2)
+        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+            ws.subscribe("room");
+            ws.send("joined").await?;
+            while ws.recv().await?.is_some() {}
+            ws.publish("room", format!("{} left", ws.id()));
+            Ok(())
+        })
+        .unwrap();
+    let stays = sockeye::connect(&uri_of(&server)).await.unwrap();
+    let leaves = sockeye::connect(&uri_of(&server)).await.unwrap();
+    for ws in [&stays, &leaves] {
+        let joined = timeout(GUARD, ws.recv()).await.unwrap().unwrap();
+        assert_eq!(joined, Some(Message::from("joined")));
+    }
+    leaves.close(CloseCode::NORMAL, "").await.unwrap();
+    let got = timeout(GUARD, stays.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(got.as_text().unwrap().ends_with(" left"), "{got:?}");
+    stays.close(CloseCode::NORMAL, "").await.unwrap();
+    shutdown(server).await;
+}
+
+/// What another thread queues on a connection keeps its order with what it then publishes
+/// or broadcasts through the same loop: a subscribe, then a publish to that topic, reaches
+/// the connection (the first version ran the mailbox's publishes before its flushes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_from_another_thread_comes_before_the_next_publish() {
+    let (server, kept) = keeping(Server::builder(), |ws| async move {
+        ws.wait_closed().await;
+        Ok(())
+    });
+    let ws = sockeye::connect(&uri_of(&server)).await.unwrap();
+    let conn = kept_connection(&kept).await;
+    for round in 0..20 {
+        let topic = format!("topic {round}");
+        conn.subscribe(&topic);
+        server.publish(&topic, topic.as_str());
+        let got = timeout(GUARD, ws.recv()).await.unwrap().unwrap();
+        assert_eq!(got, Some(Message::from(topic.as_str())));
+    }
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    shutdown(server).await;
+}
+
+/// The sink's flush does not wait for the peer to read: a message larger than
+/// `write_limit` (and than the sockets' buffers) sent through `SinkExt::send` to a peer that
+/// reads nothing completes at once (as with the tokio `Connection`'s sink); the next one
+/// waits for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sinks_flush_does_not_wait_for_the_peer() {
+    use futures_util::SinkExt;
+    let builder = Server::builder()
+        .write_limit(16 * 1024)
+        .close_timeout(Duration::from_millis(300))
+        .compression(false);
+    let (server, kept) = keeping(builder, |ws| async move {
+        ws.wait_closed().await;
+        Ok(())
+    });
+    let (raw, _) = raw_handshake(server.local_addr()); // never reads
+    let mut sink = kept_connection(&kept).await;
+    let big = Message::from(vec![7u8; 24 << 20]);
+    timeout(Duration::from_secs(3), SinkExt::send(&mut sink, big))
+        .await
+        .expect("the sink's flush waited for the peer to read")
+        .unwrap();
+    let next = timeout(
+        Duration::from_millis(300),
+        SinkExt::send(&mut sink, Message::from("next")),
+    )
+    .await;
+    assert!(next.is_err(), "the next send did not wait for room");
     drop(raw);
     shutdown(server).await;
 }

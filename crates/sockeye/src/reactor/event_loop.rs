@@ -326,6 +326,12 @@ where
                     }
                 }
                 Command::Publish { topic, message } => self.deliver(&topic, &message, None),
+                // A flush in place, so that what other threads queued keeps its order with
+                // the publishes and broadcasts of the same mailbox; a poll in `run_work`.
+                Command::Work(Work::Flush(link)) => self.flush(&link),
+                Command::Work(Work::Publish(topic, message)) => {
+                    self.publish_orphan(&topic, message)
+                }
                 Command::Work(work) => tasks::push_local(work),
             }
         }
@@ -371,6 +377,7 @@ where
                         self.flush(&link);
                     }
                     Work::Flush(link) => self.flush(&link),
+                    Work::Publish(topic, message) => self.publish_orphan(&topic, message),
                 }
             }
             self.work = work;
@@ -408,6 +415,16 @@ where
         let task = self.local.tasks.remove(link.task as usize);
         let _ = catch_unwind(AssertUnwindSafe(move || drop(task)));
         link.finish(out);
+    }
+
+    /// A publish from a connection that has closed: to every loop's subscribers.
+    fn publish_orphan(&mut self, topic: &str, message: crate::proto::Message) {
+        let (topic, message) = super::post_publish(&self.local.peers, topic, message);
+        self.local.outbox.push(Publish {
+            topic,
+            message,
+            except: None,
+        });
     }
 
     /// Moves what the handles of `link` queued into its connection and writes it; tells

@@ -48,6 +48,8 @@ pub(super) enum Work {
     /// Move what the link's handles queued (sends, a close, a resumed read) into the
     /// connection and write it.
     Flush(Arc<Link>),
+    /// A publish from a connection that has closed (`Connection::publish`).
+    Publish(Box<str>, Message),
 }
 
 thread_local! {
@@ -177,6 +179,9 @@ struct Waiting {
     closers: Vec<Waker>,
     /// `ping`s (woken by pongs and at the end).
     pingers: Vec<Waker>,
+    /// Receivers beyond the first (`recv_waker`): a `Stream` polled while a `recv` waits
+    /// elsewhere, say. Woken with it, so that none is forgotten.
+    receivers: Vec<Waker>,
     /// `Connection::ping`s waiting for their pong: token, and the round trip once it came.
     pings: Vec<(u64, Option<Duration>)>,
 }
@@ -186,6 +191,7 @@ impl Waiting {
         self.senders.is_empty()
             && self.closers.is_empty()
             && self.pingers.is_empty()
+            && self.receivers.is_empty()
             && self.pings.is_empty()
     }
 
@@ -194,6 +200,7 @@ impl Waiting {
             Waiters::Senders => &mut self.senders,
             Waiters::Closers => &mut self.closers,
             Waiters::Pingers => &mut self.pingers,
+            Waiters::Receivers => &mut self.receivers,
         }
     }
 }
@@ -204,6 +211,7 @@ enum Waiters {
     Senders,
     Closers,
     Pingers,
+    Receivers,
 }
 
 /// Ping payloads of async connections: unique in the process, so a late pong never answers
@@ -301,12 +309,19 @@ impl Link {
         st.state = State::Closed;
         st.closed = Some(Box::new(closed.clone()));
         st.buffered = 0;
-        st.outbox.clear();
+        let outbox = std::mem::take(&mut st.outbox);
         let recv = st.recv_waker.take();
         let mut waiters = take_waiters(&mut st, Waiters::Senders);
         waiters.extend(take_waiters(&mut st, Waiters::Closers));
         waiters.extend(take_waiters(&mut st, Waiters::Pingers));
+        waiters.extend(take_waiters(&mut st, Waiters::Receivers));
         drop(st);
+        // Sends die with the connection; publishes do not (they are the topic's).
+        for out in outbox {
+            if let Out::Publish(topic, message) = out {
+                schedule(&self.mailbox, Work::Publish(topic, message));
+            }
+        }
         wake_all(recv.into_iter().chain(waiters));
     }
 
@@ -432,8 +447,9 @@ impl Handler for AsyncConn {
             ws.local.hold = true;
         }
         let waker = st.recv_waker.take();
+        let others = take_waiters(&mut st, Waiters::Receivers);
         drop(st);
-        wake_all(waker);
+        wake_all(waker.into_iter().chain(others));
     }
 
     fn on_drain(&mut self, ws: &mut Socket<'_>) {
@@ -661,12 +677,11 @@ impl Connection {
                 Err(Error::ConnectionClosed(closed))
             });
         }
-        if !st
-            .recv_waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            st.recv_waker = Some(cx.waker().clone());
+        match &st.recv_waker {
+            None => st.recv_waker = Some(cx.waker().clone()),
+            Some(w) if w.will_wake(cx.waker()) => {}
+            // Another receiver waits too: both are woken by the next message.
+            Some(_) => add_waiter(&mut st, Waiters::Receivers, cx.waker()),
         }
         Poll::Pending
     }
@@ -722,9 +737,23 @@ impl Connection {
 
     /// Publishes `message` to every subscriber of `topic` but this connection, on every loop
     /// thread, encoded once (see [`Socket::publish`](super::Socket::publish): slow
-    /// subscribers are skipped, each gets one write per turn). Never waits.
+    /// subscribers are skipped, each gets one write per turn). Never waits. Works after the
+    /// connection has closed too ("Bob left" from a chat handler's end), in order with
+    /// what it published before.
     pub fn publish(&self, topic: &str, message: impl Into<Message>) {
-        self.queue_out(Out::Publish(topic.into(), message.into()));
+        let out = Out::Publish(topic.into(), message.into());
+        let mut st = self.link.lock();
+        if st.state == State::Open && !st.closing {
+            st.outbox.push(out);
+            self.link.flush_later(st);
+        } else {
+            drop(st);
+            // The connection is gone or going: its loop publishes it for no one's slot.
+            let Out::Publish(topic, message) = out else {
+                unreachable!()
+            };
+            schedule(&self.link.mailbox, Work::Publish(topic, message));
+        }
     }
 
     /// Queues `out` for the loop unless the connection is closing.
@@ -811,7 +840,8 @@ impl futures_core::Stream for Connection {
 
     /// The messages received, as [`Connection::recv`] gives them (python-websockets'
     /// `async for message in websocket`); the stream ends after a normal close, or after
-    /// yielding the error of any other end. While a `recv` waits, polling the stream gives
+    /// yielding the error of any other end (once for the connection: the clones share
+    /// one stream). While a `recv` waits, polling the stream gives
     /// [`Error::ConcurrentRecv`].
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
         if self.link.lock().stream_done {
@@ -850,10 +880,11 @@ impl futures_sink::Sink<Message> for Connection {
         Ok(())
     }
 
-    /// Waits while more than `write_limit` bytes wait to be written.
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let mut st = self.link.lock();
-        self.poll_room(&mut st, cx)
+    /// Nothing to wait for: `start_send` queued the message for the connection's loop,
+    /// which writes it as soon as the socket takes it (as the tokio `Connection`'s sink,
+    /// whose flush ends once the message is in the output buffer).
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
     /// Closes the connection with 1000 (if nobody has started a close) and waits until it
