@@ -876,6 +876,15 @@ pub(crate) async fn within<T>(
 /// twice (as arguments, and as the pinned locals they move into): a connection's task is
 /// mostly this future, for as long as the connection lives. The handler's future is boxed so
 /// that this one needs no pinning of its own (it is as big as the application makes it).
+/// Logs a handler's error at ERROR, unless it is the connection's own end
+/// (`ConnectionClosed`, which the handler only passed on). The connection fails with 1011
+/// either way. Every server front end that runs handlers shares this rule.
+pub(crate) fn log_handler_error(id: u64, e: &BoxError) {
+    if !matches!(e.downcast_ref::<Error>(), Some(Error::ConnectionClosed(_))) {
+        tracing::error!(target: "sockeye::server", id, "connection handler failed: {e}");
+    }
+}
+
 pub(crate) fn run_handler<D, F, K>(
     conn: Connection,
     driver: D,
@@ -918,11 +927,7 @@ where
                         let _ = conn.start_close(CloseCode::NORMAL, "");
                     }
                     Err(e) => {
-                        let closed =
-                            matches!(e.downcast_ref::<Error>(), Some(Error::ConnectionClosed(_)));
-                        if !closed {
-                            tracing::error!(target: "sockeye::server", id = conn.id(), "connection handler failed: {e}");
-                        }
+                        log_handler_error(conn.id(), &e);
                         conn.fail(CloseCode::INTERNAL_ERROR, "");
                     }
                 }

@@ -557,3 +557,48 @@ async fn the_sinks_flush_does_not_wait_for_the_peer() {
     drop(raw);
     shutdown(server).await;
 }
+
+/// A handler that wakes itself at once, for ever (a busy `yield` loop), does not hold up
+/// the other connections of its loop: the loop polls woken handlers a bounded number of
+/// rounds per turn (`WORK_ROUNDS`), then serves the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_always_wakes_itself_does_not_starve_its_loop() {
+    let polls = Arc::new(AtomicUsize::new(0));
+    let counter = polls.clone();
+    let server = Server::builder()
+        .threads(1)
+        .close_timeout(Duration::from_millis(300))
+        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+            let counter = counter.clone();
+            async move {
+                if ws.request().uri().path() == "/spin" {
+                    poll_fn(|cx| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        cx.waker().wake_by_ref();
+                        std::task::Poll::<()>::Pending
+                    })
+                    .await;
+                }
+                while let Some(m) = ws.recv().await? {
+                    ws.send(m).await?;
+                }
+                Ok(())
+            }
+        })
+        .unwrap();
+    let base = format!("ws://{}", server.local_addr());
+    let spinner = sockeye::connect(&format!("{base}/spin")).await.unwrap();
+    let ws = sockeye::connect(&format!("{base}/echo")).await.unwrap();
+    for i in 0..20 {
+        ws.send(format!("echo {i}")).await.unwrap();
+        let got = timeout(GUARD, ws.recv()).await.expect("starved").unwrap();
+        assert_eq!(got, Some(Message::from(format!("echo {i}"))));
+    }
+    assert!(
+        polls.load(Ordering::Relaxed) > 100,
+        "the spinner was not polled"
+    );
+    drop((spinner, ws));
+    // The spinner's handler never returns: the shutdown drops it after close_timeout.
+    shutdown(server).await;
+}

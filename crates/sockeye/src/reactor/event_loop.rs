@@ -20,7 +20,6 @@ use super::slab::Slab;
 use super::tasks::{self, Link, Out, Task, Work};
 use super::topics::Topics;
 use super::{closed_of, Command, Control, Handler, Mailbox, Socket};
-use crate::error::Error;
 use crate::proto::{CloseCode, Config, Event, PreparedMessage, Protocol, State};
 use crate::server::Hooks;
 
@@ -401,9 +400,7 @@ where
             Ok(TaskPoll::Pending) => return,
             Ok(TaskPoll::Ready(Ok(()))) => Out::Close(CloseCode::NORMAL, String::new()),
             Ok(TaskPoll::Ready(Err(e))) => {
-                if !matches!(e.downcast_ref::<Error>(), Some(Error::ConnectionClosed(_))) {
-                    tracing::error!(target: "sockeye::server", id = link.id, "connection handler failed: {e}");
-                }
+                crate::server::log_handler_error(link.id, &e);
                 Out::Fail(CloseCode::INTERNAL_ERROR)
             }
             Err(_) => {

@@ -13,7 +13,7 @@ use http::StatusCode;
 use super::connection::Connection;
 use super::stream::{Socket, Transport};
 use crate::connection::Info;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::head::{RequestHead, ResponseHead};
 use crate::options::Options;
 use crate::proto::{self, CloseCode, Event, Protocol, Side};
@@ -528,10 +528,7 @@ fn handle_connection(
             let _ = conn.start_close(CloseCode::NORMAL, "");
         }
         Ok(Err(e)) => {
-            let closed = matches!(e.downcast_ref::<Error>(), Some(Error::ConnectionClosed(_)));
-            if !closed {
-                tracing::error!(target: "sockeye::server", id, "connection handler failed: {e}");
-            }
+            crate::server::log_handler_error(id, &e);
             conn.fail(CloseCode::INTERNAL_ERROR, "");
         }
         Err(_) => {
