@@ -114,9 +114,8 @@ impl ClientBuilder {
         let info = Info {
             id: 0,
             side: Side::Client,
-            local_addr,
-            remote_addr,
-            subprotocol: proto.subprotocol().map(str::to_owned),
+            addresses: crate::addresses::Addresses::new(local_addr, remote_addr),
+            subprotocol: proto.subprotocol().map(Box::from),
             request: request.into(),
             response: (*response).into(),
         };

@@ -190,11 +190,10 @@ pub(crate) fn next_id() -> u64 {
 pub(crate) struct Info {
     pub(crate) id: u64,
     pub(crate) side: Side,
-    pub(crate) local_addr: Option<SocketAddr>,
-    pub(crate) remote_addr: Option<SocketAddr>,
+    pub(crate) addresses: crate::addresses::Addresses,
     pub(crate) request: RequestHead,
     pub(crate) response: ResponseHead,
-    pub(crate) subprotocol: Option<String>,
+    pub(crate) subprotocol: Option<Box<str>>,
 }
 
 /// What a connection knows about itself, from its [`Info`]: the accessors of the tokio and
@@ -215,12 +214,12 @@ macro_rules! info_accessors {
 
             /// The local address of the transport, if it has one.
             pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-                self.inner.info.local_addr
+                self.inner.info.addresses.local()
             }
 
             /// The remote address of the transport, if it has one.
             pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
-                self.inner.info.remote_addr
+                self.inner.info.addresses.remote()
             }
 
             /// The handshake request (received by a server, sent by a client).
@@ -560,7 +559,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("id", &self.inner.info.id)
             .field("side", &self.inner.info.side)
-            .field("remote_addr", &self.inner.info.remote_addr)
+            .field("remote_addr", &self.inner.info.addresses.remote())
             .field("state", &self.state())
             .finish()
     }
@@ -1676,6 +1675,6 @@ mod idle_size {
     #[test]
     fn the_shared_state_of_a_connection_does_not_grow() {
         let inner = size_of::<Inner>();
-        assert!(inner <= 792, "Inner: {inner} bytes");
+        assert!(inner <= 736, "Inner: {inner} bytes");
     }
 }

@@ -360,9 +360,8 @@ impl Upgrading {
         let info = Info {
             id: 0,
             side: Side::Server,
-            local_addr,
-            remote_addr,
-            subprotocol,
+            addresses: crate::addresses::Addresses::new(local_addr, remote_addr),
+            subprotocol: subprotocol.as_deref().map(Box::from),
             request,
             response: response.into(),
         };

@@ -110,6 +110,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod addresses;
 pub mod auth;
 #[cfg(feature = "axum")]
 pub mod axum;

@@ -226,6 +226,25 @@ async fn handlers_use_tokio_timers_select_and_channels_inside_the_loop() {
     finish(&ws, server).await;
 }
 
+#[tokio::test]
+async fn addresses_over_ipv6() {
+    // IPv6 addresses are kept out of line (IPv4 pairs inline): both come back whole.
+    let server = Server::builder()
+        .serve_async("[::1]:0", |ws: reactor::Connection| async move {
+            let addresses = format!("{:?} {:?}", ws.local_addr(), ws.remote_addr());
+            ws.send(addresses).await?;
+            Ok(())
+        })
+        .expect("an IPv6 loopback");
+    let ws = sockeye::connect(&format!("ws://{}/", server.local_addr()))
+        .await
+        .unwrap();
+    assert_eq!(ws.remote_addr(), Some(server.local_addr()));
+    let expected = format!("{:?} {:?}", Some(server.local_addr()), ws.local_addr());
+    assert_eq!(recv(&ws).await.unwrap(), Some(Message::from(expected)));
+    finish(&ws, server).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_reached_from_other_tasks_and_threads_in_order() {
     // Registration and broadcast (the seeds' pattern): handlers register their connection,
@@ -253,8 +272,16 @@ async fn connections_are_reached_from_other_tasks_and_threads_in_order() {
     }
     let all = registry.lock().unwrap().clone();
     assert_eq!(all.len(), 4);
+    let mut remotes: Vec<_> = all.iter().map(|c| c.remote_addr().unwrap()).collect();
+    let mut locals: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    remotes.sort();
+    locals.sort();
+    assert_eq!(
+        remotes, locals,
+        "each connection's remote address is its client's"
+    );
     for conn in &all {
-        assert!(conn.remote_addr().unwrap().ip().is_loopback());
+        assert_eq!(conn.local_addr(), Some(server.local_addr()));
         assert_eq!(conn.state(), sockeye::State::Open);
     }
     let from_task = all.clone();

@@ -131,3 +131,26 @@ async fn connection_is_a_stream_and_a_sink_of_messages() {
     assert_eq!(got, ["a", "b", "c"].map(Message::from));
     server.close().await;
 }
+
+#[tokio::test]
+async fn both_ends_know_both_addresses_over_ipv4_and_ipv6() {
+    // The server's connection and the client's, each with its local and remote address
+    // (IPv4 pairs are kept inline, anything else out of line: both come back whole).
+    for bind in ["127.0.0.1:0", "[::1]:0"] {
+        let server = sockeye::serve(bind, |ws| async move {
+            let addresses = format!("{:?} {:?}", ws.local_addr(), ws.remote_addr());
+            ws.send(addresses).await?;
+            Ok(())
+        })
+        .await
+        .expect("a loopback address");
+        let addr = server.local_addr().unwrap();
+        let ws = sockeye::connect(&format!("ws://{addr}/")).await.unwrap();
+        assert_eq!(ws.remote_addr(), Some(addr));
+        assert_eq!(ws.local_addr().map(|a| a.is_ipv6()), Some(addr.is_ipv6()));
+        let expected = format!("{:?} {:?}", Some(addr), ws.local_addr());
+        assert_eq!(ws.recv().await.unwrap(), Some(Message::from(expected)));
+        assert_eq!(ws.recv().await.unwrap(), None);
+        server.close().await;
+    }
+}

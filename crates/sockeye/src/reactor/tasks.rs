@@ -24,6 +24,7 @@ use std::time::Duration;
 use http::Request;
 
 use super::{Command, Handler, Mailbox, Socket};
+use crate::addresses::Addresses;
 use crate::error::{Closed, Error, Result};
 use crate::head::RequestHead;
 use crate::proto::{CloseCode, Message, PreparedMessage, State};
@@ -137,7 +138,7 @@ pub(super) struct Link {
     /// Kept as its bytes, parsed again if asked for (`crate::head`).
     request: RequestHead,
     subprotocol: Option<Box<str>>,
-    remote: Option<SocketAddr>,
+    addresses: Addresses,
     state: Mutex<LinkState>,
 }
 
@@ -405,7 +406,7 @@ impl Handler for AsyncConn {
             recv_busy: AtomicBool::new(false),
             request: RequestHead::new(*request, granted),
             subprotocol: ws.subprotocol().map(Box::from),
-            remote: ws.remote_addr(),
+            addresses: Addresses::new(ws.local_addr(), ws.remote_addr()),
             state: Mutex::new(LinkState {
                 inbox: VecDeque::new(),
                 outbox: Vec::new(),
@@ -563,7 +564,12 @@ impl Connection {
 
     /// The peer's address.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.link.remote
+        self.link.addresses.remote()
+    }
+
+    /// The local address of the connection's socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.link.addresses.local()
     }
 
     /// The state of the connection, as of the loop's latest write (`Open` until a close
@@ -963,7 +969,7 @@ mod idle_size {
         let recv = future_size(&recv_only);
         let send = future_size(&send_only);
         let handler = future_size(&echo);
-        assert!(link <= 248, "Link: {link} B");
+        assert!(link <= 232, "Link: {link} B");
         assert!(recv <= 64, "recv: {recv} B");
         assert!(send <= 80, "send: {send} B");
         assert!(handler <= 184, "echo handler future: {handler} B");

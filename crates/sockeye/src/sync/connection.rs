@@ -475,7 +475,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("id", &self.inner.info.id)
             .field("side", &self.inner.info.side)
-            .field("remote_addr", &self.inner.info.remote_addr)
+            .field("remote_addr", &self.inner.info.addresses.remote())
             .field("state", &self.state())
             .finish()
     }

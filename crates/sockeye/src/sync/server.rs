@@ -500,9 +500,8 @@ fn handle_connection(
     let info = Info {
         id: 0,
         side: Side::Server,
-        local_addr: local,
-        remote_addr: peer,
-        subprotocol: proto.subprotocol().map(str::to_owned),
+        addresses: crate::addresses::Addresses::new(local, peer),
+        subprotocol: proto.subprotocol().map(Box::from),
         request,
         response,
     };
