@@ -264,15 +264,13 @@ async fn serve_reactor(
         }
     }
     let (server, mode) = if echo && args.async_handler {
-        let server = builder.serve_async(
-            args.addr.as_str(),
-            |ws: sockeye::reactor::Connection| async move {
+        let server =
+            builder.serve_async(args.addr.as_str(), |ws: sockeye::Connection| async move {
                 while let Some(message) = ws.recv().await? {
                     ws.send(message).await?;
                 }
                 Ok(())
-            },
-        )?;
+            })?;
         (server, "echo server (async handlers on the event loop)")
     } else if echo {
         let server = builder.serve(args.addr.as_str(), |_request| {

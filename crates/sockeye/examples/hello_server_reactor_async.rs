@@ -17,8 +17,8 @@
 
 use std::io::Write;
 
-use sockeye::reactor::Connection;
 use sockeye::BoxError;
+use sockeye::Connection;
 
 async fn hello(ws: Connection) -> Result<(), BoxError> {
     let Some(message) = ws.recv().await? else {

@@ -52,11 +52,11 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::Request;
 
-use crate::connection::Connection;
 use crate::hyper::{head_of, Upgrader, Upgrading};
 use crate::options::Options;
 use crate::proto::{handshake, Config};
 use crate::server::{BoxError, Hooks};
+use crate::Connection;
 
 /// The extractor of a WebSocket handshake request, for axum 0.8 handlers: set options with
 /// the server builder's setters, then [`on_upgrade`](Self::on_upgrade).

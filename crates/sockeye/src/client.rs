@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::connection::{Connection, Info, Stream};
+use crate::connection::{Info, Stream, TaskConn};
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::proto::handshake::Target;
@@ -14,6 +14,7 @@ use crate::proto::{Event, Protocol, Side};
 use crate::proxy::{Dest, Tunnel};
 use crate::redirect::Chain;
 use crate::server::{read_until_event, within};
+use crate::Connection;
 
 /// How the client builders reach servers, both front ends: the proxy and the redirects.
 #[derive(Debug, Clone)]
@@ -119,12 +120,12 @@ impl ClientBuilder {
             request: request.into(),
             response: (*response).into(),
         };
-        let (conn, driver) = Connection::new(proto, stream, Vec::new(), self.options.limits, info);
+        let (conn, driver) = TaskConn::new(proto, stream, Vec::new(), self.options.limits, info);
         let span = tracing::info_span!(target: "sockeye::client", "conn", id = conn.id());
         let uri = crate::redirect::shown(uri);
         tracing::info!(target: "sockeye::client", id = conn.id(), "connection open to {uri}");
         tokio::spawn(driver.instrument(span));
-        conn
+        conn.into()
     }
 
     /// One opening handshake, with the chain's URI and headers.

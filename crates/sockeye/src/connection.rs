@@ -26,7 +26,6 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::futures::Notified;
 use tokio::sync::{oneshot, Notify};
@@ -251,15 +250,10 @@ macro_rules! info_accessors {
                 self.inner.info.request.param(name)
             }
 
-            /// Every path parameter of the route that matched, `(name, value)` in the
+            /// The path parameters of the route that matched, `(name, value)` in the
             /// pattern's order; none without routing.
-            pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
-                self.inner
-                    .info
-                    .request
-                    .params()
-                    .iter()
-                    .map(|(n, v)| (&**n, &**v))
+            pub(crate) fn params_slice(&self) -> &[(std::sync::Arc<str>, Box<str>)] {
+                self.inner.info.request.params()
             }
 
             /// The index of the route that matched, for the router's dispatch.
@@ -272,7 +266,7 @@ macro_rules! info_accessors {
 
 pub(crate) use info_accessors;
 
-info_accessors!(Connection);
+info_accessors!(TaskConn);
 
 struct Shared {
     proto: Protocol,
@@ -287,8 +281,11 @@ struct Shared {
     done: bool,
     /// The driver took the hooks to run them: later ones run at once.
     hooks_taken: bool,
+    /// The `recv` (or `recv_streaming`) waiting for the queue: woken by the driver when it
+    /// queues something or the connection ends.
+    recv_waker: Option<Waker>,
     /// The socket of a plain TCP connection, for publishers to write to directly while the
-    /// connection has nothing else to write ([`Connection::try_send_prepared`]); dropped
+    /// connection has nothing else to write ([`TaskConn::try_send_prepared`]); dropped
     /// when the connection is over, so that the driver's drop closes the socket.
     direct: Option<Arc<tokio::net::tcp::OwnedWriteHalf>>,
 }
@@ -303,8 +300,6 @@ struct Waiters {
 
 struct Inner {
     shared: Mutex<Shared>,
-    /// recv() waiters: a message arrived, or the connection ended.
-    readers: Notify,
     /// send() and close() waiters: output drained, or the connection ended.
     writers: Notify,
     driver: AtomicWaker,
@@ -312,7 +307,7 @@ struct Inner {
     /// `timer.rs`); the driver checks its [`Timer`] only then.
     timer_fired: AtomicBool,
     recv_busy: AtomicBool,
-    /// Live `Connection` handles; the last one dropped closes the connection.
+    /// Live `TaskConn` handles; the last one dropped closes the connection.
     handles: AtomicUsize,
     limits: Limits,
     info: Info,
@@ -375,7 +370,7 @@ impl Inner {
 /// What the task that runs a server's handler keeps of the connection: it counts as a
 /// handle (the connection stays open while the handler runs, whatever the handler does with
 /// its own), and ends the connection when the handler returns. One pointer, where a
-/// [`Connection`] is two: it lives in every connection's task.
+/// [`TaskConn`] is two: it lives in every connection's task.
 pub(crate) struct Held(Arc<Inner>);
 
 impl Held {
@@ -395,8 +390,8 @@ impl Held {
     }
 }
 
-impl From<Connection> for Held {
-    fn from(conn: Connection) -> Held {
+impl From<TaskConn> for Held {
+    fn from(conn: TaskConn) -> Held {
         // The handle `conn` held passes to the `Held`.
         conn.inner.handles.fetch_add(1, Ordering::Relaxed);
         Held(conn.inner.clone())
@@ -409,16 +404,12 @@ impl Drop for Held {
     }
 }
 
-/// A WebSocket connection: the same type on the server (handed to the handler) and the
-/// client (returned by [`connect`](crate::connect)).
-///
-/// Cheap to clone: clones are handles to one connection. `send`, `ping` and `close` may be
-/// called from many tasks at once (frames never interleave); one task at a time may wait in
-/// `recv` (a second gets [`Error::ConcurrentRecv`]). `recv` and `send` are cancel-safe.
+/// A connection driven by a tokio task (the tokio server, clients, hyper and axum): the
+/// back end of [`crate::Connection`] there, whose documentation describes the methods.
 ///
 /// When the last handle is dropped, the connection closes with 1000 (the driver finishes the
 /// closing handshake in the background).
-pub struct Connection {
+pub(crate) struct TaskConn {
     inner: Arc<Inner>,
     /// What the `Stream` and `Sink` impls keep between polls, allocated on their first use:
     /// a handle that is only awaited (`recv`, `send`) stays two pointers wide, which counts
@@ -428,7 +419,7 @@ pub struct Connection {
     adapters: Option<Box<Mutex<Adapters>>>,
 }
 
-/// The `Stream`/`Sink` state of one [`Connection`] handle.
+/// The `Stream`/`Sink` state of one [`TaskConn`] handle.
 #[derive(Default)]
 struct Adapters {
     /// The `recv` in progress when the connection is used as a `Stream`.
@@ -446,40 +437,40 @@ fn get<T>(m: &mut Mutex<T>) -> &mut T {
 }
 
 /// A reference to a connection kept by its server (for `Server::connections`): not a
-/// handle, so it neither keeps the connection open nor costs a whole `Connection`.
-pub(crate) struct Registration(Arc<Inner>);
+/// handle, so it neither keeps the connection open nor costs a whole `TaskConn`.
+pub(crate) struct TaskRegistration(Arc<Inner>);
 
-impl Registration {
-    /// [`Connection::try_send_prepared`] through the server's or the hub's reference.
+impl TaskRegistration {
+    /// [`TaskConn::try_send_prepared`] through the server's or the hub's reference.
     pub(crate) fn try_send_prepared(&self, message: &PreparedMessage) -> bool {
         try_send_prepared(&self.0, message)
     }
 
     /// A new handle to the connection.
-    pub(crate) fn connection(&self) -> Connection {
-        Connection::handle(&self.0)
+    pub(crate) fn connection(&self) -> TaskConn {
+        TaskConn::handle(&self.0)
     }
 }
 
-impl Connection {
+impl TaskConn {
     /// The server's reference to this connection.
-    pub(crate) fn registration(&self) -> Registration {
-        Registration(self.inner.clone())
+    pub(crate) fn registration(&self) -> TaskRegistration {
+        TaskRegistration(self.inner.clone())
     }
 }
 
-impl Clone for Connection {
+impl Clone for TaskConn {
     /// Another handle to the same connection (a `Stream`/`Sink` operation in progress on
     /// this handle is not shared).
     fn clone(&self) -> Self {
-        Connection::handle(&self.inner)
+        TaskConn::handle(&self.inner)
     }
 }
 
-impl futures_core::Stream for Connection {
+impl futures_core::Stream for TaskConn {
     type Item = Result<Message>;
 
-    /// The messages received, as [`Connection::recv`] gives them; the stream ends after a
+    /// The messages received, as [`TaskConn::recv`] gives them; the stream ends after a
     /// normal close, or after yielding the error of any other end.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -489,7 +480,7 @@ impl futures_core::Stream for Connection {
             return Poll::Ready(None);
         }
         let fut = adapters.stream_recv.get_or_insert_with(|| {
-            let conn = Connection::handle(inner);
+            let conn = TaskConn::handle(inner);
             Box::pin(async move { conn.recv().await })
         });
         let result = std::task::ready!(fut.as_mut().poll(cx));
@@ -508,7 +499,7 @@ impl futures_core::Stream for Connection {
     }
 }
 
-impl futures_sink::Sink<Message> for Connection {
+impl futures_sink::Sink<Message> for TaskConn {
     type Error = Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -542,21 +533,15 @@ impl futures_sink::Sink<Message> for Connection {
     }
 }
 
-impl Drop for Connection {
+impl Drop for TaskConn {
     fn drop(&mut self) {
         self.inner.drop_handle();
     }
 }
 
-/// The connection type handed to server handlers.
-pub type ServerConnection = Connection;
-
-/// The connection type returned by [`connect`](crate::connect).
-pub type ClientConnection = Connection;
-
-impl std::fmt::Debug for Connection {
+impl std::fmt::Debug for TaskConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
+        f.debug_struct("TaskConn")
             .field("id", &self.inner.info.id)
             .field("side", &self.inner.info.side)
             .field("remote_addr", &self.inner.info.addresses.remote())
@@ -565,18 +550,18 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-impl Connection {
-    fn from_inner(inner: Arc<Inner>) -> Connection {
-        Connection {
+impl TaskConn {
+    fn from_inner(inner: Arc<Inner>) -> TaskConn {
+        TaskConn {
             inner,
             adapters: None,
         }
     }
 
     /// Another handle to the connection of `inner`.
-    fn handle(inner: &Arc<Inner>) -> Connection {
+    fn handle(inner: &Arc<Inner>) -> TaskConn {
         inner.handles.fetch_add(1, Ordering::Relaxed);
-        Connection::from_inner(inner.clone())
+        TaskConn::from_inner(inner.clone())
     }
 
     /// The `Stream`/`Sink` state of this handle, allocated on first use.
@@ -607,7 +592,7 @@ impl Connection {
         leftover: Vec<u8>,
         limits: Limits,
         mut info: Info,
-    ) -> (Connection, Driver<Stream>) {
+    ) -> (TaskConn, Driver<Stream>) {
         let (stream, direct) = match stream {
             Stream::Plain(tcp) => {
                 let (shared, writer) = crate::direct::SharedTcp::new(*tcp);
@@ -628,9 +613,9 @@ impl Connection {
                 inflight: 0,
                 done: false,
                 hooks_taken: false,
+                recv_waker: None,
                 direct,
             }),
-            readers: Notify::new(),
             writers: Notify::new(),
             driver: AtomicWaker::new(),
             timer_fired: AtomicBool::new(false),
@@ -658,9 +643,9 @@ impl Connection {
             sh.proto.set_zero_copy(true);
             // Messages that arrived with the handshake (in the same read as the 101
             // response, or pipelined behind the request) are waiting in the core already.
-            dispatch(&inner, sh);
+            dispatch(sh);
         }
-        (Connection::from_inner(inner), driver)
+        (TaskConn::from_inner(inner), driver)
     }
 
     /// Receives the next message.
@@ -684,28 +669,12 @@ impl Connection {
         }
     }
 
-    /// Receives the next message fragment by fragment, as its frames arrive, instead of
-    /// waiting for all of it (python-websockets' `recv_streaming`).
-    ///
-    /// Holds the receiving side like [`recv`](Self::recv) (a concurrent `recv` gets
-    /// [`Error::ConcurrentRecv`]) until the returned [`Fragments`] is dropped. Fragments of a
-    /// text message may end inside a character; together they are valid UTF-8. `max_size`
-    /// still bounds the whole message. If a cancelled `recv` had received part of the
-    /// message, that part comes first, as one fragment.
-    ///
-    /// ```no_run
-    /// # async fn f(ws: sockeye::Connection) -> sockeye::Result<()> {
-    /// let mut fragments = ws.recv_streaming()?;
-    /// while let Some(fragment) = fragments.next().await? {
-    ///     println!("{} bytes, last: {}", fragment.data.len(), fragment.fin);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub fn recv_streaming(&self) -> Result<Fragments<'_>> {
+    /// [`crate::Connection::recv_streaming`]: the fragments as their frames arrive.
+    pub fn recv_streaming(&self) -> Result<TaskFragments<'_>> {
         if self.inner.recv_busy.swap(true, Ordering::Acquire) {
             return Err(Error::ConcurrentRecv);
         }
-        Ok(Fragments {
+        Ok(TaskFragments {
             conn: self,
             _busy: BusyGuard(&self.inner.recv_busy),
             state: FragmentsState::Start,
@@ -716,49 +685,53 @@ impl Connection {
     /// the queue may have changed), or the connection is over with nothing left for `take`.
     /// Resumes reading when `take` brought the queue under `max_queue`.
     ///
-    /// Tries once before registering with `readers`: when messages are queued (a pipelining
-    /// peer), a `recv` costs one lock and no `Notify` registration.
-    async fn next_item<R>(
-        &self,
-        mut take: impl FnMut(&mut Shared) -> Option<R>,
-    ) -> std::result::Result<R, Closed> {
-        loop {
-            if let Some(done) = self.try_next_item(&mut take) {
-                return done;
-            }
-            let notified = self.inner.readers.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Registered: whatever the driver queues from now on wakes us. Look again, for
-            // what it queued between the first try and the registration.
-            if let Some(done) = self.try_next_item(&mut take) {
-                return done;
-            }
-            notified.await;
-        }
+    /// One receiver at a time (`recv_busy`), so the waiting one keeps its waker in the
+    /// shared state (`recv_waker`), set under the lock the driver queues under: no wake is
+    /// lost, and the future is a few pointers (a `Notify` registration made it 128 B, in
+    /// every idle handler's future).
+    fn next_item<'a, R: 'a>(
+        &'a self,
+        mut take: impl FnMut(&mut Shared) -> Option<R> + 'a,
+    ) -> impl Future<Output = std::result::Result<R, Closed>> + 'a {
+        std::future::poll_fn(move |cx| self.poll_next_item(cx, &mut take))
     }
 
-    /// One attempt of [`next_item`](Self::next_item): `None` when there is nothing yet.
-    fn try_next_item<R>(
+    /// One attempt of [`next_item`](Self::next_item).
+    fn poll_next_item<R>(
         &self,
+        cx: &mut Context<'_>,
         take: &mut impl FnMut(&mut Shared) -> Option<R>,
-    ) -> Option<std::result::Result<R, Closed>> {
+    ) -> Poll<std::result::Result<R, Closed>> {
         let max_queue = self.inner.limits.max_queue;
         let mut sh = self.inner.lock();
         let before = sh.queue.len();
         let got = take(&mut sh);
         let resume = before >= max_queue && sh.queue.len() < max_queue;
-        let closed = (got.is_none() && sh.done).then(|| closed_of(&sh));
+        let result = match got {
+            // Done waiting: a stale waker would make every message the driver queues wake
+            // the task for nothing (the first version lost 4-7 % of pipelined throughput so).
+            Some(r) => {
+                sh.recv_waker = None;
+                Poll::Ready(Ok(r))
+            }
+            None if sh.done => Poll::Ready(Err(closed_of(&sh))),
+            None => {
+                if !sh
+                    .recv_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    sh.recv_waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        };
         drop(sh);
         if resume {
             // Reading was paused for backpressure: resume it.
             self.inner.driver.wake();
         }
-        match (got, closed) {
-            (Some(r), _) => Some(Ok(r)),
-            (None, Some(closed)) => Some(Err(closed)),
-            (None, None) => None,
-        }
+        result
     }
 
     /// Sends a message: text for `&str`/`String`, binary for `Vec<u8>`/`Bytes`/`&[u8]`.
@@ -774,60 +747,8 @@ impl Connection {
         self.send_as(Sender::Message, move |sh| sh.proto.send(&message))
     }
 
-    /// Sends a message in fragments (RFC 6455 §5.4), one frame per item of `fragments`.
-    ///
-    /// Other messages sent meanwhile (from other tasks) wait until this one is complete;
-    /// pings and pongs may go between fragments. Text may be cut anywhere, even inside a
-    /// character, as long as the whole is valid UTF-8. If this future is dropped before the
-    /// last fragment is sent, the message can never be completed: the connection fails with
-    /// 1011.
-    pub async fn send_fragmented<I, B>(&self, kind: MessageKind, fragments: I) -> Result<()>
-    where
-        I: IntoIterator<Item = B>,
-        B: AsRef<[u8]>,
-    {
-        // One item ahead, so that the last item goes in the last frame.
-        let mut iter = fragments.into_iter();
-        let mut sending = self.start_fragmented(kind);
-        let mut current = iter.next();
-        loop {
-            let following = if current.is_some() { iter.next() } else { None };
-            let fin = following.is_none();
-            sending
-                .send(current.as_ref().map_or(&[], |b| b.as_ref()), fin)
-                .await?;
-            if fin {
-                return Ok(());
-            }
-            current = following;
-        }
-    }
-
-    /// Sends a message in fragments taken from a [`Stream`](futures_core::Stream), one frame
-    /// per item, each as soon as the stream yields it (a file read in chunks, tokens as a
-    /// model produces them, ...); an empty last frame ends the message when the stream ends.
-    /// The message stays open while the stream waits; otherwise the same rules as
-    /// [`send_fragmented`](Self::send_fragmented).
-    pub async fn send_fragmented_stream<S, B>(&self, kind: MessageKind, fragments: S) -> Result<()>
-    where
-        S: futures_core::Stream<Item = B>,
-        B: AsRef<[u8]>,
-    {
-        let mut fragments = std::pin::pin!(fragments);
-        let mut sending = self.start_fragmented(kind);
-        loop {
-            let item = std::future::poll_fn(|cx| fragments.as_mut().poll_next(cx)).await;
-            let fin = item.is_none();
-            sending
-                .send(item.as_ref().map_or(&[], |b| b.as_ref()), fin)
-                .await?;
-            if fin {
-                return Ok(());
-            }
-        }
-    }
-
-    fn start_fragmented(&self, kind: MessageKind) -> FragmentedSend<'_> {
+    /// A fragmented message of `kind`, sent frame by frame (other messages wait for it).
+    pub(crate) fn start_fragmented(&self, kind: MessageKind) -> FragmentedSend<'_> {
         FragmentedSend {
             conn: self,
             kind,
@@ -849,39 +770,35 @@ impl Connection {
         sender: Sender,
         mut op: impl FnMut(&mut Shared) -> std::result::Result<(), proto::Error> + 'a,
     ) -> impl Future<Output = Result<()>> + 'a {
-        let mut budgeted = false;
-        let mut waiting: Option<Pin<Box<Notified<'a>>>> = None;
-        std::future::poll_fn(move |cx| {
-            if !budgeted {
-                // tokio's cooperative budget: a task that sends in a tight loop yields now
-                // and then (consume_budget, without its future).
-                std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
-                budgeted = true;
-            }
-            loop {
-                if let Some(notified) = waiting.as_mut() {
-                    std::task::ready!(notified.as_mut().poll(cx));
-                }
-                if let Some(done) = self.try_send(sender, &mut op) {
-                    return Poll::Ready(done);
-                }
-                // A new registration, in the box of the one that fired if there is one
-                // (one allocation per send that waits, however often it wakes).
-                let registration = self.inner.writers.notified();
-                let notified = match waiting.as_mut() {
-                    Some(notified) => {
-                        notified.set(registration);
-                        notified
-                    }
-                    None => waiting.insert(Box::pin(registration)),
-                };
-                notified.as_mut().enable();
-                // Registered: look again, for what changed before the registration.
-                if let Some(done) = self.try_send(sender, &mut op) {
-                    return Poll::Ready(done);
-                }
-            }
+        let mut wait = SendWait::default();
+        std::future::poll_fn(move |cx| wait.poll(self, cx, sender, &mut op))
+    }
+
+    /// [`send`](Self::send) as a poll, for [`crate::Connection::send`], which keeps the
+    /// message and `wait` (both back ends' state in one small future).
+    pub(crate) fn poll_send_message<'a>(
+        &'a self,
+        cx: &mut Context<'_>,
+        message: &Message,
+        wait: &mut SendWait<'a>,
+    ) -> Poll<Result<()>> {
+        wait.poll(self, cx, Sender::Message, &mut |sh| sh.proto.send(message))
+    }
+
+    /// [`recv`](Self::recv) as a poll, for [`crate::Connection::recv`] (which holds the
+    /// receiving side, [`recv_flag`](Self::recv_flag)).
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>>> {
+        let take = &mut |sh: &mut Shared| sh.queue.take_message().map(|r| r.map_err(Error::from));
+        self.poll_next_item(cx, take).map(|got| match got {
+            Ok(message) => message.map(Some),
+            Err(closed) if closed.is_ok() => Ok(None),
+            Err(closed) => Err(Error::ConnectionClosed(closed)),
         })
+    }
+
+    /// Set while a `recv` (or `recv_streaming`) holds the receiving side.
+    pub(crate) fn recv_flag(&self) -> &AtomicBool {
+        &self.inner.recv_busy
     }
 
     /// One attempt of [`send_as`](Self::send_as): `None` when it must wait (over the write
@@ -924,9 +841,9 @@ impl Connection {
         Some(Ok(()))
     }
 
-    /// Sends a ping with a random payload. Await the returned [`Pong`] for the round-trip
+    /// Sends a ping with a random payload. Await the returned [`TaskPong`] for the round-trip
     /// time.
-    pub async fn ping(&self) -> Result<Pong> {
+    pub async fn ping(&self) -> Result<TaskPong> {
         let mut payload = [0u8; 4];
         loop {
             // Distinct from any ping still waiting; the core refuses duplicates.
@@ -940,7 +857,7 @@ impl Connection {
     }
 
     /// Sends a ping with this payload (at most 125 bytes).
-    pub async fn ping_with(&self, payload: &[u8]) -> Result<Pong> {
+    pub async fn ping_with(&self, payload: &[u8]) -> Result<TaskPong> {
         let (tx, rx) = oneshot::channel();
         let mut tx = Some(tx);
         // The waiter is registered under the same lock as the ping is queued, so the pong
@@ -954,7 +871,7 @@ impl Connection {
             Ok(())
         })
         .await?;
-        Ok(Pong {
+        Ok(TaskPong {
             rx,
             inner: self.inner.clone(),
         })
@@ -1043,7 +960,7 @@ impl Connection {
     }
 }
 
-/// [`Connection::try_send_prepared`], for a handle or a [`Registration`].
+/// [`TaskConn::try_send_prepared`], for a handle or a [`TaskRegistration`].
 fn try_send_prepared(inner: &Inner, message: &PreparedMessage) -> bool {
     let mut sh = inner.lock();
     if sh.done
@@ -1089,7 +1006,18 @@ fn closed_of(sh: &Shared) -> Closed {
     }
 }
 
-struct BusyGuard<'a>(&'a AtomicBool);
+/// Holds the receiving side of a connection (its `recv_busy` flag) until dropped.
+pub(crate) struct BusyGuard<'a>(&'a AtomicBool);
+
+impl<'a> BusyGuard<'a> {
+    /// The receiving side of `flag`, unless another receiver holds it.
+    pub(crate) fn claim(flag: &'a AtomicBool) -> Result<Self> {
+        if flag.swap(true, Ordering::Acquire) {
+            return Err(Error::ConcurrentRecv);
+        }
+        Ok(BusyGuard(flag))
+    }
+}
 
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
@@ -1097,20 +1025,20 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-/// The fragments of one message, from [`Connection::recv_streaming`].
-pub struct Fragments<'a> {
-    conn: &'a Connection,
+/// The fragments of one message, from [`TaskConn::recv_streaming`].
+pub(crate) struct TaskFragments<'a> {
+    conn: &'a TaskConn,
     _busy: BusyGuard<'a>,
     state: FragmentsState,
 }
 
-impl Fragments<'_> {
+impl TaskFragments<'_> {
     /// The next fragment of the message, as soon as it arrives; `Ok(None)` after the last
     /// one (`fin`), or when the connection closed normally before another message began.
     /// A connection that ends in the middle of the message gives
     /// [`Error::ConnectionClosed`]. Cancel-safe.
     ///
-    /// Dropping `Fragments` before the last fragment discards the rest of the message.
+    /// Dropping `TaskFragments` before the last fragment discards the rest of the message.
     pub async fn next(&mut self) -> Result<Option<Fragment>> {
         if self.state == FragmentsState::Done {
             return Ok(None);
@@ -1128,25 +1056,75 @@ impl Fragments<'_> {
     }
 }
 
-impl std::fmt::Debug for Fragments<'_> {
+impl std::fmt::Debug for TaskFragments<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fragments")
+        f.debug_struct("TaskFragments")
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
 
+/// What a send that may have to wait keeps: whether it took its share of tokio's
+/// cooperative budget, and its registration with `writers` once it had to wait (boxed: only
+/// a send that waits pays for it, and a handler's future stays small).
+#[derive(Default)]
+pub(crate) struct SendWait<'a> {
+    budgeted: bool,
+    waiting: Option<Pin<Box<Notified<'a>>>>,
+}
+
+impl<'a> SendWait<'a> {
+    fn poll(
+        &mut self,
+        conn: &'a TaskConn,
+        cx: &mut Context<'_>,
+        sender: Sender,
+        op: &mut impl FnMut(&mut Shared) -> std::result::Result<(), proto::Error>,
+    ) -> Poll<Result<()>> {
+        if !self.budgeted {
+            // tokio's cooperative budget: a task that sends in a tight loop yields now and
+            // then (consume_budget, without its future).
+            std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+            self.budgeted = true;
+        }
+        loop {
+            if let Some(notified) = self.waiting.as_mut() {
+                std::task::ready!(notified.as_mut().poll(cx));
+            }
+            if let Some(done) = conn.try_send(sender, op) {
+                return Poll::Ready(done);
+            }
+            // A new registration, in the box of the one that fired if there is one (one
+            // allocation per send that waits, however often it wakes).
+            let registration = conn.inner.writers.notified();
+            let notified = match self.waiting.as_mut() {
+                Some(notified) => {
+                    notified.set(registration);
+                    notified
+                }
+                None => self.waiting.insert(Box::pin(registration)),
+            };
+            notified.as_mut().enable();
+            // Registered: look again, for what changed before the registration.
+            if let Some(done) = conn.try_send(sender, op) {
+                return Poll::Ready(done);
+            }
+        }
+    }
+}
+
 /// A fragmented message being sent: other senders wait until its last frame. Dropped before
 /// that (its sender cancelled), it fails the connection, since the message can never end.
-struct FragmentedSend<'a> {
-    conn: &'a Connection,
+pub(crate) struct FragmentedSend<'a> {
+    conn: &'a TaskConn,
     kind: MessageKind,
     owner: u64,
     started: bool,
 }
 
 impl FragmentedSend<'_> {
-    async fn send(&mut self, data: &[u8], fin: bool) -> Result<()> {
+    /// Sends the next frame of the message (`fin` for the last).
+    pub(crate) async fn send(&mut self, data: &[u8], fin: bool) -> Result<()> {
         let (kind, owner) = (self.kind, self.owner);
         self.conn
             .send_as(Sender::Fragment(owner), |sh| {
@@ -1180,12 +1158,12 @@ impl Drop for FragmentedSend<'_> {
 
 /// The answer to a ping: resolves to the round-trip time when the pong arrives, or to
 /// [`Error::ConnectionClosed`] if the connection ends first.
-pub struct Pong {
+pub(crate) struct TaskPong {
     rx: oneshot::Receiver<Duration>,
     inner: Arc<Inner>,
 }
 
-impl Future for Pong {
+impl Future for TaskPong {
     type Output = Result<Duration>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match Pin::new(&mut self.rx).poll(cx) {
@@ -1268,7 +1246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     if let Err(e) = result {
                         tracing::debug!(target: "sockeye", id = inner.info.id, "connection failed: {e}");
                     }
-                    dispatch(inner, sh);
+                    dispatch(sh);
                     Poll::Ready(Ok(n))
                 }
             }
@@ -1299,7 +1277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         if let Err(e) = result {
             tracing::debug!(target: "sockeye", id = self.inner.info.id, "connection failed: {e}");
         }
-        dispatch(&self.inner, sh);
+        dispatch(sh);
         Poll::Ready(Ok(n))
     }
 
@@ -1381,13 +1359,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
             }
         }
-        self.inner.readers.notify_waiters();
+        let reader = self.inner.lock().recv_waker.take();
+        if let Some(reader) = reader {
+            reader.wake();
+        }
         self.inner.writers.notify_waiters();
     }
 }
 
 /// Delivers the core's events: messages to the queue, pongs to their waiters.
-fn dispatch(inner: &Inner, mut sh: MutexGuard<'_, Shared>) {
+fn dispatch(mut sh: MutexGuard<'_, Shared>) {
     let mut wake_readers = false;
     while let Some(event) = sh.proto.poll_event() {
         match event {
@@ -1420,9 +1401,14 @@ fn dispatch(inner: &Inner, mut sh: MutexGuard<'_, Shared>) {
             Event::Ping(_) | Event::Pong { .. } | Event::Request(_) | Event::Response(_) => {}
         }
     }
+    let reader = if wake_readers {
+        sh.recv_waker.take()
+    } else {
+        None
+    };
     drop(sh);
-    if wake_readers {
-        inner.readers.notify_waiters();
+    if let Some(reader) = reader {
+        reader.wake();
     }
 }
 
@@ -1456,7 +1442,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 // given back here (the keepalive timer fires every ping_interval).
                 sh.proto.release_memory();
                 this.out.release(KEEP_WBUF);
-                dispatch(&this.inner, sh);
+                dispatch(sh);
                 progress = true;
             }
 
@@ -1597,34 +1583,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
     }
 }
 
-/// Sends `message` to every connection in `connections` without waiting: serialised once
-/// (a [`PreparedMessage`]) and copied into each connection's output buffer (connections
-/// that compress encode it themselves). Connections that are not open, or have more than
-/// `write_limit` bytes waiting, are skipped; they are returned so the caller can act on them.
-pub fn broadcast<'a, I>(connections: I, message: impl Into<Message>) -> Vec<Connection>
-where
-    I: IntoIterator<Item = &'a Connection>,
-{
-    let message = PreparedMessage::new(message);
-    let mut skipped = Vec::new();
-    for c in connections {
-        if !c.try_send_prepared(&message) {
-            skipped.push(c.clone());
-        }
-    }
-    skipped
-}
-
-/// A message payload for [`Connection::send`] from a `Bytes` known to be text.
-pub fn text(s: impl Into<String>) -> Message {
-    Message::Text(s.into().into())
-}
-
-/// A binary message payload.
-pub fn binary(b: impl Into<Bytes>) -> Message {
-    Message::Binary(b.into())
-}
-
 #[cfg(test)]
 mod tests {
     /// An open plain connection's driver holds the two halves of its socket (16 bytes);
@@ -1645,23 +1603,23 @@ mod tests {
 mod idle_size {
     use std::mem::size_of;
 
-    use super::{Connection, Inner};
+    use super::{Inner, TaskConn};
     use crate::Message;
 
-    fn future_size<F>(_: fn(&'static Connection) -> F) -> usize {
+    fn future_size<F>(_: fn(&'static TaskConn) -> F) -> usize {
         size_of::<F>()
     }
 
     #[test]
     fn a_handle_is_two_pointers() {
-        assert_eq!(size_of::<Connection>(), 16);
+        assert_eq!(size_of::<TaskConn>(), 16);
     }
 
     #[test]
     fn waiting_futures_stay_small() {
         let recv = future_size(|c| c.recv());
         let send = future_size(|c| c.send(Message::Text(Default::default())));
-        assert!(recv <= 128, "recv future: {recv} bytes");
+        assert!(recv <= 32, "recv future: {recv} bytes");
         assert!(send <= 80, "send future: {send} bytes");
         let echo = future_size(|c| async move {
             while let Some(m) = c.recv().await? {
@@ -1669,12 +1627,12 @@ mod idle_size {
             }
             Ok::<(), crate::Error>(())
         });
-        assert!(echo <= 216, "echo handler future: {echo} bytes");
+        assert!(echo <= 208, "echo handler future: {echo} bytes");
     }
 
     #[test]
     fn the_shared_state_of_a_connection_does_not_grow() {
         let inner = size_of::<Inner>();
-        assert!(inner <= 736, "Inner: {inner} bytes");
+        assert!(inner <= 680, "Inner: {inner} bytes");
     }
 }

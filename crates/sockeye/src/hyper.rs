@@ -73,13 +73,14 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tracing::Instrument;
 
-use crate::connection::{Connection, Driver, Info, Limits, Stream};
+use crate::connection::{Driver, Info, Limits, Stream, TaskConn};
 use crate::error::{Error, Result};
 use crate::head::RequestHead;
 use crate::options::Options;
 use crate::proto::handshake::{self, ServerAccept};
 use crate::proto::{Config, DeflateParams, HandshakeError, Protocol, Side};
 use crate::server::{Answer, BoxError, Hooks};
+use crate::Connection;
 
 /// Does this request ask to become a WebSocket (its `Upgrade` header lists `websocket`)?
 ///
@@ -318,7 +319,7 @@ impl Upgrading {
                             return;
                         }
                     };
-                    let handling = handler(conn.clone());
+                    let handling = handler(conn.clone().into());
                     crate::server::run_handler(conn, driver, handling, ())
                 };
                 running.await;
@@ -336,7 +337,7 @@ impl Upgrading {
 
     /// Waits for hyper to hand the connection over (within `open_timeout`), and builds the
     /// connection on it: the core starts open, with what the handshake negotiated.
-    async fn open(self) -> Result<(Connection, Driver<Stream>)> {
+    async fn open(self) -> Result<(TaskConn, Driver<Stream>)> {
         let Upgrading { on_upgrade, open } = self;
         let upgraded = match open.open_timeout {
             Some(t) => tokio::time::timeout(t, on_upgrade)
@@ -366,7 +367,7 @@ impl Upgrading {
             response: response.into(),
         };
         let stream = Stream::Upgraded(Box::new(hyper_util::rt::TokioIo::new(upgraded)));
-        let (conn, driver) = Connection::new(proto, stream, Vec::new(), limits, info);
+        let (conn, driver) = TaskConn::new(proto, stream, Vec::new(), limits, info);
         tracing::info!(target: "sockeye::server", id = conn.id(), remote = %crate::server::Remote(conn.remote_addr()), "connection open");
         Ok((conn, driver))
     }
@@ -383,7 +384,7 @@ impl IntoFuture for Upgrading {
         Box::pin(async move {
             let (conn, driver) = self.open().await?;
             tokio::spawn(driver.instrument(span));
-            Ok(conn)
+            Ok(conn.into())
         })
     }
 }

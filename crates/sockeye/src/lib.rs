@@ -118,6 +118,7 @@ mod client;
 mod connection;
 mod direct;
 mod error;
+mod handle;
 mod head;
 pub mod hub;
 #[cfg(feature = "hyper")]
@@ -146,10 +147,10 @@ pub use sockeye_proto as proto;
 #[cfg(unix)]
 pub use client::unix_connect;
 pub use client::{connect, ClientBuilder};
-pub use connection::{
+pub use error::{Closed, Error, Result};
+pub use handle::{
     binary, broadcast, text, ClientConnection, Connection, Fragments, Pong, ServerConnection,
 };
-pub use error::{Closed, Error, Result};
 pub use hub::{Hub, Published};
 pub use proto::{CloseCode, CloseFrame, Fragment, Message, MessageKind, State};
 pub use proxy::{Proxy, ProxyError};

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 
 use crate::client::ClientBuilder;
-use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::proto::{CloseCode, HandshakeError};
+use crate::Connection;
 
 /// The delays between reconnection attempts: python-websockets' backoff.
 ///

@@ -48,8 +48,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::connection::Connection;
 use crate::server::BoxError;
+use crate::Connection;
 
 /// A handler's future, boxed: routes have handlers of different types.
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;

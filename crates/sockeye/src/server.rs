@@ -16,13 +16,14 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Notify;
 
 use crate::auth::BasicAuth;
-use crate::connection::{Connection, Info, Limits, Stream};
+use crate::connection::{Info, Limits, Stream, TaskConn};
 use crate::error::{Error, Result};
 use crate::head::{Granted, RequestHead, ResponseHead};
 use crate::options::Options;
 use crate::proto::{self, CloseCode, Event, Protocol, Side};
 use crate::routing::{Router, Table};
 use crate::unix::SocketFile;
+use crate::Connection;
 
 /// The error type handlers return: any error, boxed. `?` converts [`Error`] and most others.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -407,7 +408,7 @@ struct ServerInner {
     secure: bool,
     /// The open connections, as references that do not count as handles (8 bytes each, not a
     /// whole `Connection`).
-    connections: Mutex<HashMap<u64, crate::connection::Registration>>,
+    connections: Mutex<HashMap<u64, crate::connection::TaskRegistration>>,
     closing: AtomicBool,
     stop_accepting: Notify,
     /// Handshakes and handlers running.
@@ -462,7 +463,7 @@ impl Server {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(crate::connection::Registration::connection)
+            .map(|r| r.connection().into())
             .collect()
     }
 
@@ -614,7 +615,7 @@ fn connection_task<H, Fut, O>(
 where
     H: Fn(Connection) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
-    O: Future<Output = Option<(Connection, crate::connection::Driver<Stream>)>> + Send + Unpin,
+    O: Future<Output = Option<(TaskConn, crate::connection::Driver<Stream>)>> + Send + Unpin,
 {
     InSpan::new(connection_future(guard, opening, handler), span)
 }
@@ -629,7 +630,7 @@ fn connection_future<H, Fut, O>(
 where
     H: Fn(Connection) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
-    O: Future<Output = Option<(Connection, crate::connection::Driver<Stream>)>> + Send + Unpin,
+    O: Future<Output = Option<(TaskConn, crate::connection::Driver<Stream>)>> + Send + Unpin,
 {
     ConnectionFuture::new(opening, guard, handler, run_connection::<H, Fut>)
 }
@@ -649,7 +650,7 @@ enum ConnectionFuture<O, H, S, R> {
 
 impl<O, H, S, R> ConnectionFuture<O, H, S, R>
 where
-    S: FnOnce(Connection, crate::connection::Driver<Stream>, ActiveGuard, &H) -> R,
+    S: FnOnce(TaskConn, crate::connection::Driver<Stream>, ActiveGuard, &H) -> R,
 {
     fn new(opening: O, guard: ActiveGuard, handler: Arc<H>, start: S) -> Self {
         ConnectionFuture::Opening {
@@ -661,8 +662,8 @@ where
 
 impl<O, H, S, R> Future for ConnectionFuture<O, H, S, R>
 where
-    O: Future<Output = Option<(Connection, crate::connection::Driver<Stream>)>> + Unpin,
-    S: FnOnce(Connection, crate::connection::Driver<Stream>, ActiveGuard, &H) -> R + Unpin,
+    O: Future<Output = Option<(TaskConn, crate::connection::Driver<Stream>)>> + Unpin,
+    S: FnOnce(TaskConn, crate::connection::Driver<Stream>, ActiveGuard, &H) -> R + Unpin,
     R: Future<Output = ()> + Unpin,
 {
     type Output = ();
@@ -723,7 +724,7 @@ impl<F: Future + Unpin> Future for InSpan<F> {
 /// Registers an open connection with its server and returns the future that runs it (the
 /// handler and the driver, see [`run_handler`]), which leaves the server's map when done.
 fn run_connection<H, Fut>(
-    conn: Connection,
+    conn: TaskConn,
     driver: crate::connection::Driver<Stream>,
     guard: ActiveGuard,
     handler: &H,
@@ -743,7 +744,7 @@ where
     if server.closing.load(Ordering::Acquire) {
         let _ = conn.start_close(CloseCode::GOING_AWAY, "");
     }
-    let handling = handler(conn.clone());
+    let handling = handler(conn.clone().into());
     run_handler(conn, driver, handling, guard)
 }
 
@@ -791,7 +792,7 @@ async fn open_connection(
     peer: Option<SocketAddr>,
     shared: Arc<Shared>,
     server: Arc<ServerInner>,
-) -> Option<(Connection, crate::connection::Driver<Stream>)> {
+) -> Option<(TaskConn, crate::connection::Driver<Stream>)> {
     let (shared, server) = (&*shared, &server);
     let (local, _) = socket.addresses();
     let mut proto = Protocol::server(shared.config.clone());
@@ -826,7 +827,7 @@ async fn open_connection(
         response,
     };
     let limits: Limits = shared.options.limits;
-    Some(Connection::new(proto, stream, Vec::new(), limits, info))
+    Some(TaskConn::new(proto, stream, Vec::new(), limits, info))
 }
 
 /// The transport of an accepted connection: TLS over `socket` (TCP or Unix) when the server
@@ -885,7 +886,7 @@ pub(crate) fn log_handler_error(id: u64, e: &BoxError) {
 }
 
 pub(crate) fn run_handler<D, F, K>(
-    conn: Connection,
+    conn: TaskConn,
     driver: D,
     handler: F,
     keep: K,

@@ -66,7 +66,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 "#;
 
 /// Echoes until asked to close with 4000: the body of a handler, for either kind of
-/// connection (`sockeye::Connection`, `sockeye::reactor::Connection`).
+/// connection (`sockeye::Connection`, `sockeye::Connection`).
 macro_rules! echo_until_close_4000 {
     ($ws:expr) => {{
         while let Some(msg) = $ws.recv().await? {
@@ -122,19 +122,16 @@ async fn python_client_against_async_handlers_on_the_event_loop() {
     let server = sockeye::reactor::Server::builder()
         .max_size(8 << 20)
         .threads(1)
-        .serve_async(
-            "127.0.0.1:0",
-            |ws: sockeye::reactor::Connection| async move {
-                while let Some(msg) = ws.recv().await? {
-                    if msg.as_text() == Some("close-4000") {
-                        ws.close(CloseCode(4000), "asked to").await?;
-                        break;
-                    }
-                    ws.send(msg).await?;
+        .serve_async("127.0.0.1:0", |ws: sockeye::Connection| async move {
+            while let Some(msg) = ws.recv().await? {
+                if msg.as_text() == Some("close-4000") {
+                    ws.close(CloseCode(4000), "asked to").await?;
+                    break;
                 }
-                Ok(())
-            },
-        )
+                ws.send(msg).await?;
+            }
+            Ok(())
+        })
         .unwrap();
     let uri = format!("ws://{}/", server.local_addr());
     python_client_session(&uri).await;

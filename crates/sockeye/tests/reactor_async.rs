@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sockeye::reactor::{self, Server, ServerBuilder};
+use sockeye::reactor::{Server, ServerBuilder};
 use sockeye::{ClientBuilder, CloseCode, Error, Message};
 use tokio::time::timeout;
 
@@ -69,7 +69,7 @@ async fn until_stalled(count: &AtomicUsize) -> usize {
 
 fn echo_server(builder: ServerBuilder) -> Server {
     builder
-        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+        .serve_async("127.0.0.1:0", |ws: sockeye::Connection| async move {
             while let Some(message) = ws.recv().await? {
                 ws.send(message).await?;
             }
@@ -126,7 +126,7 @@ async fn echoes_text_binary_large_and_pipelined_messages_with_and_without_compre
 async fn the_handlers_end_closes_with_1000_and_its_failure_or_panic_with_1011() {
     let server = Server::builder()
         .threads(1)
-        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+        .serve_async("127.0.0.1:0", |ws: sockeye::Connection| async move {
             let path = ws.request().uri().path().to_owned();
             match path.as_str() {
                 "/return" => Ok(()),
@@ -173,7 +173,7 @@ async fn handlers_use_tokio_timers_select_and_channels_inside_the_loop() {
     // against a tokio timer with select!.
     let server = Server::builder()
         .threads(1)
-        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+        .serve_async("127.0.0.1:0", |ws: sockeye::Connection| async move {
             if ws.request().uri().path() == "/clock" {
                 for tick in 0..3 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -230,7 +230,7 @@ async fn handlers_use_tokio_timers_select_and_channels_inside_the_loop() {
 async fn addresses_over_ipv6() {
     // IPv6 addresses are kept out of line (IPv4 pairs inline): both come back whole.
     let server = Server::builder()
-        .serve_async("[::1]:0", |ws: reactor::Connection| async move {
+        .serve_async("[::1]:0", |ws: sockeye::Connection| async move {
             let addresses = format!("{:?} {:?}", ws.local_addr(), ws.remote_addr());
             ws.send(addresses).await?;
             Ok(())
@@ -249,11 +249,11 @@ async fn addresses_over_ipv6() {
 async fn connections_are_reached_from_other_tasks_and_threads_in_order() {
     // Registration and broadcast (the seeds' pattern): handlers register their connection,
     // a tokio task and a plain thread send to all of them.
-    let registry: Arc<Mutex<Vec<reactor::Connection>>> = Arc::default();
+    let registry: Arc<Mutex<Vec<sockeye::Connection>>> = Arc::default();
     let joined = registry.clone();
     let server = Server::builder()
         .threads(2)
-        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+        .serve_async("127.0.0.1:0", move |ws: sockeye::Connection| {
             let joined = joined.clone();
             async move {
                 joined.lock().unwrap().push(ws.clone());
@@ -350,7 +350,7 @@ async fn recv_reports_the_end_and_a_second_recv_at_once_is_an_error() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let server = Server::builder()
         .threads(1)
-        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+        .serve_async("127.0.0.1:0", move |ws: sockeye::Connection| {
             let tx = tx.clone();
             async move {
                 let first = {
@@ -406,7 +406,7 @@ async fn reading_stops_while_max_queue_messages_wait_and_nothing_is_lost() {
     let server = Server::builder()
         .threads(1)
         .max_queue(4)
-        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+        .serve_async("127.0.0.1:0", move |ws: sockeye::Connection| {
             let (gate, tx) = (gate.clone(), tx.clone());
             async move {
                 gate.notified().await;
@@ -461,7 +461,7 @@ async fn a_producer_waits_over_write_limit_for_a_peer_that_does_not_read() {
         .threads(1)
         .write_limit(64 * KIB)
         .compression(false)
-        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+        .serve_async("127.0.0.1:0", move |ws: sockeye::Connection| {
             let (counter, buffered) = (counter.clone(), buffered.clone());
             async move {
                 for i in 0..COUNT {
@@ -498,7 +498,7 @@ async fn a_producer_waits_over_write_limit_for_a_peer_that_does_not_read() {
 async fn the_handlers_close_and_shutdown_reach_the_client() {
     let server = Server::builder()
         .threads(1)
-        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+        .serve_async("127.0.0.1:0", |ws: sockeye::Connection| async move {
             match ws.request().uri().path() {
                 "/close" => {
                     ws.close(CloseCode::POLICY_VIOLATION, "not today").await?;
@@ -536,8 +536,10 @@ async fn the_handlers_close_and_shutdown_reach_the_client() {
 #[test]
 fn a_connection_is_send_sync_and_cheap_to_clone() {
     fn send_sync<T: Send + Sync + Clone>() {}
-    send_sync::<reactor::Connection>();
-    assert_eq!(std::mem::size_of::<reactor::Connection>(), 8);
+    send_sync::<sockeye::Connection>();
+    // Two pointers: the tokio handle's `Arc` and its `Stream`/`Sink` box (whose niche
+    // tells the event loop's handle apart).
+    assert_eq!(std::mem::size_of::<sockeye::Connection>(), 16);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,11 +548,12 @@ async fn ping_latency_subprotocol_username_and_the_request_are_the_connections()
         .threads(1)
         .subprotocols(["chat.v2", "chat.v1"])
         .basic_auth(sockeye::auth::basic("test", [("ada", "secret")]))
-        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+        .serve_async("127.0.0.1:0", |ws: sockeye::Connection| async move {
             assert_eq!(ws.latency(), None);
-            let rtt = ws.ping().await?;
-            // Two at once: both answered.
-            let (a, b) = tokio::join!(ws.ping(), ws.ping());
+            let rtt = ws.ping().await?.await?;
+            // Two in flight at once: both answered.
+            let (a, b) = (ws.ping().await?, ws.ping_with(b"mine").await?);
+            let (a, b) = tokio::join!(a, b);
             let (a, b) = (a?, b?);
             let request = ws.request();
             let report = format!(
@@ -594,7 +597,7 @@ async fn a_connection_is_a_stream_of_messages_and_a_sink() {
     // python-websockets' `async for message in websocket`, and a sink fed by a stream.
     let server = Server::builder()
         .threads(1)
-        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+        .serve_async("127.0.0.1:0", |ws: sockeye::Connection| async move {
             let mut sink = ws.clone();
             let mut messages = ws.clone();
             let mut count = 0;
@@ -622,7 +625,7 @@ async fn a_connection_is_a_stream_of_messages_and_a_sink() {
     // The sink's close closes with 1000 and waits for the end.
     let server = Server::builder()
         .threads(1)
-        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+        .serve_async("127.0.0.1:0", |ws: sockeye::Connection| async move {
             let mut sink = ws.clone();
             let mut words = futures_util::stream::iter(["a", "b"].map(|w| Ok(Message::from(w))));
             sink.send_all(&mut words).await?;
@@ -646,13 +649,13 @@ async fn a_connection_is_a_stream_of_messages_and_a_sink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_skips_slow_and_closed_connections_and_never_waits() {
     const SIZE: usize = 128 * KIB;
-    let registry: Arc<Mutex<Vec<reactor::Connection>>> = Arc::default();
+    let registry: Arc<Mutex<Vec<sockeye::Connection>>> = Arc::default();
     let joined = registry.clone();
     let server = Server::builder()
         .threads(2)
         .write_limit(16 * KIB)
         .compression(false)
-        .serve_async("127.0.0.1:0", move |ws: reactor::Connection| {
+        .serve_async("127.0.0.1:0", move |ws: sockeye::Connection| {
             let joined = joined.clone();
             async move {
                 joined.lock().unwrap().push(ws.clone());
@@ -680,7 +683,7 @@ async fn broadcast_skips_slow_and_closed_connections_and_never_waits() {
     timeout(GUARD, all[3].wait_closed()).await.unwrap();
     let mut slow_skipped_at = None;
     for round in 0..100usize {
-        let skipped = reactor::broadcast(&all, vec![(round % 256) as u8; SIZE]);
+        let skipped = sockeye::broadcast(&all, vec![(round % 256) as u8; SIZE]);
         let ids: Vec<u64> = skipped.iter().map(|c| c.id()).collect();
         assert!(ids.contains(&all[3].id()), "round {round}: the closed one");
         assert!(!ids.contains(&all[0].id()) && !ids.contains(&all[1].id()));
@@ -726,17 +729,17 @@ async fn async_handlers_use_the_servers_topics() {
     // <room> send, on two loops, and what the server publishes from outside.
     let server = Server::builder()
         .threads(2)
-        .serve_async("127.0.0.1:0", |ws: reactor::Connection| async move {
+        .serve_async("127.0.0.1:0", |ws: sockeye::Connection| async move {
             let room = ws.request().uri().path().to_owned();
-            ws.subscribe(&room);
+            ws.subscribe(&room)?;
             ws.send("joined").await?;
             while let Some(message) = ws.recv().await? {
                 if message.as_text() == Some("leave") {
-                    ws.unsubscribe(&room);
+                    ws.unsubscribe(&room)?;
                     ws.send("left").await?;
                     continue;
                 }
-                ws.publish(&room, message);
+                ws.publish(&room, message)?;
             }
             Ok(())
         })

@@ -40,8 +40,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use crate::connection::{Connection, Registration};
+use crate::handle::Registration;
 use crate::proto::{Message, PreparedMessage};
+use crate::Connection;
 
 #[cfg(feature = "redis")]
 mod redis;
@@ -233,7 +234,7 @@ impl Hub {
     }
 
     fn publish_inner(&self, topic: &str, message: Message, except: Option<u64>) -> Published {
-        let prepared = PreparedMessage::new(message);
+        let prepared = Arc::new(PreparedMessage::new(message));
         let result = self.inner.deliver(topic, &prepared, except);
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.inner.redis {
@@ -291,7 +292,12 @@ impl Inner {
     /// The subscribers are listed under the lock and served after it is released: a
     /// delivery may write to the subscriber's socket (when its output is idle), and a
     /// publish to thousands must not keep other threads from subscribing meanwhile.
-    fn deliver(&self, topic: &str, prepared: &PreparedMessage, except: Option<u64>) -> Published {
+    fn deliver(
+        &self,
+        topic: &str,
+        prepared: &Arc<PreparedMessage>,
+        except: Option<u64>,
+    ) -> Published {
         let subs: Vec<Registration> = match self.lock().topics.get(topic) {
             Some(subs) => subs
                 .iter()

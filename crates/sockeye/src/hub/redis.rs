@@ -559,7 +559,7 @@ impl Link {
             // Published here: delivered to this process's subscribers already.
             Some((node, _)) if node == self.shared.node => {}
             Some((_, m)) => {
-                hub.deliver(topic, &PreparedMessage::new(m), None);
+                hub.deliver(topic, &Arc::new(PreparedMessage::new(m)), None);
             }
             None => tracing::debug!(
                 target: TARGET,

@@ -1013,7 +1013,14 @@ fn open<F, H>(
     shared.control.open.fetch_add(1, Ordering::AcqRel);
     // The peer's address is asked of the socket only when the event is logged.
     tracing::info!(target: "sockeye::server", id = conn.id, remote = %crate::server::Remote(conn.socket.peer_addr().ok()), "connection open");
-    // An async handler's connection keeps the request (`tasks::AsyncConn::on_open`).
+    // An async handler's connection keeps the request (`tasks::AsyncConn::on_open`), and
+    // the response if a hook may have changed it.
+    let mut granted = granted;
+    if shared.hooks.process_response.is_some() {
+        let (parts, _) = response.clone().into_parts();
+        let head = http::Response::from_parts(parts, ()).into();
+        granted.get_or_insert_default().response = Some(head);
+    }
     local.request = Some((request, granted));
     call(conn, slot, local, |h, ws| h.on_open(ws));
     local.request = None;
@@ -1090,6 +1097,12 @@ mod idle_size {
         let conn = size_with(&echo);
         let core = size_of::<crate::proto::Protocol>();
         assert!(conn <= core + 48, "Conn: {conn} bytes (Protocol {core})");
+        // An async handler's connection: its handler in the slot is the link's pointer.
+        let async_conn = size_of::<Conn<crate::reactor::tasks::AsyncConn>>();
+        assert!(
+            async_conn <= core + 72,
+            "Conn<AsyncConn>: {async_conn} bytes"
+        );
         assert!(core <= 392, "Protocol: {core} bytes");
         assert_eq!(size_of::<std::cmp::Reverse<(Instant, usize, u32)>>(), 32);
     }

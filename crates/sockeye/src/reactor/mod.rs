@@ -18,9 +18,9 @@
 //! callback is called for each message as it arrives, so nothing queues).
 //!
 //! python-websockets' model runs on the loops too: [`ServerBuilder::serve_async`] takes an
-//! `async fn` of a [`Connection`] (`recv().await`, `send().await`), whose future the loop
+//! `async fn` of a [`Connection`](crate::Connection) (`recv().await`, `send().await`), whose future the loop
 //! that owns the connection polls instead of a tokio task (about 1.1 KB per idle
-//! connection, against 2.1 KB for [`crate::serve`]).
+//! connection, against 2.0 KB for [`crate::serve`]).
 //!
 //! Outside the callbacks, a [`Handle`] (from [`Socket::handle`]; `Send`, cheap to clone)
 //! sends to, closes or runs a closure on its connection from any thread, and
@@ -81,10 +81,8 @@
 
 mod event_loop;
 mod slab;
-mod tasks;
+pub(crate) mod tasks;
 mod topics;
-
-pub use tasks::{broadcast, Connection};
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -383,13 +381,17 @@ struct Mailbox {
     /// after the server shut down must not pile up closures nobody will run).
     queue: Mutex<Option<Vec<Command>>>,
     waker: mio::Waker,
+    /// The server's configuration, for what a connection builds again when asked (its
+    /// `101` response).
+    config: Arc<crate::proto::Config>,
 }
 
 impl Mailbox {
-    fn new(waker: mio::Waker) -> Mailbox {
+    fn new(waker: mio::Waker, config: Arc<crate::proto::Config>) -> Mailbox {
         Mailbox {
             queue: Mutex::new(Some(Vec::new())),
             waker,
+            config,
         }
     }
 
@@ -510,7 +512,7 @@ impl ServerBuilder {
     }
 
     /// Binds `addr` and serves python-websockets' way: `handler` runs once per connection
-    /// as an `async fn` of a [`Connection`] (`recv().await`, `send().await`), and the
+    /// as an `async fn` of a [`Connection`](crate::Connection) (`recv().await`, `send().await`), and the
     /// connection closes when it returns (1000), or fails with 1011 and an ERROR log when it
     /// returns an error or panics. Its future is polled by the loop that owns the
     /// connection (it need not be `Send`), not by a tokio task: an idle connection costs
@@ -525,7 +527,7 @@ impl ServerBuilder {
     /// # async fn main() -> Result<(), sockeye::BoxError> {
     /// let server = sockeye::reactor::Server::builder().serve_async(
     ///     "127.0.0.1:8765",
-    ///     |ws: sockeye::reactor::Connection| async move {
+    ///     |ws: sockeye::Connection| async move {
     ///         while let Some(message) = ws.recv().await? {
     ///             ws.send(message).await?;
     ///         }
@@ -538,7 +540,7 @@ impl ServerBuilder {
     pub fn serve_async<A, H, Fut>(self, addr: A, handler: H) -> Result<Server>
     where
         A: ToSocketAddrs,
-        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        H: Fn(crate::Connection) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = std::result::Result<(), crate::BoxError>> + 'static,
     {
         let listener = TcpListener::bind(addr)?;
@@ -548,7 +550,7 @@ impl ServerBuilder {
     /// [`serve_async`](Self::serve_async) on a listener bound already.
     pub fn serve_async_listener<H, Fut>(self, listener: TcpListener, handler: H) -> Result<Server>
     where
-        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        H: Fn(crate::Connection) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = std::result::Result<(), crate::BoxError>> + 'static,
     {
         let handler: Arc<tasks::HandlerFn> =
@@ -572,14 +574,15 @@ impl ServerBuilder {
         };
         let mut prepared = Vec::with_capacity(threads);
         let mut mailboxes = Vec::with_capacity(threads);
+        let config = Arc::new(self.options.config);
         for _ in 0..threads {
             let mut listener = mio::net::TcpListener::from_std(listener.try_clone()?);
             let (poll, waker) = event_loop::Loop::<F, H>::prepare(&mut listener)?;
-            mailboxes.push(Arc::new(Mailbox::new(waker)));
+            mailboxes.push(Arc::new(Mailbox::new(waker, config.clone())));
             prepared.push((poll, listener));
         }
         let shared = Arc::new(event_loop::Shared {
-            config: Arc::new(self.options.config),
+            config,
             write_limit: self.options.limits.write_limit,
             hooks: self.hooks,
             factory,

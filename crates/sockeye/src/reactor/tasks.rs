@@ -15,26 +15,29 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use http::Request;
+use bytes::Bytes;
+use http::{Request, Response};
 
 use super::{Command, Handler, Mailbox, Socket};
 use crate::addresses::Addresses;
+use crate::connection::BusyGuard;
 use crate::error::{Closed, Error, Result};
 use crate::head::RequestHead;
-use crate::proto::{CloseCode, Message, PreparedMessage, State};
+use crate::proto::{CloseCode, Fragment, Message, MessageKind, PreparedMessage, Side, State};
 use crate::BoxError;
 
 /// A handler's future, as the loop keeps it.
 pub(super) type TaskFuture = Pin<Box<dyn Future<Output = std::result::Result<(), BoxError>>>>;
 
 /// The user's handler, shared by every connection of the server.
-pub(super) type HandlerFn = dyn Fn(Connection) -> TaskFuture + Send + Sync;
+pub(super) type HandlerFn = dyn Fn(crate::Connection) -> TaskFuture + Send + Sync;
 
 /// One handler future in a loop's `tasks` slab.
 pub(super) struct Task {
@@ -110,14 +113,16 @@ fn schedule(mailbox: &Arc<Mailbox>, work: Work) {
 /// What is queued for the connection by its handles.
 pub(super) enum Out {
     Message(Message),
-    /// A message encoded once for many connections (`broadcast`).
+    /// A message encoded once for many connections (`broadcast`, a `Hub`), shared by them.
     Prepared(Arc<PreparedMessage>),
+    /// A frame of a fragmented message (`send_fragmented`).
+    Fragment(MessageKind, Bytes, bool),
     /// `Connection::subscribe`, `unsubscribe`, `publish`.
     Subscribe(Box<str>),
     Unsubscribe(Box<str>),
     Publish(Box<str>, Message),
-    /// A ping whose payload is this token (`Connection::ping`).
-    Ping(u64),
+    /// A ping with this payload (`Connection::ping`).
+    Ping(Bytes),
     Close(CloseCode, String),
     Fail(CloseCode),
 }
@@ -183,8 +188,14 @@ struct Waiting {
     /// Receivers beyond the first (`recv_waker`): a `Stream` polled while a `recv` waits
     /// elsewhere, say. Woken with it, so that none is forgotten.
     receivers: Vec<Waker>,
-    /// `Connection::ping`s waiting for their pong: token, and the round trip once it came.
-    pings: Vec<(u64, Option<Duration>)>,
+    /// `Connection::ping`s waiting for their pong, in the order sent: id, payload, and
+    /// the round trip once it came.
+    pings: Vec<(u64, Bytes, Option<Duration>)>,
+    /// `Connection::on_close` hooks, run once the connection is over.
+    close_hooks: Vec<Box<dyn FnOnce() + Send>>,
+    /// The `send_fragmented` whose message is being sent: other messages wait for it
+    /// (here and not in the link's state, as fragmented messages are rare).
+    fragmented: Option<NonZeroU64>,
 }
 
 impl Waiting {
@@ -194,6 +205,8 @@ impl Waiting {
             && self.pingers.is_empty()
             && self.receivers.is_empty()
             && self.pings.is_empty()
+            && self.close_hooks.is_empty()
+            && self.fragmented.is_none()
     }
 
     fn list(&mut self, which: Waiters) -> &mut Vec<Waker> {
@@ -255,8 +268,18 @@ impl Link {
                 Out::Prepared(m) => {
                     let _ = ws.send_prepared(&m);
                 }
-                Out::Ping(token) => {
-                    let _ = ws.ping(&token.to_be_bytes());
+                Out::Fragment(kind, data, fin) => {
+                    if ws.proto.send_fragment(kind, &data, fin).is_err() {
+                        // The message can never end: as the tokio connection does.
+                        ws.proto
+                            .fail(CloseCode::INTERNAL_ERROR, "fragmented message refused");
+                    }
+                }
+                Out::Ping(payload) => {
+                    if ws.ping(&payload).is_err() {
+                        // Refused (a keepalive ping has the same payload): its `Pong` ends.
+                        self.forget_ping(&payload);
+                    }
                 }
                 Out::Close(code, reason) => {
                     let _ = ws.close(code, &reason);
@@ -312,11 +335,21 @@ impl Link {
         st.buffered = 0;
         let outbox = std::mem::take(&mut st.outbox);
         let recv = st.recv_waker.take();
+        let hooks = st
+            .waiting
+            .as_deref_mut()
+            .map(|w| std::mem::take(&mut w.close_hooks))
+            .unwrap_or_default();
         let mut waiters = take_waiters(&mut st, Waiters::Senders);
         waiters.extend(take_waiters(&mut st, Waiters::Closers));
         waiters.extend(take_waiters(&mut st, Waiters::Pingers));
         waiters.extend(take_waiters(&mut st, Waiters::Receivers));
         drop(st);
+        for hook in hooks {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)).is_err() {
+                tracing::error!(target: "sockeye::server", id = self.id, "a close hook panicked");
+            }
+        }
         // Sends die with the connection; publishes do not (they are the topic's).
         for out in outbox {
             if let Out::Publish(topic, message) = out {
@@ -368,6 +401,7 @@ fn out_len(out: &Out) -> usize {
     match out {
         Out::Message(m) => m.len(),
         Out::Prepared(m) => m.message().len(),
+        Out::Fragment(_, data, _) => data.len(),
         Out::Ping(_)
         | Out::Close(..)
         | Out::Fail(_)
@@ -422,7 +456,7 @@ impl Handler for AsyncConn {
                 latency_us: 0,
             }),
         });
-        let future = handler(Connection { link: link.clone() });
+        let future = handler(LoopConn { link: link.clone() }.into());
         let task = ws.local.tasks.insert(Task {
             future,
             link: link.clone(),
@@ -475,15 +509,12 @@ impl Handler for AsyncConn {
             let us = latency.as_micros().clamp(1, u32::MAX.into());
             st.latency_us = u32::try_from(us).unwrap_or(u32::MAX);
         }
-        let answered = <[u8; 8]>::try_from(payload).map(u64::from_be_bytes);
-        if let (Some(waiting), Ok(answered)) = (st.waiting.as_deref_mut(), answered) {
+        if let Some(waiting) = st.waiting.as_deref_mut() {
             // A pong that answers one of this connection's pings answers every earlier one
             // too (the core's rule); any other pong answers none of them.
-            if waiting.pings.iter().any(|(token, _)| *token == answered) {
-                for (token, got) in waiting.pings.iter_mut() {
-                    if *token <= answered && got.is_none() {
-                        *got = Some(latency.unwrap_or_default());
-                    }
+            if let Some(at) = waiting.pings.iter().position(|(_, p, _)| p[..] == *payload) {
+                for (_, _, got) in &mut waiting.pings[..=at] {
+                    got.get_or_insert(latency.unwrap_or_default());
                 }
             }
         }
@@ -500,34 +531,45 @@ impl Handler for AsyncConn {
 }
 
 /// A connection served by an async handler on an event loop
-/// ([`ServerBuilder::serve_async`](super::ServerBuilder::serve_async)): python-websockets'
-/// API, `recv().await` and `send().await`, for about a kilobyte per idle connection.
+/// ([`ServerBuilder::serve_async`](super::ServerBuilder::serve_async)), behind
+/// [`crate::Connection`]: python-websockets' API for about a kilobyte per idle connection.
 ///
 /// Cheap to clone, `Send + Sync`: other tasks and threads may send on it and wait for its
 /// end. What the handler sends during one poll leaves in one write. Sends from elsewhere
 /// reach the connection through its loop's mailbox, in order.
 #[derive(Clone)]
-pub struct Connection {
+pub(crate) struct LoopConn {
     link: Arc<Link>,
 }
 
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("reactor::Connection")
-            .field("id", &self.link.id)
-            .field("state", &self.state())
-            .finish()
+/// Forgets a `ping` when its `Pong` is dropped (the list is freed once empty).
+pub(crate) struct LoopPong {
+    link: Arc<Link>,
+    id: u64,
+}
+
+impl Future for LoopPong {
+    type Output = Result<Duration>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = self.link.lock();
+        let entry = (st.waiting.as_deref()).and_then(|w| w.pings.iter().find(|p| p.0 == self.id));
+        match entry {
+            Some((_, _, Some(latency))) => return Poll::Ready(Ok(*latency)),
+            Some(_) if st.state != State::Closed => {}
+            // Closed first, or refused by the core (a keepalive ping had its payload).
+            _ => return Poll::Ready(Err(Error::ConnectionClosed(closed_so_far(&st)))),
+        }
+        add_waiter(&mut st, Waiters::Pingers, cx.waker());
+        Poll::Pending
     }
 }
 
-/// Forgets a `ping` when it ends or is dropped (the list is freed once empty).
-struct PingGuard<'a>(&'a Link, u64);
-
-impl Drop for PingGuard<'_> {
+impl Drop for LoopPong {
     fn drop(&mut self) {
-        let mut st = self.0.lock();
+        let mut st = self.link.lock();
         if let Some(waiting) = st.waiting.as_deref_mut() {
-            waiting.pings.retain(|(t, _)| *t != self.1);
+            waiting.pings.retain(|p| p.0 != self.id);
             if waiting.is_empty() {
                 st.waiting = None;
             }
@@ -535,137 +577,225 @@ impl Drop for PingGuard<'_> {
     }
 }
 
-/// Clears the receiving side's busy flag when a `recv` ends or is dropped.
-struct RecvGuard<'a>(&'a Link);
-
-impl Drop for RecvGuard<'_> {
-    fn drop(&mut self) {
-        self.0.recv_busy.store(false, Ordering::Release);
+impl Link {
+    /// The core refused the ping with this payload: its `Pong` ends with an error.
+    fn forget_ping(&self, payload: &[u8]) {
+        let mut st = self.lock();
+        if let Some(waiting) = st.waiting.as_deref_mut() {
+            waiting.pings.retain(|p| p.1[..] != *payload);
+        }
+        let waiters = take_waiters(&mut st, Waiters::Pingers);
+        drop(st);
+        wake_all(waiters);
     }
 }
 
-impl Connection {
-    /// A number that identifies this connection in logs, unique within the process (one
-    /// numbering for every front end).
-    pub fn id(&self) -> u64 {
+/// The messages of an event loop's connection, each as one fragment
+/// ([`crate::Connection::recv_streaming`]: the loop joins a message's frames before the
+/// handler sees it).
+pub(crate) struct LoopFragments<'a> {
+    conn: &'a LoopConn,
+    _busy: BusyGuard<'a>,
+    done: bool,
+}
+
+impl LoopFragments<'_> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Fragment>> {
+        if self.done {
+            return Ok(None);
+        }
+        let got = poll_fn(|cx| self.conn.poll_recv(cx)).await?;
+        self.done = true;
+        Ok(got.map(|message| {
+            let kind = message.kind();
+            Fragment {
+                kind,
+                data: message.into_bytes(),
+                first: true,
+                fin: true,
+            }
+        }))
+    }
+}
+
+/// A fragmented message being sent: other senders wait until its last frame. Dropped
+/// before that (its sender cancelled), it fails the connection, as the message can never
+/// end.
+pub(crate) struct LoopFragmented<'a> {
+    conn: &'a LoopConn,
+    kind: MessageKind,
+    owner: NonZeroU64,
+    started: bool,
+}
+
+impl LoopFragmented<'_> {
+    /// Sends the next frame of the message (`fin` for the last).
+    pub(crate) async fn send(&mut self, data: &[u8], fin: bool) -> Result<()> {
+        let mut data = Some(Bytes::copy_from_slice(data));
+        let (conn, kind, owner) = (self.conn, self.kind, self.owner);
+        poll_fn(|cx| {
+            let mut st = conn.link.lock();
+            std::task::ready!(conn.poll_room(&mut st, cx, Some(owner)))?;
+            let data = data.take().expect("polled after completion");
+            st.buffered += data.len();
+            set_fragmented(&mut st, (!fin).then_some(owner));
+            st.outbox.push(Out::Fragment(kind, data, fin));
+            let senders = if fin {
+                // Whole messages waiting for this one may go.
+                take_waiters(&mut st, Waiters::Senders)
+            } else {
+                Vec::new()
+            };
+            conn.link.flush_later(st);
+            wake_all(senders);
+            Poll::Ready(Ok::<(), Error>(()))
+        })
+        .await?;
+        self.started = !fin;
+        Ok(())
+    }
+}
+
+impl Drop for LoopFragmented<'_> {
+    fn drop(&mut self) {
+        if !self.started {
+            return;
+        }
+        let mut st = self.conn.link.lock();
+        if fragmented(&st) == Some(self.owner) {
+            set_fragmented(&mut st, None);
+        }
+        st.closing = true;
+        st.outbox.push(Out::Fail(CloseCode::INTERNAL_ERROR));
+        let senders = take_waiters(&mut st, Waiters::Senders);
+        self.conn.link.flush_later(st);
+        wake_all(senders);
+    }
+}
+
+impl LoopConn {
+    pub(crate) fn id(&self) -> u64 {
         self.link.id
     }
 
-    /// The handshake request (method, path, headers, cookies).
-    pub fn request(&self) -> &Request<()> {
+    pub(crate) fn side(&self) -> Side {
+        Side::Server
+    }
+
+    pub(crate) fn request(&self) -> &Request<()> {
         self.link.request.get()
     }
 
-    /// The user name the client authenticated with, when the server checks HTTP Basic
-    /// credentials (`basic_auth`).
-    pub fn username(&self) -> Option<&str> {
+    pub(crate) fn response(&self) -> &Response<()> {
+        (self.link.request).answer(&self.link.mailbox.config, self.subprotocol())
+    }
+
+    pub(crate) fn username(&self) -> Option<&str> {
         self.link.request.username()
     }
 
-    /// The peer's address.
-    pub fn remote_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
+        self.link.request.param(name)
+    }
+
+    pub(crate) fn params_slice(&self) -> &[(Arc<str>, Box<str>)] {
+        self.link.request.params()
+    }
+
+    pub(crate) fn route(&self) -> Option<usize> {
+        self.link.request.route()
+    }
+
+    pub(crate) fn remote_addr(&self) -> Option<SocketAddr> {
         self.link.addresses.remote()
     }
 
-    /// The local address of the connection's socket.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         self.link.addresses.local()
     }
 
-    /// The state of the connection, as of the loop's latest write (`Open` until a close
-    /// is under way).
-    pub fn state(&self) -> State {
+    pub(crate) fn subprotocol(&self) -> Option<&str> {
+        self.link.subprotocol.as_deref()
+    }
+
+    /// As of the loop's latest write (`Open` until a close is under way).
+    pub(crate) fn state(&self) -> State {
         self.link.lock().state
     }
 
-    /// How the connection ended, once it has.
-    pub fn closed(&self) -> Option<Closed> {
+    pub(crate) fn closed(&self) -> Option<Closed> {
         let st = self.link.lock();
-        if st.state == State::Closed {
-            st.closed.as_deref().cloned()
-        } else {
-            None
-        }
+        (st.state == State::Closed).then(|| closed_so_far(&st))
     }
 
-    /// The round-trip time measured by the latest ping answered (keepalive or
-    /// [`ping`](Self::ping)), if any.
-    pub fn latency(&self) -> Option<Duration> {
+    pub(crate) fn close_code(&self) -> CloseCode {
+        closed_so_far(&self.link.lock()).code()
+    }
+
+    pub(crate) fn close_reason(&self) -> String {
+        let closed = closed_so_far(&self.link.lock());
+        closed.received.map(|f| f.reason).unwrap_or_default()
+    }
+
+    pub(crate) fn latency(&self) -> Option<Duration> {
         match self.link.lock().latency_us {
             0 => None,
             us => Some(Duration::from_micros(us.into())),
         }
     }
 
-    /// The code of the peer's close frame (1006 when none came), once the connection is
-    /// closed; `None` before.
-    pub fn close_code(&self) -> Option<CloseCode> {
-        self.closed().map(|c| c.code())
-    }
-
-    /// The subprotocol negotiated in the handshake, if any.
-    pub fn subprotocol(&self) -> Option<&str> {
-        self.link.subprotocol.as_deref()
-    }
-
-    /// Sends a ping and waits for its pong: the round-trip time. Fails with
-    /// [`Error::ConnectionClosed`] if the connection closes first. Cancel-safe (a pong that
-    /// comes later is ignored).
-    pub async fn ping(&self) -> Result<Duration> {
-        let token = PING_TOKENS.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut st = self.link.lock();
-            if st.state != State::Open || st.closing {
-                return Err(Error::ConnectionClosed(closed_so_far(&st)));
-            }
-            (st.waiting.get_or_insert_with(Box::default).pings).push((token, None));
-            st.outbox.push(Out::Ping(token));
-            self.link.flush_later(st);
-        }
-        let _forget = PingGuard(&self.link, token);
-        poll_fn(|cx| {
-            let mut st = self.link.lock();
-            let got =
-                (st.waiting.as_deref()).and_then(|w| w.pings.iter().find(|(t, _)| *t == token));
-            if let Some((_, Some(latency))) = got {
-                return Poll::Ready(Ok(*latency));
-            }
-            if st.state == State::Closed {
-                return Poll::Ready(Err(Error::ConnectionClosed(closed_so_far(&st))));
-            }
-            add_waiter(&mut st, Waiters::Pingers, cx.waker());
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Bytes waiting to be written (as of the loop's latest write, plus what was queued
-    /// since).
-    pub fn buffered_amount(&self) -> usize {
+    pub(crate) fn buffered_amount(&self) -> usize {
         self.link.lock().buffered
     }
 
-    /// Receives the next message.
-    ///
-    /// Returns `Ok(None)` once the connection closed normally (1000 or 1001 both ways), and
-    /// [`Error::ConnectionClosed`] with the close frames when it ended any other way.
-    /// Messages that arrived before the close are returned first. A second `recv` while one
-    /// is waiting fails with [`Error::ConcurrentRecv`]. Cancel-safe: a `recv` dropped
-    /// before it completes loses no message.
-    ///
-    /// While `max_queue` messages wait, the loop stops reading from the connection (the
-    /// peer's sends back up); it reads again once `recv` takes them down to a quarter.
-    pub async fn recv(&self) -> Result<Option<Message>> {
-        if self.link.recv_busy.swap(true, Ordering::Acquire) {
-            return Err(Error::ConcurrentRecv);
+    /// Queues a ping (with `payload`, else a token unique in the process); its `Pong`
+    /// resolves when the answer comes.
+    pub(crate) fn ping(&self, payload: Option<&[u8]>) -> Result<LoopPong> {
+        let id = PING_TOKENS.fetch_add(1, Ordering::Relaxed);
+        let payload = match payload {
+            Some(p) if p.len() > 125 => {
+                return Err(crate::proto::Error::Misuse("ping payload over 125 bytes").into())
+            }
+            Some(p) => Bytes::copy_from_slice(p),
+            None => Bytes::copy_from_slice(&id.to_be_bytes()),
+        };
+        let mut st = self.link.lock();
+        if st.state != State::Open || st.closing {
+            return Err(Error::ConnectionClosed(closed_so_far(&st)));
         }
-        let _busy = RecvGuard(&self.link);
-        poll_fn(|cx| self.poll_recv(cx)).await
+        let waiting = st.waiting.get_or_insert_with(Box::default);
+        if waiting.pings.iter().any(|p| p.1 == payload) {
+            return Err(
+                crate::proto::Error::Misuse("a ping with this payload is already waiting").into(),
+            );
+        }
+        waiting.pings.push((id, payload.clone(), None));
+        st.outbox.push(Out::Ping(payload));
+        self.link.flush_later(st);
+        Ok(LoopPong {
+            link: self.link.clone(),
+            id,
+        })
     }
 
-    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>>> {
+    pub(crate) fn recv_streaming(&self) -> Result<LoopFragments<'_>> {
+        Ok(LoopFragments {
+            conn: self,
+            _busy: BusyGuard::claim(&self.link.recv_busy)?,
+            done: false,
+        })
+    }
+
+    /// Set while a `recv` (or `recv_streaming`) holds the receiving side.
+    pub(crate) fn recv_flag(&self) -> &AtomicBool {
+        &self.link.recv_busy
+    }
+
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>>> {
         let mut st = self.link.lock();
         if let Some(message) = st.inbox.pop_front() {
+            // Done waiting: no stale waker for the next message to wake for nothing.
+            st.recv_waker = None;
             if st.inbox.is_empty() {
                 // An idle connection keeps no inbox (one allocation per batch received).
                 st.inbox = VecDeque::new();
@@ -692,29 +822,44 @@ impl Connection {
         Poll::Pending
     }
 
-    /// Sends a message: queues it for the connection's loop, first waiting while more than
-    /// `write_limit` bytes wait to be written. Fails with [`Error::ConnectionClosed`] once
-    /// the connection is closing or closed. Cancel-safe: a `send` dropped before it
-    /// completes has not queued its message.
-    pub fn send(&self, message: impl Into<Message>) -> impl Future<Output = Result<()>> + '_ {
-        // A `poll_fn` over the message: the future is the handle and the message (48 B),
-        // which keeps a handler's future small (an idle connection keeps it).
-        let mut message = Some(message.into());
-        poll_fn(move |cx| {
-            let mut st = self.link.lock();
-            std::task::ready!(self.poll_room(&mut st, cx))?;
-            self.queue(st, message.take().expect("polled after completion"));
-            Poll::Ready(Ok(()))
-        })
+    /// Queues `message` (taken once sent) for the loop once there is room.
+    pub(crate) fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        message: &mut Option<Message>,
+    ) -> Poll<Result<()>> {
+        let mut st = self.link.lock();
+        std::task::ready!(self.poll_room(&mut st, cx, None))?;
+        self.queue(st, message.take().expect("polled after completion"));
+        Poll::Ready(Ok(()))
     }
 
-    /// Ready to take a message: open, not closing, and at most `write_limit` bytes waiting
-    /// (else the sender waits for the loop to write them).
-    fn poll_room(&self, st: &mut LinkState, cx: &mut Context<'_>) -> Poll<Result<()>> {
+    /// A fragmented message of `kind`, sent frame by frame (other messages wait for it).
+    pub(crate) fn start_fragmented(&self, kind: MessageKind) -> LoopFragmented<'_> {
+        LoopFragmented {
+            conn: self,
+            kind,
+            owner: NonZeroU64::new(PING_TOKENS.fetch_add(1, Ordering::Relaxed))
+                .unwrap_or(NonZeroU64::MIN),
+            started: false,
+        }
+    }
+
+    /// Ready to take a message from `owner` (a fragmented message's sender, `None` for a
+    /// whole message): open, not closing, no other fragmented message under way, and at
+    /// most `write_limit` bytes waiting (else the sender waits for the loop to write them).
+    fn poll_room(
+        &self,
+        st: &mut LinkState,
+        cx: &mut Context<'_>,
+        owner: Option<NonZeroU64>,
+    ) -> Poll<Result<()>> {
         if st.state != State::Open || st.closing {
             return Poll::Ready(Err(Error::ConnectionClosed(closed_so_far(st))));
         }
-        if st.buffered > self.link.write_limit as usize {
+        let under_way = fragmented(st);
+        let others_message = under_way.is_some() && under_way != owner;
+        if others_message || st.buffered > self.link.write_limit as usize {
             add_waiter(st, Waiters::Senders, cx.waker());
             return Poll::Pending;
         }
@@ -728,37 +873,51 @@ impl Connection {
         self.link.flush_later(st);
     }
 
-    /// Subscribes this connection to `topic` of the server's pub/sub (the topics of
-    /// [`Socket::subscribe`](super::Socket::subscribe) and
-    /// [`Server::publish`](super::Server::publish)), in order with what this handle sends.
-    /// It leaves all its topics when it ends.
-    pub fn subscribe(&self, topic: &str) {
+    /// For broadcast and hubs: queues `message` unless the connection is not open, a
+    /// fragmented message is under way, or more than `write_limit` bytes wait.
+    pub(crate) fn try_send_prepared(&self, message: &Arc<PreparedMessage>) -> bool {
+        let mut st = self.link.lock();
+        if st.state != State::Open
+            || st.closing
+            || fragmented(&st).is_some()
+            || st.buffered > self.link.write_limit as usize
+        {
+            return false;
+        }
+        st.buffered += message.message().len();
+        st.outbox.push(Out::Prepared(message.clone()));
+        self.link.flush_later(st);
+        true
+    }
+
+    pub(crate) fn on_close(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut st = self.link.lock();
+        if st.state == State::Closed {
+            drop(st);
+            hook();
+        } else {
+            let waiting = st.waiting.get_or_insert_with(Box::default);
+            waiting.close_hooks.push(Box::new(hook));
+        }
+    }
+
+    pub(crate) fn subscribe(&self, topic: &str) {
         self.queue_out(Out::Subscribe(topic.into()));
     }
 
-    /// Unsubscribes this connection from `topic`.
-    pub fn unsubscribe(&self, topic: &str) {
+    pub(crate) fn unsubscribe(&self, topic: &str) {
         self.queue_out(Out::Unsubscribe(topic.into()));
     }
 
-    /// Publishes `message` to every subscriber of `topic` but this connection, on every loop
-    /// thread, encoded once (see [`Socket::publish`](super::Socket::publish): slow
-    /// subscribers are skipped, each gets one write per turn). Never waits. Works after the
-    /// connection has closed too ("Bob left" from a chat handler's end), in order with
-    /// what it published before.
-    pub fn publish(&self, topic: &str, message: impl Into<Message>) {
-        let out = Out::Publish(topic.into(), message.into());
+    pub(crate) fn publish(&self, topic: &str, message: Message) {
         let mut st = self.link.lock();
         if st.state == State::Open && !st.closing {
-            st.outbox.push(out);
+            st.outbox.push(Out::Publish(topic.into(), message));
             self.link.flush_later(st);
         } else {
             drop(st);
             // The connection is gone or going: its loop publishes it for no one's slot.
-            let Out::Publish(topic, message) = out else {
-                unreachable!()
-            };
-            schedule(&self.link.mailbox, Work::Publish(topic, message));
+            schedule(&self.link.mailbox, Work::Publish(topic.into(), message));
         }
     }
 
@@ -771,30 +930,21 @@ impl Connection {
         }
     }
 
-    /// Starts the closing handshake with `code` and `reason` (at most 123 bytes) and waits
-    /// until the connection is closed (bounded by `close_timeout`). Messages that arrive
-    /// meanwhile can still be received.
-    pub async fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
+    /// Queues a close unless one is under way; a code that may not be sent is an error.
+    pub(crate) fn start_close(&self, code: CloseCode, reason: &str) -> Result<()> {
         if code != CloseCode::NO_STATUS && !code.is_valid_on_wire() {
             return Err(crate::proto::Error::Misuse("this close code may not be sent").into());
         }
-        self.start_close(code, reason);
-        self.wait_closed().await;
-        Ok(())
-    }
-
-    /// Queues a close unless one is under way.
-    fn start_close(&self, code: CloseCode, reason: &str) {
         let mut st = self.link.lock();
         if st.state == State::Open && !st.closing {
             st.closing = true;
             st.outbox.push(Out::Close(code, reason.to_owned()));
             self.link.flush_later(st);
         }
+        Ok(())
     }
 
-    /// Waits until the connection is closed.
-    pub async fn wait_closed(&self) {
+    pub(crate) async fn wait_closed(&self) {
         poll_fn(|cx| self.poll_closed(cx)).await
     }
 
@@ -808,47 +958,11 @@ impl Connection {
     }
 }
 
-/// Sends `message` to every connection in `connections` without waiting (python-websockets'
-/// `broadcast`, as [`crate::broadcast`] for the tokio server): encoded once (a
-/// [`PreparedMessage`]; connections that compress encode it themselves) and queued for
-/// each connection's loop. Connections that are not open, or have more than `write_limit`
-/// bytes waiting, are skipped; they are returned so the caller can act on them.
-///
-/// ```no_run
-/// # async fn f(all: Vec<sockeye::reactor::Connection>) {
-/// let slow = sockeye::reactor::broadcast(&all, "to everyone");
-/// for conn in slow {
-///     tracing::warn!("connection {} skipped: too slow", conn.id());
-/// }
-/// # }
-/// ```
-pub fn broadcast<'a, I>(connections: I, message: impl Into<Message>) -> Vec<Connection>
-where
-    I: IntoIterator<Item = &'a Connection>,
-{
-    let message = Arc::new(PreparedMessage::new(message));
-    let mut skipped = Vec::new();
-    for conn in connections {
-        let mut st = conn.link.lock();
-        if st.state != State::Open || st.closing || st.buffered > conn.link.write_limit as usize {
-            skipped.push(conn.clone());
-            continue;
-        }
-        st.buffered += message.message().len();
-        st.outbox.push(Out::Prepared(message.clone()));
-        conn.link.flush_later(st);
-    }
-    skipped
-}
-
-impl futures_core::Stream for Connection {
+impl futures_core::Stream for LoopConn {
     type Item = Result<Message>;
 
-    /// The messages received, as [`Connection::recv`] gives them (python-websockets'
-    /// `async for message in websocket`); the stream ends after a normal close, or after
-    /// yielding the error of any other end (once for the connection: the clones share
-    /// one stream). While a `recv` waits, polling the stream gives
-    /// [`Error::ConcurrentRecv`].
+    /// The stream's end is shared by the clones. While a `recv` waits, polling the stream
+    /// gives [`Error::ConcurrentRecv`].
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
         if self.link.lock().stream_done {
             return Poll::Ready(None);
@@ -867,16 +981,14 @@ impl futures_core::Stream for Connection {
     }
 }
 
-impl futures_sink::Sink<Message> for Connection {
+impl futures_sink::Sink<Message> for LoopConn {
     type Error = Error;
 
-    /// Ready once at most `write_limit` bytes wait (as [`Connection::send`] waits).
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let mut st = self.link.lock();
-        self.poll_room(&mut st, cx)
+        self.poll_room(&mut st, cx, None)
     }
 
-    /// Queues the message for the connection's loop.
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<()> {
         let st = self.link.lock();
         if st.state != State::Open || st.closing {
@@ -887,7 +999,7 @@ impl futures_sink::Sink<Message> for Connection {
     }
 
     /// Nothing to wait for: `start_send` queued the message for the connection's loop,
-    /// which writes it as soon as the socket takes it (as the tokio `Connection`'s sink,
+    /// which writes it as soon as the socket takes it (as the tokio connection's sink,
     /// whose flush ends once the message is in the output buffer).
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
         Poll::Ready(Ok(()))
@@ -896,7 +1008,7 @@ impl futures_sink::Sink<Message> for Connection {
     /// Closes the connection with 1000 (if nobody has started a close) and waits until it
     /// is closed.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.start_close(CloseCode::NORMAL, "");
+        let _ = self.start_close(CloseCode::NORMAL, "");
         self.poll_closed(cx).map(Ok)
     }
 }
@@ -930,6 +1042,24 @@ fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
     }
 }
 
+/// The `send_fragmented` whose message is under way, if any.
+fn fragmented(st: &LinkState) -> Option<NonZeroU64> {
+    st.waiting.as_deref().and_then(|w| w.fragmented)
+}
+
+fn set_fragmented(st: &mut LinkState, owner: Option<NonZeroU64>) {
+    match (owner, st.waiting.as_deref_mut()) {
+        (Some(_), _) => st.waiting.get_or_insert_with(Box::default).fragmented = owner,
+        (None, Some(waiting)) => {
+            waiting.fragmented = None;
+            if waiting.is_empty() {
+                st.waiting = None;
+            }
+        }
+        (None, None) => {}
+    }
+}
+
 /// Adds `waker` to the waiters of its kind.
 fn add_waiter(st: &mut LinkState, which: Waiters, waker: &Waker) {
     let wakers = st.waiting.get_or_insert_with(Box::default).list(which);
@@ -942,7 +1072,8 @@ fn add_waiter(st: &mut LinkState, which: Waiters, waker: &Waker) {
 /// Guards against growth (docs/benchmarks.md, "Memory per idle connection"); 64-bit only.
 #[cfg(all(test, target_pointer_width = "64"))]
 mod idle_size {
-    use super::{Connection, Link};
+    use super::Link;
+    use crate::Connection;
 
     async fn echo(ws: Connection) -> crate::Result<()> {
         while let Some(message) = ws.recv().await? {
@@ -970,8 +1101,8 @@ mod idle_size {
         let send = future_size(&send_only);
         let handler = future_size(&echo);
         assert!(link <= 232, "Link: {link} B");
-        assert!(recv <= 64, "recv: {recv} B");
-        assert!(send <= 80, "send: {send} B");
-        assert!(handler <= 184, "echo handler future: {handler} B");
+        assert!(recv <= 56, "recv: {recv} B");
+        assert!(send <= 104, "send: {send} B");
+        assert!(handler <= 216, "echo handler future: {handler} B");
     }
 }

@@ -43,6 +43,14 @@ const MAX_READ_WAIT: Duration = Duration::from_secs(10);
 
 crate::connection::info_accessors!(Connection);
 
+impl Connection {
+    /// Every path parameter of the route that matched, `(name, value)` in the pattern's
+    /// order; none without routing.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params_slice().iter().map(|(n, v)| (&**n, &**v))
+    }
+}
+
 struct Shared {
     proto: Protocol,
     queue: Inbox,
