@@ -1059,6 +1059,12 @@ impl Protocol {
         Ok(())
     }
 
+    /// Whether a fragmented message is being sent (started by [`Protocol::send_fragment`],
+    /// not ended): other messages are refused until its last fragment.
+    pub fn is_sending_fragments(&self) -> bool {
+        self.sending.is_some()
+    }
+
     /// Sends one fragment of a message (RFC 6455 §5.4): the first call starts a message of
     /// `kind`, later calls continue it, `fin` ends it. Control frames may be sent between
     /// fragments; other messages may not. Text may be cut anywhere, even inside a
@@ -1120,8 +1126,10 @@ impl Protocol {
         Ok(self.ping_inner(payload))
     }
 
-    /// Whether a ping with this payload waits for its pong.
-    fn ping_waiting(&self, payload: &[u8]) -> bool {
+    /// Whether a ping with this payload waits for its pong (a pong acknowledges its ping
+    /// and every earlier one: a front end that keeps its own record of pings asks this to
+    /// learn which the latest pong answered).
+    pub fn ping_waiting(&self, payload: &[u8]) -> bool {
         self.pings
             .iter()
             .flat_map(|pings| pings.iter())

@@ -3,12 +3,14 @@
 //! (`reactor::ServerBuilder::serve_async`), over real loopback sockets.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use sockeye::{BoxError, CloseCode, Connection, Error, Message, MessageKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -29,11 +31,15 @@ enum Running {
 }
 
 impl Running {
-    fn uri(&self) -> String {
+    fn addr(&self) -> std::net::SocketAddr {
         match self {
-            Running::Task(s) => format!("ws://{}/", s.local_addr().unwrap()),
-            Running::Loop(s) => format!("ws://{}/", s.local_addr()),
+            Running::Task(s) => s.local_addr().unwrap(),
+            Running::Loop(s) => s.local_addr(),
         }
+    }
+
+    fn uri(&self) -> String {
+        format!("ws://{}/", self.addr())
     }
 
     async fn stop(self) {
@@ -47,8 +53,58 @@ impl Running {
     }
 }
 
-/// Serves `handler` on `back`, with `hook` as the `process_response` hook if given.
+/// How a test's server is set up.
+#[derive(Clone, Copy)]
+struct Setup {
+    /// A `process_response` hook that adds `x-hook`.
+    hook: bool,
+    ping_interval: Option<Duration>,
+    close_timeout: Duration,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            hook: false,
+            ping_interval: Some(Duration::from_secs(20)),
+            close_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `handler` on `back`, with the `process_response` hook if `hook`.
 async fn serve<H, Fut>(back: Back, hook: bool, handler: H) -> Running
+where
+    H: Fn(Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    serve_with(
+        back,
+        Setup {
+            hook,
+            ..Setup::default()
+        },
+        handler,
+    )
+    .await
+}
+
+/// Serves `handler` on `back` with `ping_interval` and a short close timeout (for raw peers
+/// that never close).
+async fn serve_quiet<H, Fut>(back: Back, ping_interval: Option<Duration>, handler: H) -> Running
+where
+    H: Fn(Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let setup = Setup {
+        ping_interval,
+        close_timeout: Duration::from_secs(1),
+        ..Setup::default()
+    };
+    serve_with(back, setup, handler).await
+}
+
+async fn serve_with<H, Fut>(back: Back, setup: Setup, handler: H) -> Running
 where
     H: Fn(Connection) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
@@ -60,15 +116,20 @@ where
     };
     match back {
         Back::Task => {
-            let mut builder = sockeye::Server::builder();
-            if hook {
+            let mut builder = sockeye::Server::builder()
+                .ping_interval(setup.ping_interval)
+                .close_timeout(setup.close_timeout);
+            if setup.hook {
                 builder = builder.process_response(add_header);
             }
             Running::Task(builder.serve("127.0.0.1:0", handler).await.unwrap())
         }
         Back::Loop => {
-            let mut builder = sockeye::reactor::Server::builder().threads(2);
-            if hook {
+            let mut builder = sockeye::reactor::Server::builder()
+                .threads(2)
+                .ping_interval(setup.ping_interval)
+                .close_timeout(setup.close_timeout);
+            if setup.hook {
                 builder = builder.process_response(add_header);
             }
             Running::Loop(builder.serve_async("127.0.0.1:0", handler).unwrap())
@@ -397,5 +458,280 @@ async fn a_hub_and_broadcast_reach_connections_of_both_back_ends() {
     kept.lock().unwrap().clear();
     for server in servers {
         server.stop().await;
+    }
+}
+
+// ----- Edges found in review: each failed on the event loops before its fix -------------
+
+/// Invalid UTF-8 in a text fragment: an error from `send_fragmented`, and the connection
+/// goes on (the loop first accepted it, then failed the connection with 1011).
+async fn invalid_text_fragment(back: Back) -> String {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let server = serve_quiet(back, None, move |ws| {
+        let tx = tx.clone();
+        async move {
+            let r = ws.send_fragmented(MessageKind::Text, [&b"\xff"[..]]).await;
+            tx.send(format!("fragmented ok={}", r.is_ok()))?;
+            let r = ws.send("after").await;
+            tx.send(format!("send ok={}", r.is_ok()))?;
+            ws.wait_closed().await;
+            Ok(())
+        }
+    })
+    .await;
+    let ws = sockeye::connect(&server.uri()).await.unwrap();
+    let got = timeout(GUARD, ws.recv()).await.unwrap();
+    let a = rx.recv().await.unwrap();
+    let b = rx.recv().await.unwrap();
+    let client = match got {
+        Ok(m) => format!("{m:?}"),
+        Err(sockeye::Error::ConnectionClosed(c)) => format!("closed {}", c.code()),
+        Err(e) => format!("{e}"),
+    };
+    let _ = ws.close(CloseCode::NORMAL, "").await;
+    server.stop().await;
+    format!("{a}; {b}; client got {client}")
+}
+
+/// A peer that answers only the latest ping (RFC 6455 §5.5.3 allows it): the user's ping
+/// is acknowledged by the pong to the keepalive ping that followed it.
+async fn coalesced_pong(back: Back) -> String {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let server = serve_quiet(back, Some(Duration::from_millis(300)), move |ws| {
+        let tx = tx.clone();
+        async move {
+            let pong = ws.ping_with(b"user-ping").await?;
+            let r = timeout(Duration::from_secs(2), pong).await;
+            tx.send(match r {
+                Ok(Ok(_)) => "pong resolved".to_owned(),
+                Ok(Err(e)) => format!("pong error {e}"),
+                Err(_) => "pong never resolved".to_owned(),
+            })?;
+            Ok(())
+        }
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        buf.push(byte[0]);
+    }
+    let reader = async {
+        let mut pings = Vec::new();
+        loop {
+            let mut h = [0u8; 2];
+            s.read_exact(&mut h).await.unwrap();
+            let len = (h[1] & 0x7f) as usize;
+            assert!(len < 126);
+            let mut p = vec![0u8; len];
+            s.read_exact(&mut p).await.unwrap();
+            if h[0] & 0x0f == 0x9 {
+                pings.push(p.clone());
+                if pings.len() == 2 {
+                    assert_eq!(pings[0], b"user-ping");
+                    // Answer only the latest (the keepalive's).
+                    let mask = [1u8, 2, 3, 4];
+                    let mut frame = vec![0x8a, 0x80 | len as u8];
+                    frame.extend_from_slice(&mask);
+                    frame.extend(p.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+                    s.write_all(&frame).await.unwrap();
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = rx.recv() => r.unwrap(),
+        _ = reader => unreachable!(),
+    };
+    server.stop().await;
+    result
+}
+
+/// `on_close` hooks run before the connection reports itself closed.
+async fn hooks_before_closed(back: Back) -> String {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Connection, Arc<AtomicBool>)>();
+    let server = serve_quiet(back, None, move |ws| {
+        let tx = tx.clone();
+        async move {
+            let done = Arc::new(AtomicBool::new(false));
+            let flag = done.clone();
+            ws.on_close(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                flag.store(true, Ordering::SeqCst);
+            });
+            tx.send((ws.clone(), done))?;
+            while ws.recv().await?.is_some() {}
+            Ok(())
+        }
+    })
+    .await;
+    let client = sockeye::connect(&server.uri()).await.unwrap();
+    let (conn, done) = rx.recv().await.unwrap();
+    let closing = {
+        let client = client.clone();
+        tokio::spawn(async move { client.close(CloseCode::NORMAL, "").await })
+    };
+    let seen = loop {
+        if conn.closed().is_some() {
+            break done.load(Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let _ = closing.await;
+    drop(conn);
+    server.stop().await;
+    format!("hook had run when closed() was Some: {seen}")
+}
+
+/// A `Sink`: `poll_ready`, then a fragmented message starts, then `start_send` and flush:
+/// the sink's message goes after the fragmented one (the loop first dropped it).
+async fn sink_during_fragmented(back: Back) -> String {
+    let server = serve_quiet(back, None, move |ws| async move {
+        let mut sink = ws.clone();
+        std::future::poll_fn(|cx| futures_sink::Sink::poll_ready(Pin::new(&mut sink), cx)).await?;
+        let (ftx, frx) = mpsc::unbounded_channel::<&'static str>();
+        ftx.send("frag-1 ")?;
+        let fragments =
+            futures_util::stream::unfold(
+                frx,
+                |mut rx| async move { rx.recv().await.map(|p| (p, rx)) },
+            );
+        let sending = ws.send_fragmented_stream(MessageKind::Text, fragments);
+        tokio::pin!(sending);
+        // One poll: the first fragment is queued, the stream then waits.
+        let _ = std::future::poll_fn(|cx| std::task::Poll::Ready(sending.as_mut().poll(cx))).await;
+        futures_sink::Sink::start_send(Pin::new(&mut sink), Message::from("via sink"))?;
+        let flush =
+            std::future::poll_fn(|cx| futures_sink::Sink::poll_flush(Pin::new(&mut sink), cx));
+        let finish = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            ftx.send("frag-2").unwrap();
+            drop(ftx);
+        };
+        let (sent, flushed, ()) = tokio::join!(sending, flush, finish);
+        sent?;
+        flushed?;
+        ws.send("last").await?;
+        while ws.recv().await?.is_some() {}
+        Ok(())
+    })
+    .await;
+    let ws = sockeye::connect(&server.uri()).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        match timeout(Duration::from_secs(3), ws.recv()).await {
+            Ok(Ok(Some(m))) => {
+                let t = format!("{m:?}");
+                let last = t.contains("last");
+                got.push(t);
+                if last {
+                    break;
+                }
+            }
+            other => {
+                got.push(format!("{other:?}"));
+                break;
+            }
+        }
+    }
+    let _ = ws.close(CloseCode::NORMAL, "").await;
+    server.stop().await;
+    got.join(" | ")
+}
+
+macro_rules! both {
+    ($name:ident, $f:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let task = $f(Back::Task).await;
+            let lp = $f(Back::Loop).await;
+            println!("task: {task}\nloop: {lp}");
+            assert_eq!(task, lp);
+        }
+    };
+}
+
+both!(
+    invalid_text_fragments_fail_the_send_not_the_connection,
+    invalid_text_fragment
+);
+both!(
+    a_pong_to_a_later_ping_answers_the_earlier_ones,
+    coalesced_pong
+);
+both!(
+    close_hooks_have_run_when_the_connection_says_closed,
+    hooks_before_closed
+);
+both!(
+    a_sink_message_during_a_fragmented_one_waits_for_it,
+    sink_during_fragmented
+);
+
+/// `recv` cancelled by short timeouts, alternating between two tasks: every message
+/// arrives and the end is seen.
+async fn stress_recv(back: Back) -> String {
+    const N: usize = 20_000;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let server = serve_quiet(back, None, move |ws| {
+        let tx = tx.clone();
+        async move {
+            let mut got = 0usize;
+            let mut i = 0u64;
+            let end = loop {
+                i += 1;
+                let wait = Duration::from_micros(50 + (i * 7919 % 300));
+                let r = if i % 2 == 0 {
+                    let ws2 = ws.clone();
+                    tokio::spawn(async move { timeout(wait, ws2.recv()).await })
+                        .await
+                        .unwrap()
+                } else {
+                    timeout(wait, ws.recv()).await
+                };
+                match r {
+                    Err(_) => continue,
+                    Ok(Ok(Some(_))) => got += 1,
+                    Ok(Ok(None)) => break "end ok".to_owned(),
+                    Ok(Err(e)) => break format!("end {e}"),
+                }
+            };
+            tx.send(format!("{got} {end}"))?;
+            Ok(())
+        }
+    })
+    .await;
+    let ws = sockeye::connect(&server.uri()).await.unwrap();
+    for k in 0..N {
+        ws.send(format!("m{k}")).await.unwrap();
+        if k % 1000 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    let r = timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("handler finished")
+        .unwrap();
+    server.stop().await;
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recv_cancelled_and_moved_between_tasks_loses_nothing() {
+    for _ in 0..2 {
+        let task = stress_recv(Back::Task).await;
+        let lp = stress_recv(Back::Loop).await;
+        println!("task: {task}\nloop: {lp}");
+        assert_eq!(task, "20000 end ok");
+        assert_eq!(lp, "20000 end ok");
     }
 }

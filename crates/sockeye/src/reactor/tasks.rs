@@ -30,6 +30,8 @@ use crate::addresses::Addresses;
 use crate::connection::BusyGuard;
 use crate::error::{Closed, Error, Result};
 use crate::head::RequestHead;
+use crate::proto::utf8::Utf8Validator;
+use crate::proto::Error::Misuse;
 use crate::proto::{CloseCode, Fragment, Message, MessageKind, PreparedMessage, Side, State};
 use crate::BoxError;
 
@@ -174,6 +176,16 @@ struct LinkState {
     latency_us: u32,
 }
 
+/// A `Connection::ping` of an event loop's connection.
+struct LinkPing {
+    id: u64,
+    payload: Bytes,
+    /// The loop put it in the core (a pong can answer it).
+    sent: bool,
+    /// The round trip, once answered.
+    rtt: Option<Duration>,
+}
+
 /// Who waits on a connection, boxed: most connections never have anyone. Each kind is
 /// woken only by what it waits for (a waiter woken by every write would be polled in a
 /// loop: a handler in `wait_closed` spun its loop in the first version).
@@ -188,9 +200,8 @@ struct Waiting {
     /// Receivers beyond the first (`recv_waker`): a `Stream` polled while a `recv` waits
     /// elsewhere, say. Woken with it, so that none is forgotten.
     receivers: Vec<Waker>,
-    /// `Connection::ping`s waiting for their pong, in the order sent: id, payload, and
-    /// the round trip once it came.
-    pings: Vec<(u64, Bytes, Option<Duration>)>,
+    /// `Connection::ping`s waiting for their pong, in the order queued.
+    pings: Vec<LinkPing>,
     /// `Connection::on_close` hooks, run once the connection is over.
     close_hooks: Vec<Box<dyn FnOnce() + Send>>,
     /// The `send_fragmented` whose message is being sent: other messages wait for it
@@ -259,9 +270,15 @@ impl Link {
             ws.local.resume = true;
         }
         drop(st);
+        // Whole messages queued while another sender's fragmented message is under way
+        // (a `Sink` between `poll_ready` and `start_send`) wait for its last fragment.
+        let mut deferred = Vec::new();
         for out in outbox {
             // What finds the connection closing is dropped, as `send` would fail.
             match out {
+                Out::Message(_) | Out::Prepared(_) if ws.proto.is_sending_fragments() => {
+                    deferred.push(out);
+                }
                 Out::Message(m) => {
                     let _ = ws.send(m);
                 }
@@ -274,12 +291,19 @@ impl Link {
                         ws.proto
                             .fail(CloseCode::INTERNAL_ERROR, "fragmented message refused");
                     }
+                    if fin {
+                        for out in deferred.drain(..) {
+                            match out {
+                                Out::Message(m) => drop(ws.send(m)),
+                                Out::Prepared(m) => drop(ws.send_prepared(&m)),
+                                _ => {}
+                            }
+                        }
+                    }
                 }
                 Out::Ping(payload) => {
-                    if ws.ping(&payload).is_err() {
-                        // Refused (a keepalive ping has the same payload): its `Pong` ends.
-                        self.forget_ping(&payload);
-                    }
+                    let sent = ws.ping(&payload).is_ok();
+                    self.ping_sent(&payload, sent);
                 }
                 Out::Close(code, reason) => {
                     let _ = ws.close(code, &reason);
@@ -293,6 +317,12 @@ impl Link {
                 }
                 Out::Publish(topic, m) => ws.publish(&topic, m),
             }
+        }
+        if !deferred.is_empty() {
+            // Still under way: they go first at the next flush.
+            let mut st = self.lock();
+            deferred.append(&mut st.outbox);
+            st.outbox = deferred;
         }
     }
 
@@ -329,27 +359,29 @@ impl Link {
 
     /// The connection is over: `recv` hands out what waits, then the end.
     fn ended(&self, closed: &Closed) {
+        // The close hooks run before the connection says it is closed (as on tokio): who
+        // sees `closed()` sees what the hooks did. Hooks added while they run run too.
+        loop {
+            let hooks = take_hooks(&mut self.lock());
+            if hooks.is_empty() {
+                break;
+            }
+            self.run_hooks(hooks);
+        }
         let mut st = self.lock();
+        // One added between the last run and now (from then on `on_close` runs them).
+        let late = take_hooks(&mut st);
         st.state = State::Closed;
         st.closed = Some(Box::new(closed.clone()));
         st.buffered = 0;
         let outbox = std::mem::take(&mut st.outbox);
         let recv = st.recv_waker.take();
-        let hooks = st
-            .waiting
-            .as_deref_mut()
-            .map(|w| std::mem::take(&mut w.close_hooks))
-            .unwrap_or_default();
         let mut waiters = take_waiters(&mut st, Waiters::Senders);
         waiters.extend(take_waiters(&mut st, Waiters::Closers));
         waiters.extend(take_waiters(&mut st, Waiters::Pingers));
         waiters.extend(take_waiters(&mut st, Waiters::Receivers));
         drop(st);
-        for hook in hooks {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)).is_err() {
-                tracing::error!(target: "sockeye::server", id = self.id, "a close hook panicked");
-            }
-        }
+        self.run_hooks(late);
         // Sends die with the connection; publishes do not (they are the topic's).
         for out in outbox {
             if let Out::Publish(topic, message) = out {
@@ -357,6 +389,14 @@ impl Link {
             }
         }
         wake_all(recv.into_iter().chain(waiters));
+    }
+
+    fn run_hooks(&self, hooks: Vec<Box<dyn FnOnce() + Send>>) {
+        for hook in hooks {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)).is_err() {
+                tracing::error!(target: "sockeye::server", id = self.id, "a close hook panicked");
+            }
+        }
     }
 
     /// A poll of the handler future starts: a wake from now on queues another.
@@ -499,7 +539,7 @@ impl Handler for AsyncConn {
         }
     }
 
-    fn on_pong(&mut self, ws: &mut Socket<'_>, payload: &[u8]) {
+    fn on_pong(&mut self, ws: &mut Socket<'_>, _payload: &[u8]) {
         let AsyncConn::Open(link) = self else {
             return;
         };
@@ -510,11 +550,12 @@ impl Handler for AsyncConn {
             st.latency_us = u32::try_from(us).unwrap_or(u32::MAX);
         }
         if let Some(waiting) = st.waiting.as_deref_mut() {
-            // A pong that answers one of this connection's pings answers every earlier one
-            // too (the core's rule); any other pong answers none of them.
-            if let Some(at) = waiting.pings.iter().position(|(_, p, _)| p[..] == *payload) {
-                for (_, _, got) in &mut waiting.pings[..=at] {
-                    got.get_or_insert(latency.unwrap_or_default());
+            // A pong answers its ping and every earlier one, the keepalive's included (the
+            // core's rule; a peer may answer only the latest ping): each of ours that the
+            // core no longer waits for was answered.
+            for ping in waiting.pings.iter_mut() {
+                if ping.sent && ping.rtt.is_none() && !ws.proto.ping_waiting(&ping.payload) {
+                    ping.rtt = latency.or(Some(Duration::ZERO));
                 }
             }
         }
@@ -553,9 +594,9 @@ impl Future for LoopPong {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut st = self.link.lock();
-        let entry = (st.waiting.as_deref()).and_then(|w| w.pings.iter().find(|p| p.0 == self.id));
-        match entry {
-            Some((_, _, Some(latency))) => return Poll::Ready(Ok(*latency)),
+        let entry = (st.waiting.as_deref()).and_then(|w| w.pings.iter().find(|p| p.id == self.id));
+        match entry.map(|p| p.rtt) {
+            Some(Some(latency)) => return Poll::Ready(Ok(latency)),
             Some(_) if st.state != State::Closed => {}
             // Closed first, or refused by the core (a keepalive ping had its payload).
             _ => return Poll::Ready(Err(Error::ConnectionClosed(closed_so_far(&st)))),
@@ -569,7 +610,7 @@ impl Drop for LoopPong {
     fn drop(&mut self) {
         let mut st = self.link.lock();
         if let Some(waiting) = st.waiting.as_deref_mut() {
-            waiting.pings.retain(|p| p.0 != self.id);
+            waiting.pings.retain(|p| p.id != self.id);
             if waiting.is_empty() {
                 st.waiting = None;
             }
@@ -578,12 +619,24 @@ impl Drop for LoopPong {
 }
 
 impl Link {
-    /// The core refused the ping with this payload: its `Pong` ends with an error.
-    fn forget_ping(&self, payload: &[u8]) {
+    /// The loop put the ping with this payload in the core (`sent`), or the core refused it
+    /// (a keepalive ping has the same payload): then its `Pong` ends with an error.
+    fn ping_sent(&self, payload: &[u8], sent: bool) {
         let mut st = self.lock();
-        if let Some(waiting) = st.waiting.as_deref_mut() {
-            waiting.pings.retain(|p| p.1[..] != *payload);
+        let Some(waiting) = st.waiting.as_deref_mut() else {
+            return;
+        };
+        if sent {
+            for ping in waiting
+                .pings
+                .iter_mut()
+                .filter(|p| p.payload[..] == *payload)
+            {
+                ping.sent = true;
+            }
+            return;
         }
+        waiting.pings.retain(|p| p.payload[..] != *payload);
         let waiters = take_waiters(&mut st, Waiters::Pingers);
         drop(st);
         wake_all(waiters);
@@ -626,11 +679,22 @@ pub(crate) struct LoopFragmented<'a> {
     kind: MessageKind,
     owner: NonZeroU64,
     started: bool,
+    /// Text: the fragments so far are valid UTF-8.
+    utf8: Option<Box<Utf8Validator>>,
 }
 
 impl LoopFragmented<'_> {
     /// Sends the next frame of the message (`fin` for the last).
     pub(crate) async fn send(&mut self, data: &[u8], fin: bool) -> Result<()> {
+        if let Some(utf8) = self.utf8.as_mut() {
+            // Checked here, as the core does on tokio: an error now, not a 1011 later.
+            if utf8.feed(data).is_err() {
+                return Err(Misuse("text fragments are not valid UTF-8").into());
+            }
+            if fin && !utf8.is_complete() {
+                return Err(Misuse("text message ends inside a character").into());
+            }
+        }
         let mut data = Some(Bytes::copy_from_slice(data));
         let (conn, kind, owner) = (self.conn, self.kind, self.owner);
         poll_fn(|cx| {
@@ -764,12 +828,17 @@ impl LoopConn {
             return Err(Error::ConnectionClosed(closed_so_far(&st)));
         }
         let waiting = st.waiting.get_or_insert_with(Box::default);
-        if waiting.pings.iter().any(|p| p.1 == payload) {
+        if waiting.pings.iter().any(|p| p.payload == payload) {
             return Err(
                 crate::proto::Error::Misuse("a ping with this payload is already waiting").into(),
             );
         }
-        waiting.pings.push((id, payload.clone(), None));
+        waiting.pings.push(LinkPing {
+            id,
+            payload: payload.clone(),
+            sent: false,
+            rtt: None,
+        });
         st.outbox.push(Out::Ping(payload));
         self.link.flush_later(st);
         Ok(LoopPong {
@@ -842,6 +911,7 @@ impl LoopConn {
             owner: NonZeroU64::new(PING_TOKENS.fetch_add(1, Ordering::Relaxed))
                 .unwrap_or(NonZeroU64::MIN),
             started: false,
+            utf8: (kind == MessageKind::Text).then(Box::default),
         }
     }
 
@@ -1057,6 +1127,14 @@ fn set_fragmented(st: &mut LinkState, owner: Option<NonZeroU64>) {
             }
         }
         (None, None) => {}
+    }
+}
+
+/// The `on_close` hooks waiting to run, taken out.
+fn take_hooks(st: &mut LinkState) -> Vec<Box<dyn FnOnce() + Send>> {
+    match st.waiting.as_deref_mut() {
+        Some(w) => std::mem::take(&mut w.close_hooks),
+        None => Vec::new(),
     }
 }
 
