@@ -735,3 +735,31 @@ async fn recv_cancelled_and_moved_between_tasks_loses_nothing() {
         assert_eq!(lp, "20000 end ok");
     }
 }
+
+/// Once `close` has been called, the connection says it is closing, on both back ends (the
+/// loop first said `Open` until its next flush).
+async fn state_once_close_is_called(back: Back) -> String {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let server = serve_quiet(back, None, move |ws| {
+        let tx = tx.clone();
+        async move {
+            let before = ws.state();
+            let closing = ws.close(CloseCode::NORMAL, "");
+            tokio::pin!(closing);
+            let _ =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(closing.as_mut().poll(cx))).await;
+            let during = ws.state();
+            closing.await?;
+            tx.send(format!("{before:?} {during:?} {:?}", ws.state()))?;
+            Ok(())
+        }
+    })
+    .await;
+    let ws = sockeye::connect(&server.uri()).await.unwrap();
+    assert_eq!(recv(&ws).await.unwrap(), None);
+    let got = report(&mut rx).await;
+    server.stop().await;
+    got
+}
+
+both!(close_called_means_closing, state_once_close_is_called);

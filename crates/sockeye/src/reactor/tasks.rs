@@ -782,9 +782,14 @@ impl LoopConn {
         self.link.subprotocol.as_deref()
     }
 
-    /// As of the loop's latest write (`Open` until a close is under way).
     pub(crate) fn state(&self) -> State {
-        self.link.lock().state
+        let st = self.link.lock();
+        match st.state {
+            // A close queued (by a handle, or by the handler's end) and not yet flushed:
+            // closing already, as on tokio, where `close` reaches the core at once.
+            State::Open if st.closing => State::Closing,
+            state => state,
+        }
     }
 
     pub(crate) fn closed(&self) -> Option<Closed> {
