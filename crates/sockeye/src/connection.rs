@@ -491,6 +491,9 @@ impl futures_core::Stream for TaskConn {
                 adapters.stream_done = true;
                 None
             }
+            // Another receiver holds the connection: this handle may try again later (the
+            // event loop's stream behaves the same); any other error is the end.
+            Err(Error::ConcurrentRecv) => Some(Err(Error::ConcurrentRecv)),
             Err(e) => {
                 adapters.stream_done = true;
                 Some(Err(e))

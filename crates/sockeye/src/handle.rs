@@ -436,7 +436,8 @@ impl futures_core::Stream for Connection {
 
     /// The messages received, as [`Connection::recv`] gives them (python-websockets'
     /// `async for message in websocket`); the stream ends after a normal close, or after
-    /// yielding the error of any other end.
+    /// yielding the error of any other end. Polled while a `recv` waits on another handle, it
+    /// yields [`Error::ConcurrentRecv`] and may be polled again later.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match &mut self.get_mut().repr {
             Repr::Task(c) => Pin::new(c).poll_next(cx),

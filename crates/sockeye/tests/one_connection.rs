@@ -763,3 +763,47 @@ async fn state_once_close_is_called(back: Back) -> String {
 }
 
 both!(close_called_means_closing, state_once_close_is_called);
+
+/// A `Stream` polled while a `recv` waits on another handle gets `ConcurrentRecv`, and goes
+/// on afterwards (tokio's first ended for good).
+async fn stream_after_a_concurrent_recv(back: Back) -> String {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let server = serve_quiet(back, None, move |ws| {
+        let tx = tx.clone();
+        async move {
+            let mut stream = ws.clone();
+            let waiting = {
+                let ws = ws.clone();
+                tokio::spawn(async move { ws.recv().await })
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            ws.send("go").await?;
+            let mut seen = Vec::new();
+            // The spawned recv waits: the stream is refused until it has its message.
+            match timeout(GUARD, stream.next()).await? {
+                Some(Err(Error::ConcurrentRecv)) => seen.push("concurrent".to_owned()),
+                other => seen.push(format!("{other:?}")),
+            }
+            let first = waiting.await??;
+            seen.push(format!("{first:?}"));
+            let next = timeout(GUARD, stream.next()).await?;
+            seen.push(format!("{next:?}"));
+            tx.send(seen.join(" "))?;
+            Ok(())
+        }
+    })
+    .await;
+    let ws = sockeye::connect(&server.uri()).await.unwrap();
+    assert_eq!(recv(&ws).await.unwrap(), Some(Message::from("go")));
+    ws.send("one").await.unwrap();
+    ws.send("two").await.unwrap();
+    let got = report(&mut rx).await;
+    let _ = ws.close(CloseCode::NORMAL, "").await;
+    server.stop().await;
+    got
+}
+
+both!(
+    a_stream_goes_on_after_a_concurrent_recv,
+    stream_after_a_concurrent_recv
+);
