@@ -275,19 +275,23 @@ async fn pings_resolve_with_their_pongs() {
         let server = serve(back, false, move |ws| {
             let tx = tx.clone();
             async move {
-                let first = ws.ping_with(b"mine").await?;
+                let mut first = ws.ping_with(b"mine").await?;
                 // A second ping with the same payload while the first waits: refused.
                 let again = ws.ping_with(b"mine").await;
-                let other = ws.ping().await?;
-                let (a, b) = tokio::join!(first, other);
+                let mut other = ws.ping().await?;
+                let (a, b) = tokio::join!(&mut first, &mut other);
+                // Answered (its `Pong` still held): the payload may be used again.
+                let reused = ws.ping_with(b"mine").await?.await;
                 let report = format!(
-                    "refused {} rtts {} {} latency {} long {}",
+                    "refused {} rtts {} {} reused {} latency {} long {}",
                     matches!(again, Err(Error::Misuse(_)) | Err(Error::Protocol(_))),
                     a? < GUARD,
                     b? < GUARD,
+                    reused.is_ok(),
                     ws.latency().is_some(),
                     ws.ping_with(&[0; 126]).await.is_err(),
                 );
+                drop((first, other));
                 tx.send(report)?;
                 ws.wait_closed().await;
                 // Once closed, a ping fails at once.
@@ -304,7 +308,7 @@ async fn pings_resolve_with_their_pongs() {
         };
         assert_eq!(
             report(&mut rx).await,
-            "refused true rtts true true latency true long true",
+            "refused true rtts true true reused true latency true long true",
             "{back:?}"
         );
         ws.close(CloseCode::NORMAL, "").await.unwrap();

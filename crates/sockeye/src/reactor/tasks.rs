@@ -626,17 +626,15 @@ impl Link {
         let Some(waiting) = st.waiting.as_deref_mut() else {
             return;
         };
+        // The unanswered ping with this payload (an answered one may share it).
+        let this = |p: &LinkPing| p.payload[..] == *payload && p.rtt.is_none();
         if sent {
-            for ping in waiting
-                .pings
-                .iter_mut()
-                .filter(|p| p.payload[..] == *payload)
-            {
+            for ping in waiting.pings.iter_mut().filter(|p| this(p)) {
                 ping.sent = true;
             }
             return;
         }
-        waiting.pings.retain(|p| p.payload[..] != *payload);
+        waiting.pings.retain(|p| !this(p));
         let waiters = take_waiters(&mut st, Waiters::Pingers);
         drop(st);
         wake_all(waiters);
@@ -833,7 +831,12 @@ impl LoopConn {
             return Err(Error::ConnectionClosed(closed_so_far(&st)));
         }
         let waiting = st.waiting.get_or_insert_with(Box::default);
-        if waiting.pings.iter().any(|p| p.payload == payload) {
+        // Only an unanswered ping blocks its payload (as the core's record on tokio).
+        if waiting
+            .pings
+            .iter()
+            .any(|p| p.payload == payload && p.rtt.is_none())
+        {
             return Err(
                 crate::proto::Error::Misuse("a ping with this payload is already waiting").into(),
             );
