@@ -182,6 +182,8 @@ struct LinkPing {
     payload: Bytes,
     /// The loop put it in the core (a pong can answer it).
     sent: bool,
+    /// The core refused it: a keepalive ping in flight has the same payload.
+    refused: bool,
     /// The round trip, once answered.
     rtt: Option<Duration>,
 }
@@ -595,10 +597,14 @@ impl Future for LoopPong {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut st = self.link.lock();
         let entry = (st.waiting.as_deref()).and_then(|w| w.pings.iter().find(|p| p.id == self.id));
-        match entry.map(|p| p.rtt) {
-            Some(Some(latency)) => return Poll::Ready(Ok(latency)),
+        match entry.map(|p| (p.rtt, p.refused)) {
+            Some((Some(latency), _)) => return Poll::Ready(Ok(latency)),
+            Some((None, true)) => {
+                let refused = Misuse("a ping with this payload is already waiting");
+                return Poll::Ready(Err(refused.into()));
+            }
             Some(_) if st.state != State::Closed => {}
-            // Closed first, or refused by the core (a keepalive ping had its payload).
+            // Closed first.
             _ => return Poll::Ready(Err(Error::ConnectionClosed(closed_so_far(&st)))),
         }
         add_waiter(&mut st, Waiters::Pingers, cx.waker());
@@ -627,14 +633,16 @@ impl Link {
             return;
         };
         // The unanswered ping with this payload (an answered one may share it).
-        let this = |p: &LinkPing| p.payload[..] == *payload && p.rtt.is_none();
+        let this = |p: &LinkPing| p.payload[..] == *payload && p.rtt.is_none() && !p.refused;
         if sent {
             for ping in waiting.pings.iter_mut().filter(|p| this(p)) {
                 ping.sent = true;
             }
             return;
         }
-        waiting.pings.retain(|p| !this(p));
+        for ping in waiting.pings.iter_mut().filter(|p| this(p)) {
+            ping.refused = true;
+        }
         let waiters = take_waiters(&mut st, Waiters::Pingers);
         drop(st);
         wake_all(waiters);
@@ -835,7 +843,7 @@ impl LoopConn {
         if waiting
             .pings
             .iter()
-            .any(|p| p.payload == payload && p.rtt.is_none())
+            .any(|p| p.payload == payload && p.rtt.is_none() && !p.refused)
         {
             return Err(
                 crate::proto::Error::Misuse("a ping with this payload is already waiting").into(),
@@ -845,6 +853,7 @@ impl LoopConn {
             id,
             payload: payload.clone(),
             sent: false,
+            refused: false,
             rtt: None,
         });
         st.outbox.push(Out::Ping(payload));
