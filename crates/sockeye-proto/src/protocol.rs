@@ -1085,12 +1085,7 @@ impl Protocol {
             if first {
                 self.send_utf8 = Utf8Validator::new();
             }
-            self.send_utf8
-                .feed(data)
-                .map_err(|_| Error::Misuse("text fragments are not valid UTF-8"))?;
-            if fin && !self.send_utf8.is_complete() {
-                return Err(Error::Misuse("text message ends inside a character"));
-            }
+            self.send_utf8.feed_fragment(data, fin)?;
         }
         self.write_data(kind, data, first, fin);
         self.sending = if fin { None } else { Some((kind, true)) };
@@ -1158,6 +1153,16 @@ impl Protocol {
         Ok(())
     }
 
+    /// Whether the application may close with `code`: one valid on the wire, or
+    /// [`CloseCode::NO_STATUS`] (a close frame without a code). [`Protocol::close`] applies it;
+    /// a front end that queues a close before it reaches the core checks it with this.
+    pub fn check_close_code(code: CloseCode) -> Result<(), Error> {
+        if code != CloseCode::NO_STATUS && !code.is_valid_on_wire() {
+            return Err(Error::Misuse("this close code may not be sent"));
+        }
+        Ok(())
+    }
+
     /// Starts the closing handshake with this code and reason (RFC 6455 §7.1.2).
     ///
     /// [`CloseCode::NO_STATUS`] (1005) sends an empty close frame. The reason is cut to 123
@@ -1167,9 +1172,7 @@ impl Protocol {
             State::Connecting => Err(Error::Misuse("close before the connection is open")),
             State::Closing | State::Closed => Ok(()),
             State::Open => {
-                if code != CloseCode::NO_STATUS && !code.is_valid_on_wire() {
-                    return Err(Error::Misuse("this close code may not be sent"));
-                }
+                Self::check_close_code(code)?;
                 self.send_close(CloseFrame::new(code, reason));
                 self.arm_close_timer();
                 Ok(())

@@ -23,6 +23,19 @@ impl Utf8Validator {
         Self::default()
     }
 
+    /// The rule for a text message sent in fragments (RFC 6455 §5.6), one fragment at a
+    /// time: the fragments so far must be valid UTF-8, and the last (`fin`) must not end
+    /// inside a character. [`crate::Protocol::send_fragment`] applies it; a front end that
+    /// queues fragments before they reach the core checks them with it at once.
+    pub fn feed_fragment(&mut self, data: &[u8], fin: bool) -> Result<(), crate::Error> {
+        self.feed(data)
+            .map_err(|_| crate::Error::Misuse("text fragments are not valid UTF-8"))?;
+        if fin && !self.is_complete() {
+            return Err(crate::Error::Misuse("text message ends inside a character"));
+        }
+        Ok(())
+    }
+
     /// Validates the next piece. Fails if the bytes so far cannot be the start of valid UTF-8.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), Utf8Error> {
         if self.partial_len > 0 {

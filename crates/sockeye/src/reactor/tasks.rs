@@ -693,13 +693,8 @@ impl LoopFragmented<'_> {
     /// Sends the next frame of the message (`fin` for the last).
     pub(crate) async fn send(&mut self, data: &[u8], fin: bool) -> Result<()> {
         if let Some(utf8) = self.utf8.as_mut() {
-            // Checked here, as the core does on tokio: an error now, not a 1011 later.
-            if utf8.feed(data).is_err() {
-                return Err(Misuse("text fragments are not valid UTF-8").into());
-            }
-            if fin && !utf8.is_complete() {
-                return Err(Misuse("text message ends inside a character").into());
-            }
+            // The core's rule, checked here: an error now, not a 1011 at the flush.
+            utf8.feed_fragment(data, fin)?;
         }
         let mut data = Some(Bytes::copy_from_slice(data));
         let (conn, kind, owner) = (self.conn, self.kind, self.owner);
@@ -1019,9 +1014,7 @@ impl LoopConn {
 
     /// Queues a close unless one is under way; a code that may not be sent is an error.
     pub(crate) fn start_close(&self, code: CloseCode, reason: &str) -> Result<()> {
-        if code != CloseCode::NO_STATUS && !code.is_valid_on_wire() {
-            return Err(crate::proto::Error::Misuse("this close code may not be sent").into());
-        }
+        crate::proto::Protocol::check_close_code(code)?;
         let mut st = self.link.lock();
         if st.state == State::Open && !st.closing {
             st.closing = true;
