@@ -19,11 +19,14 @@
 #   PARALLELISM     kosoku -p for the server side (default 1)
 #   CASE_TIMEOUT    seconds the client testee gives one case before abandoning it (default 30;
 #                   the slowest case takes about 15 s)
-#   FRONT           tokio (default), sync, reactor or reactor-async: which front end is the
-#                   testee (sync runs `sockeye serve --echo --sync` and
-#                   examples/autobahn_client_sync; reactor, a server only,
-#                   `sockeye serve --echo --reactor`; reactor-async, a server only, the same
-#                   with the echo as an async handler on the loops, `--reactor --async`)
+#   FRONT           tokio (default), tasks, sync, reactor or reactor-async: which front end
+#                   is the testee (tokio: `sockeye serve --echo`, async handlers on event
+#                   loops, and examples/autobahn_client; tasks, a server only, the same with
+#                   a tokio task per connection, `--tasks`; sync runs `sockeye serve --echo
+#                   --sync` and examples/autobahn_client_sync; reactor, a server only,
+#                   `sockeye serve --echo --reactor`, callbacks; reactor-async, a server
+#                   only, the echo as an async handler through `reactor::ServerBuilder`,
+#                   `--reactor --async`)
 #   CARGO_TARGET_DIR  as usual (default: target/ of the workspace)
 set -uo pipefail
 
@@ -106,12 +109,13 @@ log "building release binaries"
 FRONT="${FRONT:-tokio}"
 case "$FRONT" in
 tokio) EXAMPLE=autobahn_client SERVE_FLAGS=() SUFFIX="" ;;
+tasks) EXAMPLE="" SERVE_FLAGS=(--tasks) SUFFIX="-tasks" ;;
 sync) EXAMPLE=autobahn_client_sync SERVE_FLAGS=(--sync) SUFFIX="-sync" ;;
 # The event-loop front end is a server only: `all` runs its server side.
 reactor) EXAMPLE="" SERVE_FLAGS=(--reactor) SUFFIX="-reactor" ;;
 reactor-async) EXAMPLE="" SERVE_FLAGS=(--reactor --async) SUFFIX="-reactor-async" ;;
 *)
-    echo "FRONT must be tokio, sync, reactor or reactor-async" >&2
+    echo "FRONT must be tokio, tasks, sync, reactor or reactor-async" >&2
     exit 2
     ;;
 esac

@@ -84,8 +84,15 @@ fn relay_delivers_within_topics(flags: &[&str]) {
 
 #[test]
 fn accept_loop_survives_running_out_of_file_descriptors() {
+    // The event loops (the default), then a task per connection.
+    for flags in [&["--echo"][..], &["--echo", "--tasks"][..]] {
+        accept_survives_emfile(flags);
+    }
+}
+
+fn accept_survives_emfile(flags: &[&str]) {
     // 40 descriptors: a few for the runtime, the rest for connections.
-    let server = Served::start(&["--echo"], Some("ulimit -n 40"));
+    let server = Served::start(flags, Some("ulimit -n 40"));
     let mut held = Vec::new();
     for _ in 0..60 {
         // The kernel completes TCP handshakes into the backlog even when accept() fails.
@@ -389,12 +396,14 @@ fn relay_across_two_processes_through_redis_and_a_redis_restart() {
 }
 
 /// Graceful shutdown (issue 6 item 9): SIGTERM or SIGINT (Ctrl-C) makes `sockeye serve`
-/// close its connections with 1001 (going away) and exit 0, for the tokio echo server, the
-/// relay and the blocking echo server.
+/// close its connections with 1001 (going away) and exit 0, for the echo server and the relay
+/// (on event loops and on tasks), the blocking echo server and the event-loop callbacks.
 #[test]
 fn serve_shuts_down_gracefully_on_sigterm_and_sigint() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--echo"], "TERM"),
+        (&["--echo", "--tasks"], "TERM"),
+        (&["--tasks"], "INT"),
         (&[], "INT"),
         (&["--echo", "--sync"], "TERM"),
         (&["--echo", "--sync"], "INT"),

@@ -5,6 +5,12 @@
 //! `websockets`, on tokio. Every protocol rule lives in [`proto`] (the sans-I/O core,
 //! `sockeye-proto`), which this crate drives.
 //!
+//! A server's handlers are polled by sockeye's event loops (a thread per core, each owning
+//! its connections: about 1.1 KB per idle connection), inside the tokio runtime that
+//! started the server, so tokio's timers, channels and `spawn` work in them;
+//! [`ServerBuilder::tasks`] gives each connection a tokio task instead (TLS servers and
+//! Unix sockets use tasks). The handler and its [`Connection`] are the same either way.
+//!
 //! # Server
 //!
 //! ```no_run
@@ -60,7 +66,8 @@
 //! # Behaviour
 //!
 //! - Keepalive pings, pongs and the closing handshake run even while the application never
-//!   calls `recv` (the connection's driver is polled with the handler, in the same task).
+//!   calls `recv` (the event loop, or the connection's driver polled in the handler's task,
+//!   does them).
 //! - Backpressure both ways: reading pauses while `max_queue` messages wait; `send` waits
 //!   while more than `write_limit` bytes wait to be written.
 //! - Writes are corked: what the core produces while handling one batch of input, and what

@@ -17,8 +17,9 @@ pub(crate) enum Item {
 #[derive(Default)]
 pub(crate) struct Inbox {
     items: VecDeque<Item>,
-    /// Holds a message in progress across cancelled (tokio) or timed-out (sync) `recv`s.
-    assembler: Assembler,
+    /// Holds a message in progress across cancelled (tokio) or timed-out (sync) `recv`s;
+    /// boxed while there is one (most messages come whole, in one frame).
+    assembler: Option<Box<Assembler>>,
 }
 
 /// Where a [`Fragments`](crate::Fragments) reader is in its message.
@@ -38,6 +39,13 @@ impl Inbox {
         self.items.len()
     }
 
+    /// Frees the queue's memory if nothing waits (an idle connection keeps none).
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.items.is_empty() {
+            self.items = VecDeque::new();
+        }
+    }
+
     /// Adds a message or fragment from the core.
     pub(crate) fn push(&mut self, item: Item) {
         self.items.push_back(item);
@@ -48,11 +56,18 @@ impl Inbox {
         while let Some(item) = self.items.pop_front() {
             match item {
                 Item::Message(m) => return Some(Ok(m)),
-                Item::Fragment(f) => match self.assembler.push(f) {
-                    Ok(Some(m)) => return Some(Ok(m)),
-                    Ok(None) => {}
-                    Err(_) => return Some(Err(proto::Error::InvalidUtf8)),
-                },
+                Item::Fragment(f) => {
+                    let pushed = self.assembler.get_or_insert_default().push(f);
+                    if !matches!(pushed, Ok(None)) {
+                        // No message in progress any more.
+                        self.assembler = None;
+                    }
+                    match pushed {
+                        Ok(Some(m)) => return Some(Ok(m)),
+                        Ok(None) => {}
+                        Err(_) => return Some(Err(proto::Error::InvalidUtf8)),
+                    }
+                }
             }
         }
         None
@@ -63,7 +78,8 @@ impl Inbox {
     /// start went to a dropped reader is skipped.
     pub(crate) fn take_fragment(&mut self, state: &mut FragmentsState) -> Option<Fragment> {
         if *state == FragmentsState::Start {
-            if let Some(partial) = self.assembler.take_partial() {
+            if let Some(partial) = self.assembler.as_mut().and_then(|a| a.take_partial()) {
+                self.assembler = None;
                 *state = FragmentsState::Within;
                 return Some(partial);
             }

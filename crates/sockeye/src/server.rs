@@ -169,6 +169,10 @@ pub struct ServerBuilder {
     hooks: Hooks,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// A tokio task per connection rather than the event loops.
+    tasks: bool,
+    /// Event-loop threads (0: one per CPU).
+    threads: usize,
 }
 
 crate::options::option_setters!(ServerBuilder);
@@ -177,9 +181,37 @@ crate::options::server_setters!(ServerBuilder);
 crate::options::tls_server_setters!(ServerBuilder);
 
 impl ServerBuilder {
+    /// Serves each connection in a tokio task of its own (the handler's future and the
+    /// connection's driver, polled together) instead of on sockeye's event loops.
+    ///
+    /// By default a TCP server without TLS runs its connections on event loops, a few
+    /// threads that each own their connections and poll their handlers' futures
+    /// ([`threads`](Self::threads)): about 1.1 KB per idle connection, against 2.0 KB for a
+    /// task per connection (`docs/benchmarks.md`). Handlers are the same `async fn`s and see
+    /// the same [`Connection`]; tokio's timers, channels, `spawn` and `select!` work in
+    /// them on both (the loops poll inside the runtime that started the server).
+    ///
+    /// Tasks are the choice when handlers may block their thread for a while (a loop's
+    /// other connections wait meanwhile; tokio's work stealing moves them elsewhere), or
+    /// use what needs a tokio worker thread (`tokio::task::block_in_place`, task-local
+    /// budgets). TLS servers and Unix domain sockets always run on tasks (for now).
+    pub fn tasks(mut self, tasks: bool) -> Self {
+        self.tasks = tasks;
+        self
+    }
+
+    /// How many event-loop threads serve the connections (each accepts and owns its own).
+    /// Default: one per CPU this process may run on (`std::thread::available_parallelism`,
+    /// which honours `taskset`). No effect with [`tasks`](Self::tasks).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
     /// Binds `addr` and serves: `handler` runs once per connection, and the connection
     /// closes (1000) when it returns, or fails (1011, logged at ERROR) when it returns an
-    /// error.
+    /// error. Connections run on event loops unless [`tasks`](Self::tasks) says
+    /// otherwise (or TLS is configured).
     pub async fn serve<A, H, Fut>(self, addr: A, handler: H) -> Result<Server>
     where
         A: ToSocketAddrs,
@@ -187,7 +219,7 @@ impl ServerBuilder {
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
     {
         let listener = TcpListener::bind(addr).await?;
-        Ok(self.serve_listener(listener, handler))
+        self.serve_listener(listener, handler)
     }
 
     /// Binds `addr` and serves `router`: each connection goes to the handler of the route its
@@ -214,14 +246,26 @@ impl ServerBuilder {
         (self, handler)
     }
 
-    /// Serves on a listener bound elsewhere.
-    pub fn serve_listener<H, Fut>(self, listener: TcpListener, handler: H) -> Server
+    /// Serves on a listener bound elsewhere. Fails only if the event loops cannot start
+    /// (out of file descriptors or threads).
+    pub fn serve_listener<H, Fut>(self, listener: TcpListener, handler: H) -> Result<Server>
     where
         H: Fn(Connection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
     {
         let local_addr = listener.local_addr().ok();
-        self.start(Listener::Tcp(listener), local_addr, None, handler)
+        #[cfg(feature = "tls")]
+        let tls = self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        if self.tasks || tls {
+            return Ok(self.start(Listener::Tcp(listener), local_addr, None, handler));
+        }
+        // The loops take the listener over, each registering a clone with its own poll.
+        let loops =
+            crate::reactor::ServerBuilder::from_parts(self.options, self.hooks, self.threads)
+                .serve_async_listener(listener.into_std()?, handler)?;
+        Ok(Server::on_loops(loops))
     }
 
     /// Binds a Unix domain socket at `path` and serves on it, as [`serve`](Self::serve) does
@@ -317,18 +361,7 @@ impl ServerBuilder {
         #[cfg(not(feature = "tls"))]
         let secure = false;
         log_listening(local_addr, unix.as_ref(), secure);
-        let inner = Arc::new(ServerInner {
-            local_addr,
-            unix,
-            secure,
-            connections: Mutex::new(HashMap::new()),
-            closing: AtomicBool::new(false),
-            stop_accepting: Notify::new(),
-            active: AtomicUsize::new(0),
-            idle: Notify::new(),
-            closed: AtomicBool::new(false),
-            closed_notify: Notify::new(),
-        });
+        let inner = Arc::new(ServerInner::new(local_addr, unix, secure, None));
         let shared = Arc::new(Shared {
             config: Arc::new(self.options.config.clone()),
             options: self.options,
@@ -416,6 +449,31 @@ struct ServerInner {
     idle: Notify,
     closed: AtomicBool,
     closed_notify: Notify,
+    /// The event loops that serve the connections, unless each has a task of its own.
+    loops: Option<crate::reactor::Server>,
+}
+
+impl ServerInner {
+    fn new(
+        local_addr: Option<SocketAddr>,
+        unix: Option<SocketFile>,
+        secure: bool,
+        loops: Option<crate::reactor::Server>,
+    ) -> ServerInner {
+        ServerInner {
+            local_addr,
+            unix,
+            secure,
+            connections: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+            stop_accepting: Notify::new(),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            closed: AtomicBool::new(false),
+            closed_notify: Notify::new(),
+            loops,
+        }
+    }
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::close`].
@@ -439,6 +497,24 @@ impl Server {
         ServerBuilder::default()
     }
 
+    /// The server of connections that run on the event loops `loops`.
+    fn on_loops(loops: crate::reactor::Server) -> Server {
+        Server {
+            inner: Arc::new(ServerInner::new(
+                Some(loops.local_addr()),
+                None,
+                false,
+                Some(loops),
+            )),
+        }
+    }
+
+    /// Whether the connections run on event loops (the default), rather than in a task each
+    /// ([`ServerBuilder::tasks`]).
+    pub fn on_event_loops(&self) -> bool {
+        self.inner.loops.is_some()
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.inner.local_addr
@@ -458,6 +534,9 @@ impl Server {
 
     /// The open connections.
     pub fn connections(&self) -> Vec<Connection> {
+        if let Some(loops) = &self.inner.loops {
+            return loops.connections();
+        }
         self.inner
             .connections
             .lock()
@@ -494,6 +573,15 @@ impl Server {
     /// For a graceful shutdown on SIGINT/SIGTERM, call it when the signal arrives (see
     /// `examples/graceful_shutdown.rs` and the README's "Graceful shutdown").
     pub async fn close(&self) {
+        if let Some(loops) = &self.inner.loops {
+            // The loops do all of it; their shutdown blocks until they have ended, so it
+            // waits on a blocking thread (handlers may need this runtime meanwhile).
+            let loops = loops.clone();
+            let _ = tokio::task::spawn_blocking(move || loops.shutdown()).await;
+            self.inner.closed.store(true, Ordering::Release);
+            self.inner.closed_notify.notify_waiters();
+            return;
+        }
         self.inner.closing.store(true, Ordering::Release);
         self.inner.stop_accepting.notify_waiters();
         if let Some(file) = &self.inner.unix {
@@ -1044,18 +1132,8 @@ mod idle_size {
             }
             Ok::<(), BoxError>(())
         });
-        let server = Arc::new(ServerInner {
-            local_addr: None,
-            unix: None,
-            secure: false,
-            connections: Mutex::new(HashMap::new()),
-            closing: AtomicBool::new(false),
-            stop_accepting: Notify::new(),
-            active: AtomicUsize::new(1),
-            idle: Notify::new(),
-            closed: AtomicBool::new(false),
-            closed_notify: Notify::new(),
-        });
+        let server = Arc::new(ServerInner::new(None, None, false, None));
+        server.active.store(1, Ordering::Release);
         let task = connection_task(
             ActiveGuard(server),
             Box::pin(std::future::ready(None)),

@@ -1,6 +1,6 @@
 //! One `sockeye::Connection` over both back ends: each behaviour here runs with the same
-//! handler on the tokio server (`sockeye::serve`) and on the event loops
-//! (`reactor::ServerBuilder::serve_async`), over real loopback sockets.
+//! handler on tokio tasks (`ServerBuilder::tasks(true)`) and on the event loops
+//! (`sockeye::serve`'s default), over real loopback sockets.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,23 +19,17 @@ const BACK_ENDS: [Back; 2] = [Back::Task, Back::Loop];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Back {
-    /// `sockeye::serve`: a tokio task per connection.
+    /// `ServerBuilder::tasks(true)`: a tokio task per connection.
     Task,
-    /// `reactor::ServerBuilder::serve_async`: the event loops poll the handlers.
+    /// `sockeye::serve`'s default: the event loops poll the handlers.
     Loop,
 }
 
-enum Running {
-    Task(sockeye::Server),
-    Loop(sockeye::reactor::Server),
-}
+struct Running(sockeye::Server);
 
 impl Running {
     fn addr(&self) -> std::net::SocketAddr {
-        match self {
-            Running::Task(s) => s.local_addr().unwrap(),
-            Running::Loop(s) => s.local_addr(),
-        }
+        self.0.local_addr().unwrap()
     }
 
     fn uri(&self) -> String {
@@ -43,13 +37,7 @@ impl Running {
     }
 
     async fn stop(self) {
-        match self {
-            Running::Task(s) => timeout(GUARD, s.close()).await.expect("close in time"),
-            Running::Loop(s) => timeout(GUARD, tokio::task::spawn_blocking(move || s.shutdown()))
-                .await
-                .expect("shutdown in time")
-                .unwrap(),
-        }
+        timeout(GUARD, self.0.close()).await.expect("close in time");
     }
 }
 
@@ -114,27 +102,17 @@ where
             .headers_mut()
             .insert("x-hook", http::HeaderValue::from_static("was here"));
     };
-    match back {
-        Back::Task => {
-            let mut builder = sockeye::Server::builder()
-                .ping_interval(setup.ping_interval)
-                .close_timeout(setup.close_timeout);
-            if setup.hook {
-                builder = builder.process_response(add_header);
-            }
-            Running::Task(builder.serve("127.0.0.1:0", handler).await.unwrap())
-        }
-        Back::Loop => {
-            let mut builder = sockeye::reactor::Server::builder()
-                .threads(2)
-                .ping_interval(setup.ping_interval)
-                .close_timeout(setup.close_timeout);
-            if setup.hook {
-                builder = builder.process_response(add_header);
-            }
-            Running::Loop(builder.serve_async("127.0.0.1:0", handler).unwrap())
-        }
+    let mut builder = sockeye::Server::builder()
+        .tasks(back == Back::Task)
+        .threads(2)
+        .ping_interval(setup.ping_interval)
+        .close_timeout(setup.close_timeout);
+    if setup.hook {
+        builder = builder.process_response(add_header);
     }
+    let server = builder.serve("127.0.0.1:0", handler).await.unwrap();
+    assert_eq!(server.on_event_loops(), back == Back::Loop);
+    Running(server)
 }
 
 async fn recv(ws: &Connection) -> sockeye::Result<Option<Message>> {
@@ -186,14 +164,8 @@ async fn a_message_is_received_fragment_by_fragment() {
             .await
             .unwrap();
         let got = recv(&ws).await.unwrap().unwrap();
-        // The tokio connection hands out the frames as they come; the event loop joins a
-        // message before its handler sees it (one fragment).
-        let fragments = if back == Back::Task { 3 } else { 1 };
-        assert_eq!(
-            got,
-            Message::from(format!("{fragments} true true fragmented é")),
-            "{back:?}"
-        );
+        // Both hand out the frames as they come.
+        assert_eq!(got, Message::from("3 true true fragmented é"), "{back:?}");
         ws.send("whole").await.unwrap();
         assert_eq!(recv(&ws).await.unwrap(), Some(Message::from("whole")));
         assert_eq!(recv(&ws).await.unwrap(), None, "{back:?}: closed with 1000");
@@ -811,3 +783,68 @@ both!(
     a_stream_goes_on_after_a_concurrent_recv,
     stream_after_a_concurrent_recv
 );
+
+/// Waits until `server` lists `n` connections, and gives them.
+async fn listed(server: &Running, n: usize) -> Vec<Connection> {
+    timeout(GUARD, async {
+        loop {
+            let conns = server.0.connections();
+            if conns.len() == n {
+                return conns;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the server never listed {n} connections"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_lists_its_open_connections() {
+    for back in BACK_ENDS {
+        let server = serve(back, false, |ws| async move {
+            while let Some(m) = ws.recv().await? {
+                ws.send(m).await?;
+            }
+            Ok(())
+        })
+        .await;
+        assert!(server.0.connections().is_empty(), "{back:?}");
+        let a = sockeye::connect(&server.uri()).await.unwrap();
+        let b = sockeye::connect(&server.uri()).await.unwrap();
+        // Each listed connection is a live handle: what it sends reaches its client.
+        let conns = listed(&server, 2).await;
+        assert_ne!(conns[0].id(), conns[1].id(), "{back:?}");
+        for c in &conns {
+            assert_eq!(c.state(), sockeye::State::Open, "{back:?}");
+            c.send(format!("you are {}", c.id())).await.unwrap();
+        }
+        let to_a = recv(&a).await.unwrap().unwrap();
+        let to_b = recv(&b).await.unwrap().unwrap();
+        assert_ne!(to_a, to_b, "{back:?}");
+        let ids: Vec<String> = conns
+            .iter()
+            .map(|c| format!("you are {}", c.id()))
+            .collect();
+        assert!(
+            ids.contains(&to_a.as_text().unwrap().to_owned()),
+            "{back:?}: {to_a:?}"
+        );
+        assert!(
+            ids.contains(&to_b.as_text().unwrap().to_owned()),
+            "{back:?}: {to_b:?}"
+        );
+        // A connection that closed leaves the list.
+        a.close(CloseCode::NORMAL, "").await.unwrap();
+        let left = listed(&server, 1).await;
+        assert_eq!(
+            Message::from(format!("you are {}", left[0].id())),
+            to_b,
+            "{back:?}: the one left is b's"
+        );
+        drop((conns, left));
+        b.close(CloseCode::NORMAL, "").await.unwrap();
+        listed(&server, 0).await;
+        server.stop().await;
+    }
+}

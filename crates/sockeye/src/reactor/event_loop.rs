@@ -395,7 +395,9 @@ where
         link.start_poll();
         let waker = std::task::Waker::from(link.clone());
         let mut cx = Context::from_waker(&waker);
-        let polled = catch_unwind(AssertUnwindSafe(|| task.future.as_mut().poll(&mut cx)));
+        let polled = tasks::with_budget(|| {
+            catch_unwind(AssertUnwindSafe(|| task.future.as_mut().poll(&mut cx)))
+        });
         let out = match polled {
             Ok(TaskPoll::Pending) => return,
             Ok(TaskPoll::Ready(Ok(()))) => Out::Close(CloseCode::NORMAL, String::new()),
@@ -522,6 +524,8 @@ where
             // Payloads of 4 KiB and more are written from where they were received or
             // built (the 16 KiB ping-pong: 63-68 k -> 84-103 k msgs/s, A/B 2026-12-04).
             proto.set_zero_copy_min(ZERO_COPY_MIN);
+            // Async handlers take messages fragment by fragment too (`recv_streaming`).
+            proto.set_stream_fragments(H::STREAMS);
             // The open timeout counts from here.
             proto.handle_timeout(Instant::now());
             let generation = self.next_generation;
@@ -562,10 +566,7 @@ where
             return;
         };
         if conn.has(LINGER) {
-            if discard_input(&mut conn.socket, &mut self.read_buf) {
-                self.remove(k);
-            }
-            return;
+            return self.linger(k);
         }
         if conn.has(EOF | PAUSED) || conn.held {
             return self.service(k);
@@ -787,7 +788,13 @@ where
         };
         close_handler(conn, &self.shared.control);
         self.local.topics.leave_all(k);
+        // A handshake answered without opening (`process_request`, a refusal, 503) closes
+        // at once, as on tokio: only a WebSocket connection lingers for the peer's close.
+        let opened = conn.id != 0;
         let linger = if conn.has(BROKEN) {
+            None
+        } else if !opened {
+            let _ = conn.socket.shutdown(Shutdown::Write);
             None
         } else {
             let _ = conn.socket.shutdown(Shutdown::Write);
@@ -800,11 +807,25 @@ where
                 conn.deadline = Some(at);
                 self.timers.push(Reverse((at, k, conn.generation)));
                 // What the peer sent meanwhile (no new edge for it).
-                if discard_input(&mut conn.socket, &mut self.read_buf) {
-                    self.remove(k);
-                }
+                self.linger(k);
             }
             _ => self.remove(k),
+        }
+    }
+
+    /// Lingering: reads and drops what the peer sends, until its end of stream.
+    fn linger(&mut self, k: usize) {
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        match discard_input(&mut conn.socket, &mut self.read_buf) {
+            Discarded::Over => self.remove(k),
+            // Edge-triggered: no new event comes for what is already there.
+            Discarded::More if !conn.has(QUEUED) => {
+                conn.flags |= QUEUED;
+                self.ready.push(k);
+            }
+            Discarded::More | Discarded::AllForNow => {}
         }
     }
 
@@ -914,19 +935,29 @@ fn write_out<H>(conn: &mut Conn<H>) {
     }
 }
 
-/// Reads and drops input until the peer's end of stream or an error (`true`: the lingering
-/// is over) or until nothing is left for now (`false`).
-fn discard_input(socket: &mut TcpStream, buf: &mut [u8]) -> bool {
+/// What [`discard_input`] did.
+enum Discarded {
+    /// The peer's end of stream, or an error: the lingering is over.
+    Over,
+    /// Nothing left for now: the next event says when more comes.
+    AllForNow,
+    /// A turn's worth of reads, and there may be more: the loop must come back to it
+    /// (an edge-triggered poll does not report input that is already there).
+    More,
+}
+
+/// Reads and drops input, up to a turn's worth of reads.
+fn discard_input(socket: &mut TcpStream, buf: &mut [u8]) -> Discarded {
     for _ in 0..READS_PER_TURN {
         match socket.read(buf) {
-            Ok(0) => return true,
+            Ok(0) => return Discarded::Over,
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Discarded::AllForNow,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return true,
+            Err(_) => return Discarded::Over,
         }
     }
-    false
+    Discarded::More
 }
 
 /// Gives the connection the loop's write buffer, if it has nothing waiting (its own is then
@@ -974,7 +1005,10 @@ where
             Event::Pong { payload, .. } => {
                 call(conn, slot, local, |h, ws| h.on_pong(ws, &payload));
             }
-            Event::Close(_) | Event::Ping(_) | Event::Fragment(_) | Event::Response(_) => {}
+            Event::Fragment(fragment) => {
+                call(conn, slot, local, |h, ws| h.on_fragment(ws, fragment));
+            }
+            Event::Close(_) | Event::Ping(_) | Event::Response(_) => {}
         }
     }
 }

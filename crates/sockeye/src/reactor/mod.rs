@@ -1,9 +1,10 @@
 //! The event-loop front end: callbacks on a reactor sockeye owns, no task per connection.
 //!
-//! [`crate::serve`] gives every connection a handler that runs as a tokio task and awaits
-//! `recv()`: python-websockets' model, simple to write and to reason about. This module is
-//! uWebSockets' model for servers that hold very many connections or echo very many small
-//! messages: a few threads (one by default per core), each an event loop (epoll through
+//! [`crate::serve`] gives every connection a handler that awaits `recv()`: python-websockets'
+//! model, simple to write and to reason about; its handlers run on these event loops
+//! (through [`ServerBuilder::serve_async`]'s machinery) unless told to use tokio tasks.
+//! This module is also uWebSockets' model, for servers that hold very many connections or
+//! echo very many small messages: a few threads (one by default per core), each an event loop (epoll through
 //! `mio`) that owns its connections outright. A connection is the core's
 //! [`Protocol`], its socket and the application's [`Handler`]: no
 //! task, no waker, no lock, no shared state, no timer of its own (each loop keeps one heap of
@@ -20,7 +21,8 @@
 //! python-websockets' model runs on the loops too: [`ServerBuilder::serve_async`] takes an
 //! `async fn` of a [`Connection`](crate::Connection) (`recv().await`, `send().await`), whose future the loop
 //! that owns the connection polls instead of a tokio task (about 1.1 KB per idle
-//! connection, against 2.0 KB for [`crate::serve`]).
+//! connection, against 2.0 KB for a tokio task per connection). [`crate::serve`] runs on
+//! this by default, with the `sockeye::Server` API (async `close`, `connections`).
 //!
 //! Outside the callbacks, a [`Handle`] (from [`Socket::handle`]; `Send`, cheap to clone)
 //! sends to, closes or runs a closure on its connection from any thread, and
@@ -116,6 +118,19 @@ pub trait Handler: 'static {
     /// A message arrived (whole: fragments are joined, compressed messages inflated, text
     /// checked for UTF-8).
     fn on_message(&mut self, ws: &mut Socket<'_>, message: Message);
+
+    /// Internal (the adapter of async handlers, whose `recv_streaming` hands out fragments
+    /// as they arrive): the core runs in stream mode for this handler's connections, and
+    /// the fragments of messages that come in several frames go to `on_fragment`.
+    /// Callback handlers get whole messages.
+    #[doc(hidden)]
+    const STREAMS: bool = false;
+
+    /// Internal: a fragment of a message, when [`STREAMS`](Self::STREAMS).
+    #[doc(hidden)]
+    fn on_fragment(&mut self, ws: &mut Socket<'_>, fragment: crate::proto::Fragment) {
+        let _ = (ws, fragment);
+    }
 
     /// What was waiting to be written went out after the connection had more than
     /// `write_limit` bytes waiting (reading resumes at the same time).
@@ -384,6 +399,9 @@ struct Mailbox {
     /// The server's configuration, for what a connection builds again when asked (its
     /// `101` response).
     config: Arc<crate::proto::Config>,
+    /// The loop's open async-handler connections, by slot, for [`Server::connections`]:
+    /// a pointer per slot, written by the loop when one opens and when it ends.
+    links: Mutex<Vec<std::sync::Weak<tasks::Link>>>,
 }
 
 impl Mailbox {
@@ -392,7 +410,20 @@ impl Mailbox {
             queue: Mutex::new(Some(Vec::new())),
             waker,
             config,
+            links: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Keeps `link` (open in `slot`) for [`Server::connections`], or forgets the slot's.
+    fn register(&self, slot: usize, link: Option<&Arc<tasks::Link>>) {
+        let mut links = lock(&self.links);
+        if links.len() <= slot {
+            if link.is_none() {
+                return;
+            }
+            links.resize_with(slot + 1, std::sync::Weak::new);
+        }
+        links[slot] = link.map_or_else(std::sync::Weak::new, Arc::downgrade);
     }
 
     fn push(&self, command: Command) {
@@ -489,6 +520,15 @@ crate::options::option_setters!(ServerBuilder);
 crate::options::server_setters!(ServerBuilder);
 
 impl ServerBuilder {
+    /// A builder with these options and hooks (`crate::ServerBuilder` on the loops).
+    pub(crate) fn from_parts(options: Options, hooks: Hooks, threads: usize) -> Self {
+        ServerBuilder {
+            options,
+            hooks,
+            threads,
+        }
+    }
+
     /// How many loop threads serve (each accepts and owns its own connections). Default:
     /// one per CPU this process may run on (`std::thread::available_parallelism`, which
     /// honours `taskset`).
@@ -659,6 +699,19 @@ impl Server {
     /// How many connections are open (handshake done, not closed yet).
     pub fn connection_count(&self) -> usize {
         self.inner.control.open.load(Ordering::Acquire)
+    }
+
+    /// The open connections of async handlers ([`ServerBuilder::serve_async`]), every loop
+    /// together (callback handlers have none: use [`Server::broadcast`] or a
+    /// [`Handle`]).
+    pub fn connections(&self) -> Vec<crate::Connection> {
+        let mut all = Vec::new();
+        for mailbox in &self.inner.mailboxes {
+            let links = lock(&mailbox.links);
+            let open = links.iter().filter_map(std::sync::Weak::upgrade);
+            all.extend(open.map(|link| tasks::LoopConn::from(link).into()));
+        }
+        all
     }
 
     /// Sends `message` to every open connection, from any thread: encoded once

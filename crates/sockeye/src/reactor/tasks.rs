@@ -11,8 +11,7 @@
 //! task to poll or a link to flush, queued on the loop's own thread in a thread-local list
 //! and from other threads through the loop's mailbox.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
@@ -33,6 +32,7 @@ use crate::head::RequestHead;
 use crate::proto::utf8::Utf8Validator;
 use crate::proto::Error::Misuse;
 use crate::proto::{CloseCode, Fragment, Message, MessageKind, PreparedMessage, Side, State};
+use crate::queue::{FragmentsState, Inbox, Item};
 use crate::BoxError;
 
 /// A handler's future, as the loop keeps it.
@@ -112,6 +112,59 @@ fn schedule(mailbox: &Arc<Mailbox>, work: Work) {
     }
 }
 
+thread_local! {
+    /// Sends left to the handler future this loop thread is polling; `None` outside such
+    /// a poll (a send from a tokio task takes part in tokio's budget instead).
+    static BUDGET: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// Sends one poll of a handler may make before it yields to the loop (which then writes
+/// them and serves its other connections). tokio gives a task 128 units per poll.
+const SENDS_PER_POLL: u32 = 128;
+
+/// Runs one poll of a handler future with a fresh send budget.
+pub(super) fn with_budget<R>(poll: impl FnOnce() -> R) -> R {
+    struct Restore(Option<u32>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BUDGET.set(self.0);
+        }
+    }
+    let _restore = Restore(BUDGET.replace(Some(SENDS_PER_POLL)));
+    poll()
+}
+
+/// Runs `send` within the budget: a handler that sends in a tight loop, never waiting (under
+/// `write_limit`), yields every [`SENDS_PER_POLL`] sends, so that what it sent is written
+/// while it goes on and the loop's other connections get their turn (tokio's cooperative
+/// budget does this for a task; the loop has its own, as it polls outside tokio's tasks).
+fn within_budget(
+    cx: &mut Context<'_>,
+    send: impl FnOnce(&mut Context<'_>) -> Poll<Result<()>>,
+) -> Poll<Result<()>> {
+    match BUDGET.get() {
+        Some(0) => {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        Some(left) => {
+            let sent = send(cx);
+            if sent.is_ready() {
+                BUDGET.set(Some(left - 1));
+            }
+            sent
+        }
+        None => {
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            let sent = send(cx);
+            if sent.is_ready() {
+                coop.made_progress();
+            }
+            sent
+        }
+    }
+}
+
 /// What is queued for the connection by its handles.
 pub(super) enum Out {
     Message(Message),
@@ -130,7 +183,7 @@ pub(super) enum Out {
 }
 
 /// What a connection's handles and its loop share.
-pub(super) struct Link {
+pub(crate) struct Link {
     mailbox: Arc<Mailbox>,
     /// The connection's slot in its loop, and its handler future's slot in the loop's tasks.
     pub(super) slot: u32,
@@ -151,7 +204,8 @@ pub(super) struct Link {
 
 struct LinkState {
     /// Messages received, waiting for `recv`.
-    inbox: VecDeque<Message>,
+    /// Messages and fragments received, waiting for `recv` or `recv_streaming`.
+    inbox: Inbox,
     /// What handles queued since the loop last flushed.
     outbox: Vec<Out>,
     /// Bytes waiting to be written: the core's, as of the loop's last write, and the
@@ -168,6 +222,8 @@ struct LinkState {
     stream_done: bool,
     /// The loop stopped reading: `max_queue` messages wait.
     held: bool,
+    /// Closing with `max_queue` items waiting: what comes from now on is dropped.
+    dropping: bool,
     state: State,
     /// How it ended, once it did (`state` is `Closed`).
     closed: Option<Box<Closed>>,
@@ -463,6 +519,34 @@ pub(super) enum AsyncConn {
     Over,
 }
 
+impl AsyncConn {
+    /// A message or fragment for `recv`: into the inbox, and the receiver woken.
+    fn received(&mut self, ws: &mut Socket<'_>, item: Item) {
+        let AsyncConn::Open(link) = self else {
+            return;
+        };
+        let mut st = link.lock();
+        // Closing (the handler may be gone): reading goes on until the peer's close frame,
+        // and what comes meanwhile is kept up to `max_queue`, the rest dropped (all of the
+        // rest: a message must not lose a fragment in its middle).
+        if st.closing && st.inbox.len() >= link.max_queue as usize {
+            st.dropping = true;
+        }
+        if !st.dropping {
+            st.inbox.push(item);
+        }
+        if !st.closing && st.inbox.len() >= link.max_queue as usize && !st.held {
+            // Reading stops until `recv` takes the inbox down to a quarter.
+            st.held = true;
+            ws.local.hold = true;
+        }
+        let waker = st.recv_waker.take();
+        let others = take_waiters(&mut st, Waiters::Receivers);
+        drop(st);
+        wake_all(waker.into_iter().chain(others));
+    }
+}
+
 impl Handler for AsyncConn {
     fn on_open(&mut self, ws: &mut Socket<'_>) {
         let (AsyncConn::Start(handler), Some((request, granted))) =
@@ -484,7 +568,7 @@ impl Handler for AsyncConn {
             subprotocol: ws.subprotocol().map(Box::from),
             addresses: Addresses::new(ws.local_addr(), ws.remote_addr()),
             state: Mutex::new(LinkState {
-                inbox: VecDeque::new(),
+                inbox: Inbox::default(),
                 outbox: Vec::new(),
                 buffered: 0,
                 recv_waker: None,
@@ -493,6 +577,7 @@ impl Handler for AsyncConn {
                 closing: false,
                 stream_done: false,
                 held: false,
+                dropping: false,
                 state: State::Open,
                 closed: None,
                 latency_us: 0,
@@ -504,29 +589,19 @@ impl Handler for AsyncConn {
             link: link.clone(),
         });
         debug_assert_eq!(task, link.task as usize);
+        link.mailbox.register(ws.slot, Some(&link));
         schedule(&link.mailbox, Work::Poll(link.clone()));
         *self = AsyncConn::Open(link);
     }
 
+    const STREAMS: bool = true;
+
     fn on_message(&mut self, ws: &mut Socket<'_>, message: Message) {
-        let AsyncConn::Open(link) = self else {
-            return;
-        };
-        let mut st = link.lock();
-        if !st.closing || st.inbox.len() < link.max_queue as usize {
-            st.inbox.push_back(message);
-        }
-        // Closing (the handler may be gone): reading goes on until the peer's close frame,
-        // and what comes meanwhile is kept up to `max_queue`, the rest dropped.
-        if !st.closing && st.inbox.len() >= link.max_queue as usize && !st.held {
-            // Reading stops until `recv` takes the inbox down to a quarter.
-            st.held = true;
-            ws.local.hold = true;
-        }
-        let waker = st.recv_waker.take();
-        let others = take_waiters(&mut st, Waiters::Receivers);
-        drop(st);
-        wake_all(waker.into_iter().chain(others));
+        self.received(ws, Item::Message(message));
+    }
+
+    fn on_fragment(&mut self, ws: &mut Socket<'_>, fragment: Fragment) {
+        self.received(ws, Item::Fragment(fragment));
     }
 
     fn on_drain(&mut self, ws: &mut Socket<'_>) {
@@ -568,6 +643,7 @@ impl Handler for AsyncConn {
 
     fn on_close(&mut self, closed: &Closed) {
         if let AsyncConn::Open(link) = std::mem::replace(self, AsyncConn::Over) {
+            link.mailbox.register(link.slot as usize, None);
             link.ended(closed);
         }
     }
@@ -583,6 +659,12 @@ impl Handler for AsyncConn {
 #[derive(Clone)]
 pub(crate) struct LoopConn {
     link: Arc<Link>,
+}
+
+impl From<Arc<Link>> for LoopConn {
+    fn from(link: Arc<Link>) -> Self {
+        LoopConn { link }
+    }
 }
 
 /// Forgets a `ping` when its `Pong` is dropped (the list is freed once empty).
@@ -655,25 +737,22 @@ impl Link {
 pub(crate) struct LoopFragments<'a> {
     conn: &'a LoopConn,
     _busy: BusyGuard<'a>,
-    done: bool,
+    state: FragmentsState,
 }
 
 impl LoopFragments<'_> {
+    /// The next fragment, as soon as it arrives (see `TaskFragments::next`).
     pub(crate) async fn next(&mut self) -> Result<Option<Fragment>> {
-        if self.done {
+        if self.state == FragmentsState::Done {
             return Ok(None);
         }
-        let got = poll_fn(|cx| self.conn.poll_recv(cx)).await?;
-        self.done = true;
-        Ok(got.map(|message| {
-            let kind = message.kind();
-            Fragment {
-                kind,
-                data: message.into_bytes(),
-                first: true,
-                fin: true,
-            }
-        }))
+        let (conn, state) = (self.conn, &mut self.state);
+        let got = poll_fn(|cx| conn.poll_item(cx, |inbox| inbox.take_fragment(state))).await;
+        match got {
+            Ok(fragment) => Ok(Some(fragment)),
+            Err(closed) if closed.is_ok() && self.state == FragmentsState::Start => Ok(None),
+            Err(closed) => Err(Error::ConnectionClosed(closed)),
+        }
     }
 }
 
@@ -699,21 +778,23 @@ impl LoopFragmented<'_> {
         let mut data = Some(Bytes::copy_from_slice(data));
         let (conn, kind, owner) = (self.conn, self.kind, self.owner);
         poll_fn(|cx| {
-            let mut st = conn.link.lock();
-            std::task::ready!(conn.poll_room(&mut st, cx, Some(owner)))?;
-            let data = data.take().expect("polled after completion");
-            st.buffered += data.len();
-            set_fragmented(&mut st, (!fin).then_some(owner));
-            st.outbox.push(Out::Fragment(kind, data, fin));
-            let senders = if fin {
-                // Whole messages waiting for this one may go.
-                take_waiters(&mut st, Waiters::Senders)
-            } else {
-                Vec::new()
-            };
-            conn.link.flush_later(st);
-            wake_all(senders);
-            Poll::Ready(Ok::<(), Error>(()))
+            within_budget(cx, |cx| {
+                let mut st = conn.link.lock();
+                std::task::ready!(conn.poll_room(&mut st, cx, Some(owner)))?;
+                let data = data.take().expect("polled after completion");
+                st.buffered += data.len();
+                set_fragmented(&mut st, (!fin).then_some(owner));
+                st.outbox.push(Out::Fragment(kind, data, fin));
+                let senders = if fin {
+                    // Whole messages waiting for this one may go.
+                    take_waiters(&mut st, Waiters::Senders)
+                } else {
+                    Vec::new()
+                };
+                conn.link.flush_later(st);
+                wake_all(senders);
+                Poll::Ready(Ok(()))
+            })
         })
         .await?;
         self.started = !fin;
@@ -863,7 +944,7 @@ impl LoopConn {
         Ok(LoopFragments {
             conn: self,
             _busy: BusyGuard::claim(&self.link.recv_busy)?,
-            done: false,
+            state: FragmentsState::Start,
         })
     }
 
@@ -873,26 +954,34 @@ impl LoopConn {
     }
 
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>>> {
+        match std::task::ready!(self.poll_item(cx, Inbox::take_message)) {
+            Ok(Ok(message)) => Poll::Ready(Ok(Some(message))),
+            Ok(Err(e)) => Poll::Ready(Err(e.into())),
+            Err(closed) if closed.is_ok() => Poll::Ready(Ok(None)),
+            Err(closed) => Poll::Ready(Err(Error::ConnectionClosed(closed))),
+        }
+    }
+
+    /// What `take` finds in the inbox, or how the connection ended once nothing more can
+    /// come.
+    fn poll_item<R>(
+        &self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut Inbox) -> Option<R>,
+    ) -> Poll<std::result::Result<R, Closed>> {
         let mut st = self.link.lock();
-        if let Some(message) = st.inbox.pop_front() {
+        if let Some(item) = take(&mut st.inbox) {
             // Done waiting: no stale waker for the next message to wake for nothing.
             st.recv_waker = None;
-            if st.inbox.is_empty() {
-                // An idle connection keeps no inbox (one allocation per batch received).
-                st.inbox = VecDeque::new();
-            }
+            // An idle connection keeps no inbox (one allocation per batch received).
+            st.inbox.release_if_empty();
             if st.held && st.inbox.len() <= self.link.max_queue as usize / 4 {
                 self.link.flush_later(st);
             }
-            return Poll::Ready(Ok(Some(message)));
+            return Poll::Ready(Ok(item));
         }
         if st.state == State::Closed {
-            let closed = closed_so_far(&st);
-            return Poll::Ready(if closed.is_ok() {
-                Ok(None)
-            } else {
-                Err(Error::ConnectionClosed(closed))
-            });
+            return Poll::Ready(Err(closed_so_far(&st)));
         }
         match &st.recv_waker {
             None => st.recv_waker = Some(cx.waker().clone()),
@@ -909,10 +998,12 @@ impl LoopConn {
         cx: &mut Context<'_>,
         message: &mut Option<Message>,
     ) -> Poll<Result<()>> {
-        let mut st = self.link.lock();
-        std::task::ready!(self.poll_room(&mut st, cx, None))?;
-        self.queue(st, message.take().expect("polled after completion"));
-        Poll::Ready(Ok(()))
+        within_budget(cx, |cx| {
+            let mut st = self.link.lock();
+            std::task::ready!(self.poll_room(&mut st, cx, None))?;
+            self.queue(st, message.take().expect("polled after completion"));
+            Poll::Ready(Ok(()))
+        })
     }
 
     /// A fragmented message of `kind`, sent frame by frame (other messages wait for it).
@@ -1188,7 +1279,9 @@ mod idle_size {
         let recv = future_size(&recv_only);
         let send = future_size(&send_only);
         let handler = future_size(&echo);
-        assert!(link <= 232, "Link: {link} B");
+        // 240: the inbox holds fragments too (`recv_streaming` as they arrive), with the
+        // message `recv` is joining boxed while there is one.
+        assert!(link <= 240, "Link: {link} B");
         assert!(recv <= 56, "recv: {recv} B");
         assert!(send <= 104, "send: {send} B");
         assert!(handler <= 216, "echo handler future: {handler} B");
