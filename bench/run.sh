@@ -13,7 +13,7 @@
 #
 # Environment:
 #   CASES="echo-20-32 echo-20-1 echo-16k echo-1m deflate idle broadcast handshake"
-#   SERVERS="sockeye sockeye-reactor fastwebsockets tokio-tungstenite tokio-websockets yawc python-websockets node-ws"
+#   SERVERS="sockeye sockeye-tasks sockeye-reactor fastwebsockets tokio-tungstenite tokio-websockets yawc python-websockets node-ws"
 #   ROUNDS=3 DURATION=5 WARMUP=1 IDLE_N=10000 BROADCAST_N=10000
 #   WAIT_QUIET=1     wait (up to 20 min, polling every 30 s) for a 1-minute load < 0.7
 #   NO_REPORT=1      only measure (no docs update)
@@ -35,7 +35,7 @@ for a in "$@"; do
 done
 
 ALL_CASES="echo-20-32 echo-20-1 echo-16k echo-1m deflate idle broadcast handshake"
-ALL_SERVERS="sockeye sockeye-reactor fastwebsockets tokio-tungstenite tokio-websockets yawc python-websockets node-ws"
+ALL_SERVERS="sockeye sockeye-tasks sockeye-reactor fastwebsockets tokio-tungstenite tokio-websockets yawc python-websockets node-ws"
 CASES=${CASES:-$ALL_CASES}
 SERVERS=${SERVERS:-$ALL_SERVERS}
 if [ "$quick" = 1 ]; then
@@ -79,6 +79,9 @@ server_cmd() {
     case "$s:$mode" in
     sockeye:broadcast) echo "$SOCKEYE serve $addr" ;;            # the relay
     sockeye:*) echo "$SOCKEYE serve --echo $addr" ;;             # deflate: negotiated by default
+    # sockeye::serve's handlers on tokio tasks instead of the event loops.
+    sockeye-tasks:broadcast) echo "$SOCKEYE serve --tasks $addr" ;;
+    sockeye-tasks:*) echo "$SOCKEYE serve --echo --tasks $addr" ;;
     sockeye-reactor:broadcast) echo "$SOCKEYE serve --reactor $addr" ;;  # its relay
     sockeye-reactor:*) echo "$SOCKEYE serve --echo --reactor $addr" ;;
     fastwebsockets:echo) echo "$PEERS/fastwebsockets_echo $addr" ;;

@@ -265,6 +265,14 @@ impl ServerBuilder {
         let loops =
             crate::reactor::ServerBuilder::from_parts(self.options, self.hooks, self.threads)
                 .serve_async_listener(listener.into_std()?, handler)?;
+        // The loops end with the runtime that started them, as a task-per-connection server
+        // does (their handlers need it): a task of that runtime, never done, shuts them down
+        // when the runtime drops it.
+        let guard = EndWithRuntime(loops.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
         Ok(Server::on_loops(loops))
     }
 
@@ -376,6 +384,19 @@ impl ServerBuilder {
             Arc::new(handler),
         ));
         Server { inner }
+    }
+}
+
+/// Shuts the loops down when dropped (by a runtime shutting down), from a thread of its
+/// own: the shutdown blocks until they end.
+struct EndWithRuntime(crate::reactor::Server);
+
+impl Drop for EndWithRuntime {
+    fn drop(&mut self) {
+        let loops = self.0.clone();
+        let _ = std::thread::Builder::new()
+            .name("sockeye-close".into())
+            .spawn(move || loops.shutdown());
     }
 }
 
@@ -575,11 +596,24 @@ impl Server {
     pub async fn close(&self) {
         if let Some(loops) = &self.inner.loops {
             // The loops do all of it; their shutdown blocks until they have ended, so it
-            // waits on a blocking thread (handlers may need this runtime meanwhile).
-            let loops = loops.clone();
-            let _ = tokio::task::spawn_blocking(move || loops.shutdown()).await;
-            self.inner.closed.store(true, Ordering::Release);
-            self.inner.closed_notify.notify_waiters();
+            // runs in a thread of its own (handlers may need this runtime meanwhile; and
+            // this needs no runtime context), which also marks the server closed: the
+            // shutdown completes even if this future is dropped (a handler that closed its
+            // own server, a `select!`).
+            if !self.inner.closing.swap(true, Ordering::AcqRel) {
+                let (loops, inner) = (loops.clone(), self.inner.clone());
+                let shut = move || {
+                    loops.shutdown();
+                    inner.closed.store(true, Ordering::Release);
+                    inner.closed_notify.notify_waiters();
+                };
+                let thread = std::thread::Builder::new().name("sockeye-close".into());
+                if let Err(e) = thread.spawn(shut.clone()) {
+                    tracing::warn!(target: "sockeye::server", "cannot start a thread to close the server ({e}): closing here");
+                    shut();
+                }
+            }
+            self.wait_closed().await;
             return;
         }
         self.inner.closing.store(true, Ordering::Release);

@@ -848,3 +848,100 @@ async fn the_server_lists_its_open_connections() {
         server.stop().await;
     }
 }
+
+/// A `recv` in another task (not the handler's own future) gets a message of more fragments
+/// than `max_queue` (16): reading, held at 16 waiting, resumes once they are taken (on the
+/// loop it waited for a flush that nothing asked for).
+async fn many_fragments_to_another_task(back: Back) -> String {
+    let server = serve(back, false, |ws| async move {
+        let elsewhere = ws.clone();
+        let got = tokio::spawn(async move { elsewhere.recv().await }).await??;
+        let len = got.map_or(0, |m| m.len());
+        ws.send(format!("got {len} bytes")).await?;
+        Ok(())
+    })
+    .await;
+    let ws = sockeye::connect(&server.uri()).await.unwrap();
+    let fragments = futures_util::stream::iter(0..40).then(|i| async move {
+        if i == 20 {
+            // The first 20 are in (and reading held at 16) before the rest comes.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        [b'x'; 10]
+    });
+    ws.send_fragmented_stream(MessageKind::Binary, fragments)
+        .await
+        .unwrap();
+    let answer = timeout(GUARD, ws.recv()).await;
+    server.stop().await;
+    format!("{answer:?}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_more_fragments_than_max_queue_reaches_a_recv_in_another_task() {
+    for back in BACK_ENDS {
+        let got = many_fragments_to_another_task(back).await;
+        assert!(got.contains("got 400 bytes"), "{back:?}: {got}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_every_handler_to_return() {
+    for back in BACK_ENDS {
+        let cleaned = Arc::new(AtomicBool::new(false));
+        let flag = cleaned.clone();
+        // close_timeout 1 s: the handler's cleanup outlasts it.
+        let server = serve_quiet(back, None, move |ws| {
+            let flag = flag.clone();
+            async move {
+                while ws.recv().await.is_ok_and(|m| m.is_some()) {}
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                flag.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await;
+        let ws = sockeye::connect(&server.uri()).await.unwrap();
+        listed(&server, 1).await;
+        server.stop().await;
+        assert!(
+            cleaned.load(Ordering::SeqCst),
+            "{back:?}: close returned before the handler"
+        );
+        drop(ws);
+    }
+}
+
+/// A server whose runtime is dropped stops serving (the loops' threads would otherwise
+/// accept and upgrade connections whose handlers can no longer run).
+#[test]
+fn a_server_ends_with_the_runtime_that_started_it() {
+    for back in BACK_ENDS {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = rt.block_on(async {
+            let server = serve(back, false, |ws| async move {
+                while let Some(m) = ws.recv().await? {
+                    ws.send(m).await?;
+                }
+                Ok(())
+            })
+            .await;
+            server.addr()
+        });
+        drop(rt);
+        let started = std::time::Instant::now();
+        loop {
+            if std::net::TcpStream::connect(addr).is_err() {
+                break;
+            }
+            assert!(
+                started.elapsed() < GUARD,
+                "{back:?}: still accepting after its runtime was dropped"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

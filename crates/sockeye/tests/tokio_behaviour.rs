@@ -229,6 +229,9 @@ async fn recv_is_cancel_safe() {
         assert_eq!(ws.recv().await?, Some(Message::from("start")));
         let mut n = 0;
         for batch in 0..BATCHES {
+            // A pause before each batch: the client's recv waits (and is cancelled) then,
+            // however fast the batch itself comes.
+            tokio::time::sleep(Duration::from_millis(2)).await;
             for _ in 0..BATCH {
                 ws.send(n.to_string()).await?;
                 n += 1;

@@ -82,6 +82,10 @@ pub(super) struct Shared<F> {
     /// The tokio runtime the server was started from, if any: the loops poll async
     /// handlers inside it (its timers, channels and `spawn` work there).
     pub(super) runtime: Option<tokio::runtime::Handle>,
+    /// Shutting down waits for every async handler, however long (`sockeye::Server::close`
+    /// promises it, as on tasks); else one still running `close_timeout` after the last
+    /// connection closed is dropped.
+    pub(super) wait_for_handlers: bool,
 }
 
 /// What a callback reaches of its loop besides its own connection: the way in from other
@@ -342,6 +346,9 @@ where
     fn tasks_done(&mut self) -> bool {
         if self.local.tasks.is_empty() {
             return true;
+        }
+        if self.shared.wait_for_handlers {
+            return false;
         }
         let now = Instant::now();
         let bound = self.shared.config.close_timeout_value();

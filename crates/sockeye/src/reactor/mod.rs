@@ -514,6 +514,8 @@ pub struct ServerBuilder {
     options: Options,
     hooks: Hooks,
     threads: usize,
+    /// `sockeye::Server`'s: shutting down waits for every handler.
+    wait_for_handlers: bool,
 }
 
 crate::options::option_setters!(ServerBuilder);
@@ -526,6 +528,7 @@ impl ServerBuilder {
             options,
             hooks,
             threads,
+            wait_for_handlers: true,
         }
     }
 
@@ -630,6 +633,7 @@ impl ServerBuilder {
             mailboxes: mailboxes.clone(),
             max_queue: self.options.limits.max_queue,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            wait_for_handlers: self.wait_for_handlers,
         });
         let mut loops = Vec::with_capacity(threads);
         for (i, (poll, listener)) in prepared.into_iter().enumerate() {

@@ -970,26 +970,32 @@ impl LoopConn {
         take: impl FnOnce(&mut Inbox) -> Option<R>,
     ) -> Poll<std::result::Result<R, Closed>> {
         let mut st = self.link.lock();
-        if let Some(item) = take(&mut st.inbox) {
-            // Done waiting: no stale waker for the next message to wake for nothing.
-            st.recv_waker = None;
-            // An idle connection keeps no inbox (one allocation per batch received).
-            st.inbox.release_if_empty();
-            if st.held && st.inbox.len() <= self.link.max_queue as usize / 4 {
-                self.link.flush_later(st);
+        let result = match take(&mut st.inbox) {
+            Some(item) => {
+                // Done waiting: no stale waker for the next message to wake for nothing.
+                st.recv_waker = None;
+                // An idle connection keeps no inbox (one allocation per batch received).
+                st.inbox.release_if_empty();
+                Poll::Ready(Ok(item))
             }
-            return Poll::Ready(Ok(item));
+            None if st.state == State::Closed => Poll::Ready(Err(closed_so_far(&st))),
+            None => {
+                match &st.recv_waker {
+                    None => st.recv_waker = Some(cx.waker().clone()),
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    // Another receiver waits too: both are woken by the next message.
+                    Some(_) => add_waiter(&mut st, Waiters::Receivers, cx.waker()),
+                }
+                Poll::Pending
+            }
+        };
+        // Reading resumes once the inbox has room, whatever `take` found: a message of
+        // more than `max_queue` fragments is taken into the assembler with nothing to
+        // show for it yet, and must not wait for a flush that nothing else asks for.
+        if st.held && st.inbox.len() <= self.link.max_queue as usize / 4 {
+            self.link.flush_later(st);
         }
-        if st.state == State::Closed {
-            return Poll::Ready(Err(closed_so_far(&st)));
-        }
-        match &st.recv_waker {
-            None => st.recv_waker = Some(cx.waker().clone()),
-            Some(w) if w.will_wake(cx.waker()) => {}
-            // Another receiver waits too: both are woken by the next message.
-            Some(_) => add_waiter(&mut st, Waiters::Receivers, cx.waker()),
-        }
-        Poll::Pending
+        result
     }
 
     /// Queues `message` (taken once sent) for the loop once there is room.
@@ -1156,8 +1162,11 @@ impl futures_sink::Sink<Message> for LoopConn {
     type Error = Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let mut st = self.link.lock();
-        self.poll_room(&mut st, cx, None)
+        // The send budget as for `send` (a unit per message the sink takes).
+        within_budget(cx, |cx| {
+            let mut st = self.link.lock();
+            self.poll_room(&mut st, cx, None)
+        })
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<()> {
