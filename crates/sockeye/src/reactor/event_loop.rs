@@ -270,6 +270,7 @@ where
                                 conn.flags |= HUP;
                             }
                         }
+                        let _span = self.span(k);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.turn(k);
                         } else if event.is_writable() {
@@ -283,6 +284,7 @@ where
             for k in std::mem::take(&mut self.ready) {
                 if let Some(conn) = self.conns.get_mut(k) {
                     conn.flags &= !QUEUED;
+                    let _span = self.span(k);
                     self.turn(k);
                 }
             }
@@ -379,10 +381,14 @@ where
             for item in work.drain(..) {
                 match item {
                     Work::Poll(link) => {
+                        let _span = link.span();
                         self.poll_task(&link);
                         self.flush(&link);
                     }
-                    Work::Flush(link) => self.flush(&link),
+                    Work::Flush(link) => {
+                        let _span = link.span();
+                        self.flush(&link);
+                    }
                     Work::Publish(topic, message) => self.publish_orphan(&topic, message),
                 }
             }
@@ -480,6 +486,7 @@ where
             for k in std::mem::take(&mut self.dirty) {
                 if let Some(conn) = self.conns.get_mut(k) {
                     conn.flags &= !DIRTY;
+                    let _span = self.span(k);
                     self.service(k);
                 }
             }
@@ -563,6 +570,14 @@ where
             }
             // Arms the open timeout; bytes already there are reported by the first poll.
             self.service(k);
+        }
+    }
+
+    /// Connection `k`'s span, entered (see [`conn_span`]).
+    fn span(&mut self, k: usize) -> tracing::span::EnteredSpan {
+        match self.conns.get_mut(k) {
+            Some(conn) => conn_span(conn.id, &conn.socket),
+            None => tracing::Span::none().entered(),
         }
     }
 
@@ -759,6 +774,7 @@ where
                 continue; // an entry superseded by an earlier one
             }
             conn.deadline = None;
+            let _span = conn_span(conn.id, &conn.socket);
             if conn.has(LINGER) {
                 self.remove(k);
                 continue;
@@ -940,6 +956,18 @@ fn write_out<H>(conn: &mut Conn<H>) {
             }
         }
     }
+}
+
+/// A connection's span, entered while the loop works on it, as the tokio server's `conn`
+/// span (DESIGN §7): its id (0 until the handshake is done) and remote address, so that its
+/// DEBUG frame log and its handler's events say whose they are. Nothing unless DEBUG is on
+/// for `sockeye::server` (then the remote address costs a system call).
+pub(super) fn conn_span(id: u64, socket: &TcpStream) -> tracing::span::EnteredSpan {
+    if !tracing::enabled!(target: "sockeye::server", tracing::Level::DEBUG) {
+        return tracing::Span::none().entered();
+    }
+    let remote = crate::server::Remote(socket.peer_addr().ok());
+    tracing::debug_span!(target: "sockeye::server", "conn", id, remote = %remote).entered()
 }
 
 /// What [`discard_input`] did.

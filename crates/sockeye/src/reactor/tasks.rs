@@ -306,6 +306,17 @@ impl Link {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The connection's span, entered while the loop polls its handler or flushes what its
+    /// handles queued (see `event_loop::conn_span`).
+    pub(super) fn span(&self) -> tracing::span::EnteredSpan {
+        if !tracing::enabled!(target: "sockeye::server", tracing::Level::DEBUG) {
+            return tracing::Span::none().entered();
+        }
+        let remote = crate::server::Remote(self.addresses.remote());
+        tracing::debug_span!(target: "sockeye::server", "conn", id = self.id, remote = %remote)
+            .entered()
+    }
+
     /// Queues a flush unless one is queued already (`st` is the locked state).
     fn flush_later(self: &Arc<Self>, mut st: MutexGuard<'_, LinkState>) {
         if std::mem::replace(&mut st.flush_queued, true) {
