@@ -44,7 +44,7 @@ pub(crate) struct ServeArgs {
     async_handler: bool,
     /// Run each connection in a tokio task of its own (`ServerBuilder::tasks`). By default
     /// connections run on event loops that poll their handlers (about 1.1 KB per idle
-    /// connection against 2.0 KB); TLS and Unix sockets always use tasks.
+    /// connection against 2.0 KB); TLS always uses tasks.
     #[arg(long, conflicts_with_all = ["sync", "reactor"])]
     tasks: bool,
     /// How many event-loop threads (default: one per CPU the process may use).

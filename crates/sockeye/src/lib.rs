@@ -8,8 +8,8 @@
 //! A server's handlers are polled by sockeye's event loops (a thread per core, each owning
 //! its connections: about 1.1 KB per idle connection), inside the tokio runtime that
 //! started the server, so tokio's timers, channels and `spawn` work in them;
-//! [`ServerBuilder::tasks`] gives each connection a tokio task instead (TLS servers and
-//! Unix sockets use tasks). The handler and its [`Connection`] are the same either way.
+//! [`ServerBuilder::tasks`] gives each connection a tokio task instead (TLS servers use
+//! tasks). The handler and its [`Connection`] are the same either way.
 //!
 //! # Server
 //!

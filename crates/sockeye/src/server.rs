@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::head::{Granted, RequestHead, ResponseHead};
 use crate::options::Options;
 use crate::proto::{self, CloseCode, Event, Protocol, Side};
+use crate::reactor::net::StdListener;
 use crate::routing::{Router, Table};
 use crate::unix::SocketFile;
 use crate::Connection;
@@ -194,7 +195,8 @@ impl ServerBuilder {
     /// Tasks are the choice when handlers may block their thread for a while (a loop's
     /// other connections wait meanwhile; tokio's work stealing moves them elsewhere), or
     /// use what needs a tokio worker thread (`tokio::task::block_in_place`, task-local
-    /// budgets). TLS servers and Unix domain sockets always run on tasks (for now).
+    /// budgets). TLS servers always run on tasks (for now); Unix domain sockets run on
+    /// either.
     pub fn tasks(mut self, tasks: bool) -> Self {
         self.tasks = tasks;
         self
@@ -254,17 +256,45 @@ impl ServerBuilder {
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
     {
         let local_addr = listener.local_addr().ok();
+        if self.on_tasks() {
+            return Ok(self.start(Listener::Tcp(listener), local_addr, None, handler));
+        }
+        self.start_on_loops(StdListener::Tcp(listener.into_std()?), None, handler)
+    }
+
+    /// Whether connections run on tokio tasks: asked for, or TLS (the loops speak plain
+    /// TCP and Unix domain sockets).
+    fn on_tasks(&self) -> bool {
         #[cfg(feature = "tls")]
         let tls = self.tls.is_some();
         #[cfg(not(feature = "tls"))]
         let tls = false;
-        if self.tasks || tls {
-            return Ok(self.start(Listener::Tcp(listener), local_addr, None, handler));
-        }
-        // The loops take the listener over, each registering a clone with its own poll.
-        let loops =
-            crate::reactor::ServerBuilder::from_parts(self.options, self.hooks, self.threads)
-                .serve_async_listener(listener.into_std()?, handler)?;
+        self.tasks || tls
+    }
+
+    /// Starts the event loops on `listener` (they take it over, each registering a clone
+    /// with its own poll).
+    fn start_on_loops<H, Fut>(
+        self,
+        listener: StdListener,
+        unix: Option<SocketFile>,
+        handler: H,
+    ) -> Result<Server>
+    where
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
+    {
+        let builder =
+            crate::reactor::ServerBuilder::from_parts(self.options, self.hooks, self.threads);
+        let loops = match builder.serve_async_on(listener, handler) {
+            Ok(loops) => loops,
+            Err(e) => {
+                if let Some(file) = unix {
+                    file.remove();
+                }
+                return Err(e);
+            }
+        };
         // The loops end with the runtime that started them, as a task-per-connection server
         // does (their handlers need it): a task of that runtime, never done, shuts them down
         // when the runtime drops it.
@@ -273,7 +303,7 @@ impl ServerBuilder {
             let _guard = guard;
             std::future::pending::<()>().await;
         });
-        Ok(Server::on_loops(loops))
+        Ok(Server::on_loops(loops, unix))
     }
 
     /// Binds a Unix domain socket at `path` and serves on it, as [`serve`](Self::serve) does
@@ -309,6 +339,9 @@ impl ServerBuilder {
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
     {
         let (listener, file) = crate::unix::bind(path.as_ref())?;
+        if !self.on_tasks() {
+            return self.start_on_loops(StdListener::Unix(listener), Some(file), handler);
+        }
         let registered = listener
             .set_nonblocking(true)
             .and_then(|()| tokio::net::UnixListener::from_std(listener));
@@ -334,13 +367,13 @@ impl ServerBuilder {
     }
 
     /// Serves on a Unix domain socket listener bound elsewhere. Its socket file is the
-    /// application's: [`Server::close`] leaves it.
+    /// application's: [`Server::close`] leaves it. Fails only if the event loops cannot start.
     #[cfg(unix)]
     pub fn unix_serve_listener<H, Fut>(
         self,
         listener: tokio::net::UnixListener,
         handler: H,
-    ) -> Server
+    ) -> Result<Server>
     where
         H: Fn(Connection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send + 'static,
@@ -349,7 +382,14 @@ impl ServerBuilder {
             .local_addr()
             .ok()
             .and_then(|a| a.as_pathname().map(SocketFile::not_owned));
-        self.start(Listener::Unix(listener), None, file, handler)
+        if !self.on_tasks() {
+            if let Ok(listener) = listener.into_std() {
+                return self.start_on_loops(StdListener::Unix(listener), file, handler);
+            }
+            // (`into_std` fails only if the socket cannot be deregistered from tokio.)
+            return Err(std::io::Error::other("cannot take the listener from tokio").into());
+        }
+        Ok(self.start(Listener::Unix(listener), None, file, handler))
     }
 
     /// Starts the accept loop on `listener`.
@@ -519,14 +559,10 @@ impl Server {
     }
 
     /// The server of connections that run on the event loops `loops`.
-    fn on_loops(loops: crate::reactor::Server) -> Server {
+    fn on_loops(loops: crate::reactor::Server, unix: Option<SocketFile>) -> Server {
+        let local_addr = loops.tcp_addr();
         Server {
-            inner: Arc::new(ServerInner::new(
-                Some(loops.local_addr()),
-                None,
-                false,
-                Some(loops),
-            )),
+            inner: Arc::new(ServerInner::new(local_addr, unix, false, Some(loops))),
         }
     }
 
@@ -601,6 +637,9 @@ impl Server {
             // shutdown completes even if this future is dropped (a handler that closed its
             // own server, a `select!`).
             if !self.inner.closing.swap(true, Ordering::AcqRel) {
+                if let Some(file) = &self.inner.unix {
+                    file.remove();
+                }
                 let (loops, inner) = (loops.clone(), self.inner.clone());
                 let shut = move || {
                     loops.shutdown();

@@ -76,10 +76,22 @@ fn text(s: &str) -> Option<Message> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_serve_and_connect_then_close_going_away() {
+    // The event loops (the default), then a task per connection.
+    for tasks in [false, true] {
+        serve_connect_close(tasks).await;
+    }
+}
+
+async fn serve_connect_close(tasks: bool) {
     let dir = TempDir::new();
     let path = dir.sock("echo.sock");
     bounded(async {
-        let server = sockeye::unix_serve(&path, tokio_echo).await.unwrap();
+        let server = sockeye::Server::builder()
+            .tasks(tasks)
+            .unix_serve(&path, tokio_echo)
+            .await
+            .unwrap();
+        assert_eq!(server.on_event_loops(), !tasks);
         assert_eq!(server.unix_path(), Some(path.as_path()));
         assert_eq!(server.local_addr(), None);
         assert!(path.exists());
@@ -225,7 +237,9 @@ async fn a_listener_bound_by_the_application_keeps_its_file() {
     let path = dir.sock("app.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     bounded(async {
-        let server = sockeye::ServerBuilder::default().unix_serve_listener(listener, tokio_echo);
+        let server = sockeye::ServerBuilder::default()
+            .unix_serve_listener(listener, tokio_echo)
+            .unwrap();
         assert_eq!(server.unix_path(), Some(path.as_path()));
         let ws = sockeye::unix_connect(&path, "ws://localhost/")
             .await

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll as TaskPoll};
 use std::time::{Duration, Instant};
 
+use super::net::{Listener, Stream};
 use http::{Request, StatusCode};
-use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::slab::Slab;
@@ -126,7 +126,7 @@ pub(super) struct Publish {
 /// loop's timer heap.
 struct Conn<H> {
     proto: Protocol,
-    socket: TcpStream,
+    socket: Stream,
     /// `None` until the handshake is accepted, and again once `on_close` ran.
     handler: Option<H>,
     /// The earliest deadline this connection has in the timer heap.
@@ -150,7 +150,7 @@ impl<H> Conn<H> {
 /// A loop thread's state.
 pub(super) struct Loop<F, H> {
     poll: Poll,
-    listener: Option<TcpListener>,
+    listener: Option<Listener>,
     conns: Slab<Conn<H>>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     /// Connections to serve again this turn: input left unread, or reading resumed.
@@ -179,7 +179,7 @@ where
     H: Handler,
 {
     /// The loop's poll, with `listener` registered, and the waker that interrupts it.
-    pub(super) fn prepare(listener: &mut TcpListener) -> io::Result<(Poll, Waker)> {
+    pub(super) fn prepare(listener: &mut Listener) -> io::Result<(Poll, Waker)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         poll.registry()
@@ -189,7 +189,7 @@ where
 
     /// Serves (in the loop's own thread: handlers need not be `Send`) until the server
     /// shuts down and the last connection is over.
-    pub(super) fn run(poll: Poll, listener: TcpListener, index: usize, shared: Arc<Shared<F>>) {
+    pub(super) fn run(poll: Poll, listener: Listener, index: usize, shared: Arc<Shared<F>>) {
         // However the loop ends, nobody takes commands any more: drop those left, and those
         // to come.
         let _closer = CloseOnDrop(shared.mailboxes[index].clone());
@@ -513,7 +513,7 @@ where
                 return;
             };
             let socket = match listener.accept() {
-                Ok((socket, _)) => socket,
+                Ok(socket) => socket,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -533,7 +533,6 @@ where
                     return;
                 }
             };
-            let _ = socket.set_nodelay(true);
             let mut proto = Protocol::server(self.shared.config.clone());
             // Payloads of 4 KiB and more are written from where they were received or
             // built (the 16 KiB ping-pong: 63-68 k -> 84-103 k msgs/s, A/B 2026-12-04).
@@ -925,7 +924,7 @@ impl Drop for CloseOnDrop {
 /// (the frame's declared length, at most `max_size`, as a buffered frame would take);
 /// still, the 1 MiB echo measured 0.40–0.45 → 0.32–0.37 CPU s/GB (A/B, 4 rounds): one
 /// read takes what the socket has, and the kernel writes where the payload stays.
-fn read_direct(socket: &mut TcpStream, proto: &mut Protocol, missing: usize) -> io::Result<usize> {
+fn read_direct(socket: &mut Stream, proto: &mut Protocol, missing: usize) -> io::Result<usize> {
     let buf = proto.receive_buffer();
     let start = buf.len();
     buf.resize(start + missing, 0);
@@ -962,11 +961,11 @@ fn write_out<H>(conn: &mut Conn<H>) {
 /// span (DESIGN §7): its id (0 until the handshake is done) and remote address, so that its
 /// DEBUG frame log and its handler's events say whose they are. Nothing unless DEBUG is on
 /// for `sockeye::server` (then the remote address costs a system call).
-pub(super) fn conn_span(id: u64, socket: &TcpStream) -> tracing::span::EnteredSpan {
+pub(super) fn conn_span(id: u64, socket: &Stream) -> tracing::span::EnteredSpan {
     if !tracing::enabled!(target: "sockeye::server", tracing::Level::DEBUG) {
         return tracing::Span::none().entered();
     }
-    let remote = crate::server::Remote(socket.peer_addr().ok());
+    let remote = crate::server::Remote(socket.peer_addr());
     tracing::debug_span!(target: "sockeye::server", "conn", id, remote = %remote).entered()
 }
 
@@ -982,7 +981,7 @@ enum Discarded {
 }
 
 /// Reads and drops input, up to a turn's worth of reads.
-fn discard_input(socket: &mut TcpStream, buf: &mut [u8]) -> Discarded {
+fn discard_input(socket: &mut Stream, buf: &mut [u8]) -> Discarded {
     for _ in 0..READS_PER_TURN {
         match socket.read(buf) {
             Ok(0) => return Discarded::Over,
@@ -1009,7 +1008,7 @@ const WRITE_SLICES: usize = 64;
 
 /// Writes what the core has to send: with one `write` when it is one piece, a vectored
 /// write when large payloads were left in place (`Protocol::set_zero_copy`).
-fn write_output(socket: &mut TcpStream, proto: &Protocol) -> io::Result<usize> {
+fn write_output(socket: &mut Stream, proto: &Protocol) -> io::Result<usize> {
     let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
     match proto.pending_output_vectored(&mut slices) {
         1 => socket.write(&slices[0]),
@@ -1081,7 +1080,7 @@ fn open<F, H>(
     }
     shared.control.open.fetch_add(1, Ordering::AcqRel);
     // The peer's address is asked of the socket only when the event is logged.
-    tracing::info!(target: "sockeye::server", id = conn.id, remote = %crate::server::Remote(conn.socket.peer_addr().ok()), "connection open");
+    tracing::info!(target: "sockeye::server", id = conn.id, remote = %crate::server::Remote(conn.socket.peer_addr()), "connection open");
     // An async handler's connection keeps the request (`tasks::AsyncConn::on_open`), and
     // the response if a hook may have changed it.
     let mut granted = granted;
@@ -1165,11 +1164,18 @@ mod idle_size {
         }
         let conn = size_with(&echo);
         let core = size_of::<crate::proto::Protocol>();
-        assert!(conn <= core + 48, "Conn: {conn} bytes (Protocol {core})");
+        // The socket is TCP or Unix (`net::Stream`): a descriptor and a tag, 8 bytes in a
+        // release build, 24 in a debug one (where mio's sockets carry their selector's id).
+        let socket = size_of::<super::Stream>();
+        assert!(socket <= if cfg!(debug_assertions) { 24 } else { 8 });
+        assert!(
+            conn <= core + 40 + socket,
+            "Conn: {conn} bytes (Protocol {core})"
+        );
         // An async handler's connection: its handler in the slot is the link's pointer.
         let async_conn = size_of::<Conn<crate::reactor::tasks::AsyncConn>>();
         assert!(
-            async_conn <= core + 72,
+            async_conn <= core + 56 + socket,
             "Conn<AsyncConn>: {async_conn} bytes"
         );
         assert!(core <= 392, "Protocol: {core} bytes");

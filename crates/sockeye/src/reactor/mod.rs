@@ -82,6 +82,7 @@
 //! `write_limit` plus one read), and calls [`Handler::on_drain`] once they are written.
 
 mod event_loop;
+pub(crate) mod net;
 mod slab;
 pub(crate) mod tasks;
 mod topics;
@@ -173,7 +174,7 @@ where
 /// known about the connection.
 pub struct Socket<'a> {
     proto: &'a mut Protocol,
-    socket: &'a mio::net::TcpStream,
+    socket: &'a net::Stream,
     id: u64,
     /// The connection's loop: its mailbox (for [`Socket::handle`]), topics and publishes.
     local: &'a mut event_loop::Local,
@@ -254,12 +255,12 @@ impl Socket<'_> {
 
     /// The peer's address (asked of the socket: not kept per connection).
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.socket.peer_addr().ok()
+        self.socket.peer_addr()
     }
 
     /// The local address of the socket.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.socket.local_addr().ok()
+        self.socket.local_addr()
     }
 
     /// The subprotocol negotiated in the handshake, if any.
@@ -596,9 +597,22 @@ impl ServerBuilder {
         H: Fn(crate::Connection) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = std::result::Result<(), crate::BoxError>> + 'static,
     {
+        self.serve_async_on(net::StdListener::Tcp(listener), handler)
+    }
+
+    /// Async handlers on any listener the loops take (`sockeye::unix_serve` on the loops).
+    pub(crate) fn serve_async_on<H, Fut>(
+        self,
+        listener: net::StdListener,
+        handler: H,
+    ) -> Result<Server>
+    where
+        H: Fn(crate::Connection) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<(), crate::BoxError>> + 'static,
+    {
         let handler: Arc<tasks::HandlerFn> =
             Arc::new(move |ws| Box::pin(handler(ws)) as tasks::TaskFuture);
-        self.serve_listener(listener, move |_: &Request<()>| {
+        self.serve_on(listener, move |_: &Request<()>| {
             tasks::AsyncConn::Start(handler.clone())
         })
     }
@@ -609,7 +623,16 @@ impl ServerBuilder {
         F: Fn(&Request<()>) -> H + Send + Sync + 'static,
         H: Handler,
     {
-        listener.set_nonblocking(true)?;
+        self.serve_on(net::StdListener::Tcp(listener), factory)
+    }
+
+    /// Starts the loops on `listener`.
+    fn serve_on<F, H>(self, listener: net::StdListener, factory: F) -> Result<Server>
+    where
+        F: Fn(&Request<()>) -> H + Send + Sync + 'static,
+        H: Handler,
+    {
+        listener.set_nonblocking()?;
         let local_addr = listener.local_addr()?;
         let threads = match self.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -619,7 +642,7 @@ impl ServerBuilder {
         let mut mailboxes = Vec::with_capacity(threads);
         let config = Arc::new(self.options.config);
         for _ in 0..threads {
-            let mut listener = mio::net::TcpListener::from_std(listener.try_clone()?);
+            let mut listener = listener.for_loop()?;
             let (poll, waker) = event_loop::Loop::<F, H>::prepare(&mut listener)?;
             mailboxes.push(Arc::new(Mailbox::new(waker, config.clone())));
             prepared.push((poll, listener));
@@ -643,7 +666,8 @@ impl ServerBuilder {
                 .spawn(move || event_loop::Loop::run(poll, listener, i, shared))?;
             loops.push(thread);
         }
-        tracing::info!(target: "sockeye::server", "event-loop server listening on {local_addr} ({threads} threads)");
+        let place = local_addr.map_or_else(|| "a Unix socket".to_owned(), |a| a.to_string());
+        tracing::info!(target: "sockeye::server", "event-loop server listening on {place} ({threads} threads)");
         Ok(Server {
             inner: Arc::new(ServerInner {
                 local_addr,
@@ -666,7 +690,8 @@ struct Control {
 }
 
 struct ServerInner {
-    local_addr: SocketAddr,
+    /// `None` on a Unix socket.
+    local_addr: Option<SocketAddr>,
     control: Arc<Control>,
     mailboxes: Vec<Arc<Mailbox>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -697,6 +722,12 @@ impl Server {
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
+        // Only `sockeye::unix_serve` starts loops on a Unix socket, and it does not ask.
+        (self.inner.local_addr).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The address the server listens on; `None` on a Unix socket.
+    pub(crate) fn tcp_addr(&self) -> Option<SocketAddr> {
         self.inner.local_addr
     }
 
