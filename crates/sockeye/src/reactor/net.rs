@@ -18,6 +18,35 @@ macro_rules! each {
     };
 }
 
+/// `mio::event::Source` for an enum of mio sockets: each call goes to the variant's.
+macro_rules! impl_source {
+    ($ty:ident) => {
+        impl Source for $ty {
+            fn register(
+                &mut self,
+                registry: &Registry,
+                token: Token,
+                interests: Interest,
+            ) -> io::Result<()> {
+                each!(self, $ty, s => s.register(registry, token, interests))
+            }
+
+            fn reregister(
+                &mut self,
+                registry: &Registry,
+                token: Token,
+                interests: Interest,
+            ) -> io::Result<()> {
+                each!(self, $ty, s => s.reregister(registry, token, interests))
+            }
+
+            fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+                each!(self, $ty, s => s.deregister(registry))
+            }
+        }
+    };
+}
+
 /// An accepted connection's socket.
 pub(crate) enum Stream {
     Tcp(mio::net::TcpStream),
@@ -69,29 +98,7 @@ impl Write for Stream {
     }
 }
 
-impl Source for Stream {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        each!(self, Stream, s => s.register(registry, token, interests))
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        each!(self, Stream, s => s.reregister(registry, token, interests))
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        each!(self, Stream, s => s.deregister(registry))
-    }
-}
+impl_source!(Stream);
 
 /// A loop's listener (each loop registers its own clone).
 pub(crate) enum Listener {
@@ -115,29 +122,7 @@ impl Listener {
     }
 }
 
-impl Source for Listener {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        each!(self, Listener, l => l.register(registry, token, interests))
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        each!(self, Listener, l => l.reregister(registry, token, interests))
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        each!(self, Listener, l => l.deregister(registry))
-    }
-}
+impl_source!(Listener);
 
 /// A bound listener as the standard library has it, before the loops take it over.
 pub(crate) enum StdListener {
