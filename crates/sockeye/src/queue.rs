@@ -51,6 +51,18 @@ impl Inbox {
         self.items.push_back(item);
     }
 
+    /// The next message if it came whole (no message being joined, a whole one first).
+    #[inline]
+    pub(crate) fn take_whole(&mut self) -> Option<Message> {
+        if self.assembler.is_some() || !matches!(self.items.front(), Some(Item::Message(_))) {
+            return None;
+        }
+        match self.items.pop_front() {
+            Some(Item::Message(m)) => Some(m),
+            _ => None,
+        }
+    }
+
     /// The next whole message, joining fragments; `None` when it is not all here yet.
     pub(crate) fn take_message(&mut self) -> Option<Result<Message, proto::Error>> {
         while let Some(item) = self.items.pop_front() {

@@ -138,6 +138,7 @@ pub(super) fn with_budget<R>(poll: impl FnOnce() -> R) -> R {
 /// `write_limit`), yields every [`SENDS_PER_POLL`] sends, so that what it sent is written
 /// while it goes on and the loop's other connections get their turn (tokio's cooperative
 /// budget does this for a task; the loop has its own, as it polls outside tokio's tasks).
+#[inline]
 fn within_budget(
     cx: &mut Context<'_>,
     send: impl FnOnce(&mut Context<'_>) -> Poll<Result<()>>,
@@ -532,6 +533,7 @@ pub(super) enum AsyncConn {
 
 impl AsyncConn {
     /// A message or fragment for `recv`: into the inbox, and the receiver woken.
+    #[inline]
     fn received(&mut self, ws: &mut Socket<'_>, item: Item) {
         let AsyncConn::Open(link) = self else {
             return;
@@ -965,6 +967,19 @@ impl LoopConn {
     }
 
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>>> {
+        // The common case first: a whole message waits (a pipelining peer), one lock, no
+        // joining. (Through `poll_item` this cost the pipelined echo about 8 %.)
+        {
+            let mut st = self.link.lock();
+            if let Some(message) = st.inbox.take_whole() {
+                st.recv_waker = None;
+                st.inbox.release_if_empty();
+                if st.held && st.inbox.len() <= self.link.max_queue as usize / 4 {
+                    self.link.flush_later(st);
+                }
+                return Poll::Ready(Ok(Some(message)));
+            }
+        }
         match std::task::ready!(self.poll_item(cx, Inbox::take_message)) {
             Ok(Ok(message)) => Poll::Ready(Ok(Some(message))),
             Ok(Err(e)) => Poll::Ready(Err(e.into())),
