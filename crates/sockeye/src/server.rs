@@ -298,12 +298,13 @@ impl ServerBuilder {
         // The loops end with the runtime that started them, as a task-per-connection server
         // does (their handlers need it): a task of that runtime, never done, shuts them down
         // when the runtime drops it.
-        let guard = EndWithRuntime(loops.clone());
+        let server = Server::on_loops(loops, unix);
+        let guard = EndWithRuntime(server.inner.clone());
         tokio::spawn(async move {
             let _guard = guard;
             std::future::pending::<()>().await;
         });
-        Ok(Server::on_loops(loops, unix))
+        Ok(server)
     }
 
     /// Binds a Unix domain socket at `path` and serves on it, as [`serve`](Self::serve) does
@@ -428,15 +429,20 @@ impl ServerBuilder {
 }
 
 /// Shuts the loops down when dropped (by a runtime shutting down), from a thread of its
-/// own: the shutdown blocks until they end.
-struct EndWithRuntime(crate::reactor::Server);
+/// own as the shutdown blocks until they end, and removes the server's Unix socket file (a
+/// client would find it and wait for ever).
+struct EndWithRuntime(Arc<ServerInner>);
 
 impl Drop for EndWithRuntime {
     fn drop(&mut self) {
-        let loops = self.0.clone();
-        let _ = std::thread::Builder::new()
-            .name("sockeye-close".into())
-            .spawn(move || loops.shutdown());
+        if let Some(file) = &self.0.unix {
+            file.remove();
+        }
+        if let Some(loops) = self.0.loops.clone() {
+            let _ = std::thread::Builder::new()
+                .name("sockeye-close".into())
+                .spawn(move || loops.shutdown());
+        }
     }
 }
 

@@ -56,6 +56,10 @@ async fn connections_log_their_frames_in_their_span() {
         let me = ws.local_addr().unwrap();
         ws.send("hello").await.unwrap();
         assert_eq!(ws.recv().await.unwrap(), Some(Message::from("hello")));
+        // A message from elsewhere (a broadcast) is logged in the connection's span too.
+        let skipped = sockeye::broadcast(&server.connections(), "to all");
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(ws.recv().await.unwrap(), Some(Message::from("to all")));
         ws.close(CloseCode::NORMAL, "").await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), server.close())
             .await
@@ -83,6 +87,20 @@ async fn connections_log_their_frames_in_their_span() {
         assert!(
             has("connection closed (1000", false),
             "tasks {tasks}:\n{log}"
+        );
+        // On the loops, also what other tasks send (the loop queues it into the core). A
+        // task's connection encodes it in the sender's context, outside its span (left so
+        // far: its span lives in its task).
+        assert!(
+            tasks || has("> TEXT 'to all' [6 bytes]", true),
+            "tasks {tasks}: broadcast in the span:\n{log}"
+        );
+        // The span gets the connection's id once the handshake gives it one (the loop's
+        // span has an id field; the task's names the remote address only).
+        assert!(!log.contains("conn{id=0"), "tasks {tasks}:\n{log}");
+        assert!(
+            has("connection open", true),
+            "tasks {tasks}: open in the span:\n{log}"
         );
     }
 }

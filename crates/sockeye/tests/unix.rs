@@ -414,3 +414,28 @@ async fn close_waits_for_handlers_to_finish() {
     })
     .await;
 }
+
+/// A server on the event loops whose runtime is dropped without `close()` stops serving and
+/// removes its socket file (else a client connects to it and waits for ever). (A server on
+/// tasks does not remove its file then: left as it was.)
+#[test]
+fn the_socket_file_goes_with_the_runtime() {
+    let dir = TempDir::new();
+    let path = dir.sock("gone.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(async { sockeye::unix_serve(&path, tokio_echo).await.unwrap() });
+    assert!(server.on_event_loops());
+    assert!(path.exists());
+    drop(rt);
+    // The server handle is still alive: the runtime's end is what stops it.
+    assert!(!path.exists(), "the socket file outlived the runtime");
+    let started = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        assert!(started.elapsed() < GUARD, "still accepting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(server);
+}

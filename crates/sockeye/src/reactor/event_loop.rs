@@ -316,6 +316,7 @@ where
                     if conn.generation != generation || conn.handler.is_none() {
                         continue;
                     }
+                    let _span = conn_span(conn.id, &conn.socket);
                     // Timers the closure arms (a close's timeout) count from now.
                     conn.proto.handle_timeout(Instant::now());
                     lend(&mut conn.proto, &mut self.spare);
@@ -381,14 +382,13 @@ where
             for item in work.drain(..) {
                 match item {
                     Work::Poll(link) => {
-                        let _span = link.span();
-                        self.poll_task(&link);
+                        {
+                            let _span = link.span();
+                            self.poll_task(&link);
+                        }
                         self.flush(&link);
                     }
-                    Work::Flush(link) => {
-                        let _span = link.span();
-                        self.flush(&link);
-                    }
+                    Work::Flush(link) => self.flush(&link),
                     Work::Publish(topic, message) => self.publish_orphan(&topic, message),
                 }
             }
@@ -442,6 +442,7 @@ where
     /// Moves what the handles of `link` queued into its connection and writes it; tells
     /// the link what is left to write.
     fn flush(&mut self, link: &Link) {
+        let _span = link.span();
         let k = link.slot as usize;
         let Some(conn) = self.conns.get_mut(k) else {
             return;
@@ -867,6 +868,7 @@ where
             let _ = self.poll.registry().deregister(&mut listener);
         }
         for k in self.conns.keys() {
+            let _span = self.span(k);
             if let Some(conn) = self.conns.get_mut(k) {
                 if conn.proto.state() == State::Open {
                     conn.proto.handle_timeout(Instant::now());
@@ -894,6 +896,8 @@ fn offer<H>(
     if conn.handler.is_none() || conn.proto.state() != State::Open {
         return;
     }
+    // The frame is logged when queued: in the connection's span.
+    let _span = conn_span(conn.id, &conn.socket);
     let mut take = true;
     if conn.proto.pending_output_len() > limit {
         write_out(conn);
@@ -958,7 +962,7 @@ fn write_out<H>(conn: &mut Conn<H>) {
 }
 
 /// A connection's span, entered while the loop works on it, as the tokio server's `conn`
-/// span (DESIGN §7): its id (0 until the handshake is done) and remote address, so that its
+/// span (DESIGN §7): its id (recorded when the handshake gives it one) and remote address, so that its
 /// DEBUG frame log and its handler's events say whose they are. Nothing unless DEBUG is on
 /// for `sockeye::server` (then the remote address costs a system call).
 pub(super) fn conn_span(id: u64, socket: &Stream) -> tracing::span::EnteredSpan {
@@ -966,6 +970,12 @@ pub(super) fn conn_span(id: u64, socket: &Stream) -> tracing::span::EnteredSpan 
         return tracing::Span::none().entered();
     }
     let remote = crate::server::Remote(socket.peer_addr());
+    if id == 0 {
+        // Recorded by `open` when the handshake gives the connection its id.
+        let id = tracing::field::Empty;
+        return tracing::debug_span!(target: "sockeye::server", "conn", id, remote = %remote)
+            .entered();
+    }
     tracing::debug_span!(target: "sockeye::server", "conn", id, remote = %remote).entered()
 }
 
@@ -1070,6 +1080,8 @@ fn open<F, H>(
         return;
     }
     conn.id = crate::connection::next_id();
+    // The span this turn entered (`conn_span`) had no id yet.
+    tracing::Span::current().record("id", conn.id);
     match catch_unwind(AssertUnwindSafe(|| (shared.factory)(&request))) {
         Ok(handler) => conn.handler = Some(handler),
         Err(_) => {
