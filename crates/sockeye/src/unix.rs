@@ -127,17 +127,29 @@ mod imp {
     mod tests {
         use super::*;
 
-        fn temp_path(name: &str) -> PathBuf {
+        /// A socket path in a directory of its own, removed with it when dropped.
+        struct TempSock(PathBuf);
+
+        impl Drop for TempSock {
+            fn drop(&mut self) {
+                if let Some(dir) = self.0.parent() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
+
+        fn temp_path(name: &str) -> TempSock {
             let dir =
                 std::env::temp_dir().join(format!("sockeye-unix-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
-            dir.join("s.sock")
+            TempSock(dir.join("s.sock"))
         }
 
         #[test]
         fn stale_socket_is_replaced_live_one_is_not() {
-            let path = temp_path("stale");
+            let tmp = temp_path("stale");
+            let path = tmp.0.clone();
             // A server that died without removing its file: the next bind replaces it.
             drop(UnixListener::bind(&path).unwrap());
             let (_live, file) = bind(&path).unwrap();
@@ -158,7 +170,8 @@ mod imp {
 
         #[test]
         fn a_newer_servers_file_is_left_alone() {
-            let path = temp_path("newer");
+            let tmp = temp_path("newer");
+            let path = tmp.0.clone();
             let (_first, file) = bind(&path).unwrap();
             // Someone removes the first server's file and a second server binds the path.
             std::fs::remove_file(&path).unwrap();
@@ -171,7 +184,8 @@ mod imp {
 
         #[test]
         fn a_regular_file_is_never_removed() {
-            let path = temp_path("regular");
+            let tmp = temp_path("regular");
+            let path = tmp.0.clone();
             std::fs::write(&path, b"data").unwrap();
             let err = bind(&path).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
@@ -181,7 +195,8 @@ mod imp {
 
         #[test]
         fn a_listener_bound_by_the_application_keeps_its_file() {
-            let path = temp_path("app");
+            let tmp = temp_path("app");
+            let path = tmp.0.clone();
             let _listener = UnixListener::bind(&path).unwrap();
             let file = SocketFile::not_owned(&path);
             assert_eq!(file.path(), path);
