@@ -966,10 +966,19 @@ fn write_out<H>(conn: &mut Conn<H>) {
 /// DEBUG frame log and its handler's events say whose they are. Nothing unless DEBUG is on
 /// for `sockeye::server` (then the remote address costs a system call).
 pub(super) fn conn_span(id: u64, socket: &Stream) -> tracing::span::EnteredSpan {
+    conn_span_of(id, || socket.peer_addr())
+}
+
+/// [`conn_span`] with the remote address from `remote`, asked only when DEBUG is on (the
+/// loop asks the socket; a link keeps its addresses).
+pub(super) fn conn_span_of(
+    id: u64,
+    remote: impl FnOnce() -> Option<std::net::SocketAddr>,
+) -> tracing::span::EnteredSpan {
     if !tracing::enabled!(target: "sockeye::server", tracing::Level::DEBUG) {
         return tracing::Span::none().entered();
     }
-    let remote = crate::server::Remote(socket.peer_addr());
+    let remote = crate::server::Remote(remote());
     if id == 0 {
         // Recorded by `open` when the handshake gives the connection its id.
         let id = tracing::field::Empty;

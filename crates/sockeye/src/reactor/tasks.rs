@@ -310,12 +310,22 @@ impl Link {
     /// The connection's span, entered while the loop polls its handler or flushes what its
     /// handles queued (see `event_loop::conn_span`).
     pub(super) fn span(&self) -> tracing::span::EnteredSpan {
-        if !tracing::enabled!(target: "sockeye::server", tracing::Level::DEBUG) {
-            return tracing::Span::none().entered();
+        super::event_loop::conn_span_of(self.id, || self.addresses.remote())
+    }
+
+    /// A receiver took from the inbox: it waits no more (no stale waker for the next
+    /// message to wake for nothing), an emptied inbox gives its memory back.
+    fn taken(st: &mut LinkState) {
+        st.recv_waker = None;
+        st.inbox.release_if_empty();
+    }
+
+    /// Reading resumes (a flush) if it was held at `max_queue` and the inbox is down to a
+    /// quarter.
+    fn resume_if_room(self: &Arc<Self>, st: MutexGuard<'_, LinkState>) {
+        if st.held && st.inbox.len() <= self.max_queue as usize / 4 {
+            self.flush_later(st);
         }
-        let remote = crate::server::Remote(self.addresses.remote());
-        tracing::debug_span!(target: "sockeye::server", "conn", id = self.id, remote = %remote)
-            .entered()
     }
 
     /// Queues a flush unless one is queued already (`st` is the locked state).
@@ -972,11 +982,8 @@ impl LoopConn {
         {
             let mut st = self.link.lock();
             if let Some(message) = st.inbox.take_whole() {
-                st.recv_waker = None;
-                st.inbox.release_if_empty();
-                if st.held && st.inbox.len() <= self.link.max_queue as usize / 4 {
-                    self.link.flush_later(st);
-                }
+                Link::taken(&mut st);
+                self.link.resume_if_room(st);
                 return Poll::Ready(Ok(Some(message)));
             }
         }
@@ -998,10 +1005,7 @@ impl LoopConn {
         let mut st = self.link.lock();
         let result = match take(&mut st.inbox) {
             Some(item) => {
-                // Done waiting: no stale waker for the next message to wake for nothing.
-                st.recv_waker = None;
-                // An idle connection keeps no inbox (one allocation per batch received).
-                st.inbox.release_if_empty();
+                Link::taken(&mut st);
                 Poll::Ready(Ok(item))
             }
             None if st.state == State::Closed => Poll::Ready(Err(closed_so_far(&st))),
@@ -1018,9 +1022,7 @@ impl LoopConn {
         // Reading resumes once the inbox has room, whatever `take` found: a message of
         // more than `max_queue` fragments is taken into the assembler with nothing to
         // show for it yet, and must not wait for a flush that nothing else asks for.
-        if st.held && st.inbox.len() <= self.link.max_queue as usize / 4 {
-            self.link.flush_later(st);
-        }
+        self.link.resume_if_room(st);
         result
     }
 
